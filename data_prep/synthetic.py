@@ -1,0 +1,877 @@
+"""A small synthetic corpus in the exact public formats, with planted, known structure.
+
+Why: the real corpora are terabytes and licence-gated, but converters, loaders and training
+need to be exercised end to end on a CPU in seconds. This module writes HowTo100M, TVR,
+DiDeMo, How2R, MSR-VTT and ActivityNet Captions files byte-for-byte in their public layouts,
+generated from one hidden world so that "did pretraining learn anything" is measurable:
+
+- concepts (nouns, verbs) have fixed random prototypes in a small latent space;
+- each video is a timeline of events (one noun + one verb visible for 4-15 s), plus a
+  background noun visible over long stretches that is never mentioned (visible, unmentioned);
+- frame features are projections of the visible concepts' prototypes plus noise; appearance
+  layouts mostly see nouns, motion layouts mostly see verbs;
+- narration mentions ~70% of the events near their time, mixed with unrelated chatter;
+- downstream queries describe one event, and the moment is that event's span.
+
+The ground truth goes to `planted.json`. Same seed -> byte-identical files. See
+docs/synthetic_corpus.md for the formats, the scaling rule and how to use the ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import string
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+DEFAULT_VIDEOS = 48  # HowTo100M videos; downstream sizes scale with videos / DEFAULT_VIDEOS
+LATENT_DIM = 24
+LAYOUT_DIM = 32  # each layout (and each half of the HERO layout) has 32 dims
+LATENT_NOISE = 0.2
+FEATURE_NOISE = 0.05
+MENTION_P = 0.7  # HowTo100M: chance an event is narrated
+SUBTITLE_MENTION_P = 0.5  # TVR: chance an event is talked about in the subtitles
+INTERVALS = {"hero": 1.5, "2d": 1.0, "3d": 1 / 1.5}  # seconds per feature row
+LAYOUTS = {  # layout -> (noun weight, verb weight): appearance sees nouns, motion sees verbs
+    "hero_appearance": (1.0, 0.25),
+    "hero_motion": (0.25, 1.0),
+    "howto_2d": (1.0, 0.25),
+    "howto_3d": (0.25, 1.0),
+}
+
+# category_1 | category_2 | nouns | verbs: a video draws all its concepts from one domain.
+_DOMAIN_TABLE = """
+Food and Entertaining | Recipes | onion tomato garlic carrot egg flour butter bowl pan knife | cut pour mix stir peel
+Cars & Other Vehicles | Car Repair | engine wheel tire bolt battery wrench hose | screw remove tighten clean
+Home and Garden | Painting | brush roller tray door shelf fence | paint sand clean
+Hobbies and Crafts | Paper Crafts | paper scissors ribbon card tape box | fold cut wrap
+"""
+DOMAINS = [
+    (c1.strip(), c2.strip(), tuple(nouns.split()), tuple(verbs.split()))
+    for c1, c2, nouns, verbs in (row.split("|") for row in _DOMAIN_TABLE.strip().splitlines())
+]
+NOUNS = tuple(dict.fromkeys(n for d in DOMAINS for n in d[2]))
+VERBS = tuple(dict.fromkeys(v for d in DOMAINS for v in d[3]))
+_FORMS = (  # base third-person gerund
+    "cut cuts cutting, pour pours pouring, mix mixes mixing, stir stirs stirring, peel peels peeling, "
+    "screw screws screwing, remove removes removing, tighten tightens tightening, clean cleans cleaning, "
+    "paint paints painting, sand sands sanding, fold folds folding, wrap wraps wrapping"
+)
+VERB_FORMS = {base: (third, gerund) for base, third, gerund in (f.split() for f in _FORMS.split(","))}
+STOP_WORDS = frozenset(
+    "i me my myself we our ours ourselves you your yours yourself yourselves he him his himself "
+    "she her hers herself it its itself they them their theirs themselves what which who whom "
+    "this that these those am is are was were be been being have has had having do does did "
+    "doing a an the and but if or because as until while of at by for with about against "
+    "between into through during before after above below to from up down in out on off over "
+    "under again further then once here there when where why how all any both each few more "
+    "most other some such no nor not only own same so than too very s t can will just don "
+    "should now".split()
+)
+
+# Narration: lowercase, no punctuation, as YouTube auto-captions are.
+MENTION_TEMPLATES = (
+    "so now we are going to {verb} the {noun} like this",
+    "next you want to {verb} the {noun} really carefully",
+    "and then i just {verb} the {noun} right here",
+    "okay so i am {ving} the {noun} now",
+    "you can see me {ving} the {noun} here",
+    "what i like to do is {verb} the {noun} first",
+    "now {verb} the {noun} and make sure it is even",
+    "go ahead and {verb} your {noun} for a bit",
+    "alright let us {verb} this {noun} a little bit",
+)
+CHATTER = (
+    "my chickens were really loud this morning",
+    "do not forget to like and subscribe",
+    "thanks so much for watching my channel",
+    "my grandmother taught me this years ago",
+    "the weather here has been crazy this week",
+    "let me know in the comments what you think",
+    "we went on vacation last summer and loved it",
+    "i will put a link in the description below",
+    "my neighbor asked me about this yesterday",
+    "hey guys welcome back to another video",
+)
+UNRELATED_WORDS = tuple(sorted({w for s in CHATTER for w in s.split()} - STOP_WORDS))
+
+# TV subtitles: "(Speaker:) Text." as in tvqa_preprocessed_subtitles.jsonl.
+SHOWS = {
+    "friends": ("Rachel", "Ross", "Monica", "Joey", "Chandler", "Phoebe"),
+    "bbt": ("Sheldon", "Leonard", "Penny", "Howard", "Raj"),
+    "castle": ("Castle", "Beckett", "Esposito", "Ryan"),
+    "house": ("House", "Wilson", "Cuddy", "Foreman"),
+    "grey": ("Meredith", "Cristina", "Derek", "Izzie"),
+    "met": ("Ted", "Marshall", "Lily", "Barney", "Robin"),
+}
+SUB_MENTIONS = (
+    "Could you {verb} the {noun} for me?",
+    "I'm going to {verb} the {noun} now.",
+    "Why are you {ving} the {noun}?",
+    "Stop {ving} the {noun}!",
+    "Did you {verb} the {noun} yet?",
+)
+SUB_CHATTER = (
+    "I can't believe you just said that.",
+    "We need to talk.",
+    "Where were you last night?",
+    "Oh my God!",
+    "That is not what I meant.",
+    "Are you kidding me?",
+    "Okay, okay, I get it.",
+    "You're gonna be late again.",
+)
+# Query templates per dataset ({who} a subject, {verbs}/{ving} verb forms).
+TVR_DESC = {
+    "v": ("{who} {verbs} the {noun}.", "{who} is {ving} the {noun} in the room."),
+    "t": ("{who} talks about {ving} the {noun}.", "{who} asks someone to {verb} the {noun}."),
+    "vt": ("{who} {verbs} the {noun} while talking about it.",),
+}
+DIDEMO_DESC = (
+    "a person {verbs} the {noun}",
+    "someone starts {ving} the {noun}",
+    "camera shows a hand {ving} the {noun}",
+    "first time someone {verbs} the {noun}",
+)
+HOW2R_DESC = (
+    "a person {verbs} the {noun}",
+    "first, the man {verbs} the {noun}",
+    "someone is {ving} the {noun} with both hands",
+    "after that, the woman {verbs} the {noun}",
+)
+MSRVTT_DESC = (
+    "{who} is {ving} the {noun}",
+    "{who} {verbs} {a_noun}",
+    "a video of someone {ving} {a_noun}",
+    "{who} {verbs} the {noun} in the video",
+    "someone is showing how to {verb} {a_noun}",
+    "{who} {verbs} the {noun} while talking",
+)
+MSRVTT_WHO = ("a man", "a woman", "a person", "someone", "a girl", "a chef")
+ANET_DESC = (
+    "A {who} is {ving} the {noun}.",
+    "The {who} then {verbs} the {noun}.",
+    "After that, the {who} {verbs} the {noun}.",
+    "The {who} {verbs} the {noun} carefully.",
+)
+ANET_WHO = ("man", "woman", "person", "boy", "girl")
+YT_CHARS = string.ascii_letters + string.digits + "-_"
+
+
+@dataclass
+class Event:
+    start: float
+    end: float
+    noun: str
+    verb: str
+    mentioned: bool = False
+
+
+class Line(NamedTuple):
+    start: float
+    end: float
+    text: str
+    tag: int  # index of the event this line mentions, -1 for unrelated talk
+
+
+@dataclass
+class Video:
+    vid: str
+    duration: float
+    domain: int
+    background: str
+    background_spans: list[tuple[float, float]]
+    events: list[Event]
+    lines: list[Line] = field(default_factory=list)  # narration or subtitles
+
+
+# ---------------------------------------------------------------- randomness and the world
+
+
+def _rng(seed: int, *keys: str | int) -> np.random.Generator:
+    """An independent stream per (seed, purpose, item): output never depends on call order."""
+    ints = [k if isinstance(k, int) else zlib.crc32(k.encode()) for k in keys]
+    return np.random.default_rng([seed, *ints])
+
+
+def _r2(x: float) -> float:
+    return round(float(x), 2)
+
+
+def _pick(rng: np.random.Generator, items: Sequence[Any]) -> Any:
+    return items[int(rng.integers(len(items)))]
+
+
+@lru_cache(maxsize=8)
+def concept_prototypes(seed: int) -> dict[str, np.ndarray]:
+    """Latent prototype (unit-ish norm) of every noun and verb; depends only on the seed."""
+    names = NOUNS + VERBS
+    protos = _rng(seed, "prototypes").normal(size=(len(names), LATENT_DIM)) / math.sqrt(LATENT_DIM)
+    return dict(zip(names, protos, strict=True))
+
+
+@lru_cache(maxsize=32)
+def layout_projection(seed: int, layout: str) -> np.ndarray:
+    """Fixed [LAYOUT_DIM, LATENT_DIM] map from latent space to one feature layout."""
+    return _rng(seed, "projection", layout).normal(size=(LAYOUT_DIM, LATENT_DIM))
+
+
+def num_rows(duration: float, interval: float) -> int:
+    """Feature rows for a video: ceil(duration / interval), robust to float noise."""
+    return math.ceil(round(duration / interval, 6))
+
+
+def layout_features(video: Video, seed: int, layout: str, interval: float) -> np.ndarray:
+    """[T, 32] float32: row k = projection of the concepts visible in [k*iv, (k+1)*iv) + noise."""
+    rows = num_rows(video.duration, interval)
+    starts = np.arange(rows) * interval
+    ends = starts + interval
+    noun_w, verb_w = LAYOUTS[layout]
+    protos = concept_prototypes(seed)
+    visible = [(s, e, video.background, noun_w) for s, e in video.background_spans]
+    for ev in video.events:
+        visible += [(ev.start, ev.end, ev.noun, noun_w), (ev.start, ev.end, ev.verb, verb_w)]
+    latent = np.zeros((rows, LATENT_DIM))
+    for s, e, concept, weight in visible:
+        frac = np.clip(np.minimum(ends, e) - np.maximum(starts, s), 0.0, None) / interval
+        latent += weight * frac[:, None] * protos[concept]
+    rng = _rng(seed, "features", layout, video.vid)  # keyed by id: a shared video matches
+    latent += rng.normal(0.0, LATENT_NOISE, latent.shape)
+    feats = latent @ layout_projection(seed, layout).T
+    feats += rng.normal(0.0, FEATURE_NOISE, feats.shape)
+    return feats.astype(np.float32)
+
+
+def hero_features(video: Video, seed: int) -> np.ndarray:
+    """[T, 64]: 32 appearance ("ResNet") dims then 32 motion ("SlowFast") dims, 1.5 s rows."""
+    halves = [layout_features(video, seed, lay, INTERVALS["hero"]) for lay in LAYOUTS if lay.startswith("hero")]
+    return np.concatenate(halves, axis=1)
+
+
+def _timeline(
+    rng: np.random.Generator,
+    duration: float,
+    domain: int,
+    span: tuple[float, float] = (4.0, 15.0),
+    gap: tuple[float, float] = (1.0, 12.0),
+    margin: float = 4.0,
+    max_events: int = 1000,
+) -> tuple[str, list[tuple[float, float]], list[Event]]:
+    """Background noun + its long span, and non-overlapping events separated by gaps."""
+    nouns, verbs = DOMAINS[domain][2], DOMAINS[domain][3]
+    background = _pick(rng, nouns)
+    bg_start = rng.uniform(0.0, 0.3) * duration
+    bg_span = (_r2(bg_start), _r2(min(duration, bg_start + rng.uniform(0.4, 0.7) * duration)))
+    foreground = [n for n in nouns if n != background]
+    events: list[Event] = []
+    t = rng.uniform(*gap) / 2
+    while len(events) < max_events:
+        length = rng.uniform(*span)
+        if not events:  # every video gets at least one event
+            length = min(length, duration - margin - t)
+        if t + length > duration - margin:
+            break
+        events.append(Event(_r2(t), _r2(t + length), *_fresh_pair(rng, foreground, verbs, events)))
+        t += length + rng.uniform(*gap)
+    return background, [bg_span], events
+
+
+def _fresh_pair(rng: np.random.Generator, nouns: Sequence[str], verbs: Sequence[str], events: list[Event]) -> tuple:
+    """A (noun, verb) unlike the last 8 events', so a query names one moment in its clip."""
+    recent = {(e.noun, e.verb) for e in events[-8:]}
+    return _pick(rng, [(n, v) for n in nouns for v in verbs if (n, v) not in recent])
+
+
+def _video(rng: np.random.Generator, vid: str, durations: tuple[float, float], **timeline: Any) -> Video:
+    duration = _r2(rng.uniform(*durations))
+    domain = int(rng.integers(len(DOMAINS)))
+    background, spans, events = _timeline(rng, duration, domain, **timeline)
+    return Video(vid, duration, domain, background, spans, events)
+
+
+def _fill(template: str, ev: Event, **extra: str) -> str:
+    third, gerund = VERB_FORMS[ev.verb]
+    a_noun = ("an " if ev.noun[0] in "aeiou" else "a ") + ev.noun
+    return template.format(verb=ev.verb, verbs=third, ving=gerund, noun=ev.noun, a_noun=a_noun, **extra)
+
+
+# ---------------------------------------------------------------- speech
+
+
+def _chunks(rng: np.random.Generator, words: list[str]) -> list[list[str]]:
+    """Split an utterance into caption lines of 3-8 words."""
+    out = []
+    while len(words) > 8:
+        n = int(rng.integers(3, min(8, len(words) - 3) + 1))
+        out.append(words[:n])
+        words = words[n:]
+    return out + [words]
+
+
+def _speak(
+    rng: np.random.Generator,
+    utterances: list[tuple[float, str, int]],
+    duration: float,
+    split: bool,
+) -> list[Line]:
+    """Lay (desired time, text, event tag) utterances out in time, never overlapping.
+
+    A mention pushed more than 3 s late is dropped (its event becomes unmentioned); chatter is
+    dropped if it would delay the next mention or run past the end of the video.
+    """
+    order = sorted(utterances, key=lambda u: u[0])
+    next_mention, upcoming = [], math.inf
+    for desired, _, tag in reversed(order):
+        next_mention.append(upcoming)
+        upcoming = desired if tag >= 0 else upcoming
+    lines: list[Line] = []
+    free = 0.0
+    for (desired, text, tag), limit in zip(order, reversed(next_mention), strict=True):
+        t = _r2(max(desired, free + rng.uniform(0.1, 0.6)))
+        late = t - desired > (3.0 if tag >= 0 else 8.0)
+        spoken = []
+        for words in _chunks(rng, text.split()) if split else [text.split()]:
+            end = _r2(t + len(words) * rng.uniform(0.28, 0.42))
+            spoken.append(Line(t, end, " ".join(words), tag))
+            t = _r2(end + rng.uniform(0.0, 0.3))
+        too_long = spoken[-1].end > duration - 0.5 or (tag < 0 and spoken[-1].end > limit)
+        if not (late or too_long):
+            lines += spoken
+            free = spoken[-1].end
+    return lines
+
+
+def _mark_mentioned(video: Video) -> None:
+    tags = {line.tag for line in video.lines}
+    for i, ev in enumerate(video.events):
+        ev.mentioned = i in tags
+
+
+def _narrate(rng: np.random.Generator, video: Video) -> None:
+    """HowTo100M-style ASR: mentions of ~70% of the events (±2 s) mixed with chatter."""
+    utts = []
+    for i, ev in enumerate(video.events):
+        if rng.random() < MENTION_P:
+            utts.append((max(0.0, ev.start + rng.uniform(-2, 2)), _fill(_pick(rng, MENTION_TEMPLATES), ev), i))
+    for _ in range(int(video.duration // 40) + 1):
+        utts.append((rng.uniform(0, video.duration), _pick(rng, CHATTER), -1))
+    video.lines = _speak(rng, utts, video.duration, split=True)
+    _mark_mentioned(video)
+
+
+def _subtitle(rng: np.random.Generator, video: Video, cast: Sequence[str]) -> None:
+    """TV-style subtitles: "(Name:) ..." lines, about half the events talked about."""
+    utts = []
+    for i, ev in enumerate(video.events):
+        if rng.random() < SUBTITLE_MENTION_P:
+            text = f"({_pick(rng, cast)}:) {_fill(_pick(rng, SUB_MENTIONS), ev)}"
+            utts.append((max(0.0, ev.start + rng.uniform(-2, 2)), text, i))
+    for _ in range(int(video.duration // 8)):
+        utts.append((rng.uniform(0, video.duration), f"({_pick(rng, cast)}:) {_pick(rng, SUB_CHATTER)}", -1))
+    video.lines = _speak(rng, utts, video.duration, split=False)
+    _mark_mentioned(video)
+
+
+def rolling_captions(rng: np.random.Generator, lines: list[Line], duration: float) -> dict[str, list]:
+    """YouTube auto-caption display: segment i shows "L(i-1) L(i)" and outlives i+1's start;
+    ~10% of the time a 0.01 s segment repeats the previous segment's text."""
+    out: dict[str, list] = {"start": [], "end": [], "text": []}
+
+    def add(start: float, end: float, text: str) -> None:
+        out["start"].append(start)
+        out["end"].append(end)
+        out["text"].append(text)
+
+    for i, line in enumerate(lines):
+        shown = line.text if i == 0 else f"{lines[i - 1].text} {line.text}"
+        if i + 1 == len(lines):
+            add(line.start, line.end, shown)
+            break
+        nxt = lines[i + 1].start
+        add(line.start, min(_r2(nxt + rng.uniform(0.05, 0.5)), duration), shown)
+        if rng.random() < 0.1:
+            add(_r2(nxt - 0.01), nxt, shown)
+    return out
+
+
+def cleaned_captions(lines: list[Line]) -> dict[str, list]:
+    """caption.json: one segment per line, stop words removed, empty lines dropped."""
+    out: dict[str, list] = {"start": [], "end": [], "text": []}
+    for line in lines:
+        text = " ".join(w for w in line.text.split() if w not in STOP_WORDS)
+        if text:
+            out["start"].append(line.start)
+            out["end"].append(line.end)
+            out["text"].append(text)
+    return out
+
+
+# ---------------------------------------------------------------- writers (deterministic bytes)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8", newline="\n")
+
+
+def _write_json(path: Path, obj: Any, indent: int | None = None) -> None:
+    _write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    _write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _write_csv(path: Path, header: list[str] | None, rows: list[list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerows(([header] if header else []) + rows)
+
+
+def _write_npy(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.lib.format.write_array(f, arr, allow_pickle=False)
+
+
+def _write_npz(path: Path, arr: np.ndarray) -> None:
+    """Like np.savez(path, features=arr) but with a fixed zip timestamp (np.savez uses now)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, arr, allow_pickle=False)
+    info = zipfile.ZipInfo("features.npy", date_time=(1980, 1, 1, 0, 0, 0))
+    info.create_system = 3
+    info.external_attr = 0o644 << 16
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(info, buf.getvalue())
+
+
+def _planted(video: Video, with_lines: bool = False) -> dict:
+    rec = {
+        "duration": video.duration,
+        "domain": DOMAINS[video.domain][1],
+        "background": {"noun": video.background, "spans": [list(s) for s in video.background_spans]},
+        "events": [
+            {"start": e.start, "end": e.end, "noun": e.noun, "verb": e.verb, "mentioned": e.mentioned}
+            for e in video.events
+        ],
+    }
+    if with_lines:
+        rec["asr_lines"] = [[ln.start, ln.end, ln.text] for ln in video.lines]
+    return rec
+
+
+# ---------------------------------------------------------------- ids, sizes, splits
+
+
+def _youtube_ids(rng: np.random.Generator, n: int, taken: set[str]) -> list[str]:
+    """11-char YouTube-like ids; every 4th has a '-' and every 4th a '_' somewhere inside."""
+    ids: list[str] = []
+    while len(ids) < n:
+        chars = [_pick(rng, YT_CHARS) for _ in range(11)]
+        if len(ids) % 4 in (1, 2):
+            chars[int(rng.integers(1, 11))] = "-_"[len(ids) % 4 - 1]
+        vid = "".join(chars)
+        if vid not in taken:
+            taken.add(vid)
+            ids.append(vid)
+    return ids
+
+
+def _scaled(base: int, videos: int, minimum: int) -> int:
+    """Downstream size rule: base * videos / DEFAULT_VIDEOS, rounded, at least `minimum`."""
+    return max(minimum, round(base * videos / DEFAULT_VIDEOS))
+
+
+def _split_labels(n: int, names: Sequence[str], fracs: Sequence[float]) -> list[str]:
+    """Contiguous split labels; every split after the first gets at least one item."""
+    counts = [max(1, round(n * f)) for f in fracs[1:]]
+    labels = [names[0]] * (n - sum(counts))
+    for name, count in zip(names[1:], counts, strict=True):
+        labels += [name] * count
+    return labels
+
+
+# ---------------------------------------------------------------- datasets
+
+
+def _narrated_video(seed: int, vid: str, durations: tuple[float, float]) -> Video:
+    """A HowTo100M-style YouTube video: timeline plus ASR narration."""
+    rng = _rng(seed, "video", vid)
+    video = _video(rng, vid, durations)
+    _narrate(rng, video)
+    return video
+
+
+def _write_asr_and_features(root: Path, seed: int, videos: list[Video], extractor: bool) -> None:
+    raw = {v.vid: rolling_captions(_rng(seed, "rolling", v.vid), v.lines, v.duration) for v in videos}
+    _write_json(root / "raw_caption.json", raw)
+    hero_dir = root / "features" / "hero" if extractor else root / "features"
+    for v in videos:
+        _write_npz(hero_dir / f"{v.vid}.npz", hero_features(v, seed))
+        if extractor:
+            _write_npy(root / "features" / "2d" / f"{v.vid}.npy", layout_features(v, seed, "howto_2d", INTERVALS["2d"]))
+            _write_npy(root / "features" / "3d" / f"{v.vid}.npy", layout_features(v, seed, "howto_3d", INTERVALS["3d"]))
+
+
+def _write_howto100m(root: Path, seed: int, videos: list[Video]) -> tuple[dict, dict]:
+    rng = _rng(seed, "howto100m", "meta")
+    tasks = [[int(t) for t in rng.integers(10_000, 130_000, size=3)] for _ in DOMAINS]
+    rows = [[v.vid, *DOMAINS[v.domain][:2], int(rng.integers(1, 200)), _pick(rng, tasks[v.domain])] for v in videos]
+    _write_csv(root / "HowTo100M_v1.csv", ["video_id", "category_1", "category_2", "rank", "task_id"], rows)
+    _write_json(root / "caption.json", {v.vid: cleaned_captions(v.lines) for v in videos})
+    _write_asr_and_features(root, seed, videos, extractor=True)
+    planted = {"videos": {v.vid: _planted(v, with_lines=True) for v in videos}}
+    return planted, {"videos": len(videos), "asr_lines": sum(len(v.lines) for v in videos)}
+
+
+def _tvr_name(rng: np.random.Generator, show: str) -> str:
+    ints = rng.integers([1, 1, 1, 0], [11, 25, 3, 30])
+    name = f"s{ints[0]:02d}e{ints[1]:02d}_seg{ints[2]:02d}_clip_{ints[3]:02d}"
+    return name if show == "bbt" else f"{show}_{name}"  # real TVR/TVQA: bbt clips have no prefix
+
+
+def _write_tvr(root: Path, seed: int, n: int) -> tuple[dict, dict]:
+    rng = _rng(seed, "tvr")
+    videos, shows, taken = [], [], set()
+    while len(videos) < n:
+        show = _pick(rng, list(SHOWS))
+        name = _tvr_name(rng, show)
+        if name in taken:
+            continue
+        taken.add(name)
+        vrng = _rng(seed, "video", name)
+        video = _video(vrng, name, (60.0, 90.0), gap=(1.0, 8.0))
+        _subtitle(vrng, video, SHOWS[show])
+        videos.append(video)
+        shows.append(show)
+    splits = {"train": [], "val": [], "test_public": []}
+    video2dur: dict[str, dict] = {s: {} for s in splits}
+    desc_id = 0
+    for video, show, split in zip(videos, shows, _split_labels(n, list(splits), (0.7, 0.15, 0.15)), strict=True):
+        video2dur[split][video.vid] = [video.duration, len(video2dur[split])]
+        k = min(len(video.events), int(rng.integers(3, 6)))
+        for i in sorted(rng.choice(len(video.events), size=k, replace=False)):
+            ev = video.events[i]
+            qtype = _pick(rng, ("t", "vt")) if ev.mentioned else "v"
+            desc = _fill(_pick(rng, TVR_DESC[qtype]), ev, who=_pick(rng, SHOWS[show]))
+            row = {
+                "desc": desc,
+                "duration": video.duration,
+                "ts": [ev.start, ev.end],
+                "desc_id": desc_id,
+                "type": qtype,
+                "vid_name": video.vid,
+            }
+            splits[split].append(row if split != "test_public" else {"desc": desc, "desc_id": desc_id})
+            desc_id += 1
+    for split, rows in splits.items():
+        _write_jsonl(root / f"tvr_{split}_release.jsonl", rows)
+    _write_json(root / "tvr_video2dur_idx.json", video2dur)
+    subs = [
+        {"vid_name": v.vid, "sub": [{"text": ln.text, "start": ln.start, "end": ln.end} for ln in v.lines]}
+        for v in videos
+    ]
+    _write_jsonl(root / "tvqa_preprocessed_subtitles.jsonl", subs)
+    for v in videos:
+        _write_npz(root / "features" / f"{v.vid}.npz", hero_features(v, seed))
+    return {"videos": {v.vid: _planted(v) for v in videos}}, {"videos": n, "queries": desc_id}
+
+
+def _didemo_video(rng: np.random.Generator, name: str) -> tuple[Video, int]:
+    """A 25-30 s video whose 1-3 events are aligned to DiDeMo's 5 s chunks."""
+    duration = _r2(rng.uniform(25.0, 30.0))
+    n_seg = math.ceil(duration / 5)
+    domain = int(rng.integers(len(DOMAINS)))
+    background, spans, _ = _timeline(rng, duration, domain, max_events=0)
+    nouns = [x for x in DOMAINS[domain][2] if x != background]
+    events, chunk = [], int(rng.integers(0, 2))
+    while chunk < n_seg and len(events) < 3:
+        last = min(chunk + int(rng.integers(0, 3)), n_seg - 1)
+        end = min((last + 1) * 5.0, duration)
+        if end - chunk * 5.0 < 3.0:  # a sliver of the last chunk is no moment
+            break
+        events.append(Event(chunk * 5.0, end, *_fresh_pair(rng, nouns, DOMAINS[domain][3], events)))
+        chunk = last + 1 + int(rng.integers(0, 2))
+    return Video(name, duration, domain, background, spans, events), n_seg
+
+
+def _didemo_times(rng: np.random.Generator, s: int, e: int, n_seg: int) -> list[list[int]]:
+    """Four annotators: the first exact, the others moved by one chunk ~30% of the time."""
+    times = [[s, e]]
+    for _ in range(3):
+        a, b = s, e
+        if rng.random() < 0.3:
+            if rng.random() < 0.5:
+                a = min(max(a + _pick(rng, (-1, 1)), 0), b)
+            else:
+                b = max(min(b + _pick(rng, (-1, 1)), n_seg - 1), a)
+        times.append([a, b])
+    return times
+
+
+def _write_didemo(root: Path, seed: int, n: int) -> tuple[dict, dict]:
+    rng = _rng(seed, "didemo")
+    videos, taken = [], set()
+    while len(videos) < n:
+        user, photo = int(rng.integers(10_000_000, 100_000_000)), int(rng.integers(10**10, 10**11))
+        owner = f"{user}@N{int(rng.integers(0, 100)):02d}"
+        secret = "".join(_pick(rng, "0123456789abcdef") for _ in range(10))
+        name = f"{owner}_{photo}_{secret}.{'mp4' if rng.random() < 0.1 else 'mov'}"
+        if name not in taken:
+            taken.add(name)
+            videos.append((name, f"https://www.flickr.com/videos/{owner}/{photo}/"))
+    splits: dict[str, list] = {"train": [], "val": [], "test": []}
+    planted, ann_id = {}, 0
+    for (name, link), split in zip(videos, _split_labels(n, list(splits), (0.7, 0.15, 0.15)), strict=True):
+        video, n_seg = _didemo_video(_rng(seed, "video", name), name)
+        for ev in video.events:
+            s, e = int(ev.start // 5), math.ceil(ev.end / 5) - 1
+            splits[split].append(
+                {
+                    "annotation_id": ann_id,
+                    "description": _fill(_pick(rng, DIDEMO_DESC), ev),
+                    "video": name,
+                    "times": _didemo_times(rng, s, e, n_seg),
+                    "download_link": link,
+                    "num_segments": n_seg,
+                }
+            )
+            ann_id += 1
+        planted[name] = _planted(video)
+        _write_npz(root / "features" / f"{name}.npz", hero_features(video, seed))
+    for split, rows in splits.items():
+        _write_json(root / f"{split}_data.json", rows)
+    return {"videos": planted}, {"videos": n, "queries": ann_id}
+
+
+def _clips(video: Video) -> list[tuple[int, int, list[Event]]]:
+    """Up to three 60 s windows [60w, 60w+60) holding at least one whole event (≤3 queried)."""
+    out = []
+    for w in range(int(video.duration // 60)):
+        inside = [e for e in video.events if 60 * w <= e.start and e.end <= 60 * w + 60]
+        if inside:
+            out.append((60 * w, 60 * w + 60, inside[:3]))
+    return out[:3]
+
+
+def _write_how2r(root: Path, seed: int, n_clips: int, howto: list[Video], taken: set[str]) -> tuple[dict, dict]:
+    """How2R clips from YouTube videos; a few are HowTo100M videos (real How2R overlaps it)."""
+    candidates = [v for v in howto if _clips(v)]
+    n_overlap = min(len(candidates), max(1, round(3 * len(howto) / DEFAULT_VIDEOS)))
+    overlap = [candidates[i * len(candidates) // n_overlap] for i in range(n_overlap)]
+    extras: list[Video] = []
+    ids_rng = _rng(seed, "how2r", "ids")
+    while len(extras) + n_overlap < 3 or sum(len(_clips(v)) for v in extras + overlap) < n_clips:
+        extras.append(_narrated_video(seed, _youtube_ids(ids_rng, 1, taken)[0], (180.0, 300.0)))
+    sources = extras + overlap  # overlaps last, so they land in val/test
+    rng = _rng(seed, "how2r", "queries")
+    csv_rows: dict[str, list] = {"train": [], "val": [], "test": []}
+    value_rows: dict[str, list] = {s: [] for s in csv_rows}
+    subs, clips_planted, desc_id = [], {}, 0
+    for video, split in zip(sources, _split_labels(len(sources), list(csv_rows), (0.7, 0.15, 0.15)), strict=True):
+        for st, ed, events in _clips(video):
+            clip = f"{video.vid}_{st}_{ed}"
+            clips_planted[clip] = split
+            for ev in events:
+                query = _fill(_pick(rng, HOW2R_DESC), ev)
+                csv_rows[split].append([video.vid, f"[{st}:{ed}]", f"[{ev.start}:{ev.end}]", query])
+                value_rows[split].append(
+                    {
+                        "desc": query,
+                        "duration": 60.0,
+                        "ts": [_r2(ev.start - st), _r2(ev.end - st)],
+                        "desc_id": desc_id,
+                        "type": "v",
+                        "vid_name": clip,
+                    }
+                )
+                desc_id += 1
+            sub = [
+                {"text": ln.text, "start": _r2(max(ln.start - st, 0.0)), "end": _r2(min(ln.end - st, 60.0))}
+                for ln in video.lines
+                if ln.end > st and ln.start < ed
+            ]
+            subs.append({"vid_name": clip, "sub": sub})
+    for split in csv_rows:
+        _write_csv(root / f"how2r_{split}.csv", None, csv_rows[split])
+        _write_jsonl(root / "value" / f"how2r_{split}_release.jsonl", value_rows[split])
+    _write_jsonl(root / "value" / "how2r_subtitles.jsonl", subs)
+    _write_asr_and_features(root, seed, sources, extractor=False)
+    planted = {
+        "overlap_with_howto100m": [v.vid for v in overlap],
+        "clips": clips_planted,
+        "videos": {v.vid: _planted(v, with_lines=True) for v in sources},
+    }
+    return planted, {"videos": len(sources), "clips": len(clips_planted), "queries": desc_id}
+
+
+def _write_msrvtt(root: Path, seed: int, n: int, taken: set[str]) -> tuple[dict, dict]:
+    rng = _rng(seed, "msrvtt")
+    labels = _split_labels(n, ["train", "validate", "test"], (0.55, 0.05, 0.4))
+    urls = _youtube_ids(rng, n, taken)
+    records, sentences, planted = [], [], {}
+    for i, (split, url_id) in enumerate(zip(labels, urls, strict=True)):
+        vid = f"video{i}"
+        video = _video(
+            _rng(seed, "video", vid), vid, (10.0, 30.0), span=(3.0, 8.0), gap=(0.5, 3.0), margin=0.5, max_events=3
+        )
+        start = _r2(rng.uniform(0, 300))
+        records.append(
+            {
+                "category": int(rng.integers(0, 20)),
+                "url": f"https://www.youtube.com/watch?v={url_id}",
+                "video_id": vid,
+                "start time": start,
+                "end time": _r2(start + video.duration),
+                "split": split,
+                "id": i,
+            }
+        )
+        for k in range(20):
+            ev = video.events[k % len(video.events)]
+            caption = _fill(_pick(rng, MSRVTT_DESC), ev, who=_pick(rng, MSRVTT_WHO))
+            sentences.append({"caption": caption, "video_id": vid, "sen_id": len(sentences)})
+        planted[vid] = _planted(video)
+        _write_npz(root / "features" / f"{vid}.npz", hero_features(video, seed))
+    info = {
+        "contributor": "Microsoft MSM group",
+        "data_created": "2016-04-14 14:30:20",
+        "version": "1.0",
+        "description": "MSR-VTT dataset",
+        "year": "2016",
+    }
+    _write_json(root / "MSRVTT_data.json", {"info": info, "videos": records, "sentences": sentences})
+    test = [i for i, s in enumerate(labels) if s == "test"]
+    jsfusion = sorted(int(i) for i in rng.choice(test, size=max(1, len(test) // 2), replace=False))
+    train9k = [[f"video{i}"] for i in range(n) if i not in jsfusion]
+    train7k = [[f"video{i}"] for i in range(n) if labels[i] != "test"]
+    _write_csv(root / "MSRVTT_train.9k.csv", ["video_id"], train9k)
+    _write_csv(root / "MSRVTT_train.7k.csv", ["video_id"], train7k)
+    test_rows = [
+        [f"ret{k}", f"msr{i}", f"video{i}", sentences[20 * i + int(rng.integers(20))]["caption"]]
+        for k, i in enumerate(jsfusion)
+    ]
+    _write_csv(root / "MSRVTT_JSFUSION_test.csv", ["key", "vid_key", "video_id", "sentence"], test_rows)
+    summary = {
+        "videos": n,
+        "sentences": len(sentences),
+        "train9k": len(train9k),
+        "train7k": len(train7k),
+        "jsfusion_test": len(jsfusion),
+    }
+    return {"videos": planted}, summary
+
+
+def _anet_sentences(rng: np.random.Generator, video: Video) -> list[str]:
+    """Capitalised sentences with periods; all but the first usually start with a space."""
+    who = _pick(rng, ANET_WHO)
+    out = []
+    for i, ev in enumerate(video.events):
+        text = _fill(_pick(rng, ANET_DESC), ev, who=who)
+        out.append((" " if i and rng.random() < 0.7 else "") + text[0].upper() + text[1:])
+    return out
+
+
+def _write_activitynet(root: Path, seed: int, n: int, taken: set[str]) -> tuple[dict, dict]:
+    ids = [f"v_{vid}" for vid in _youtube_ids(_rng(seed, "activitynet", "ids"), n, taken)]
+    files: dict[str, dict] = {"train": {}, "val_1": {}, "val_2": {}}
+    planted = {}
+    for vid, split in zip(ids, _split_labels(n, ["train", "val"], (2 / 3, 1 / 3)), strict=True):
+        video = _video(_rng(seed, "video", vid), vid, (60.0, 180.0), span=(5.0, 25.0), gap=(2.0, 20.0), margin=3.0)
+        stamps = [[ev.start, ev.end] for ev in video.events]
+        for name in ("train",) if split == "train" else ("val_1", "val_2"):
+            sents = _anet_sentences(_rng(seed, "activitynet", name, vid), video)
+            files[name][vid] = {"duration": video.duration, "timestamps": stamps, "sentences": sents}
+        planted[vid] = _planted(video)
+        _write_npz(root / "features" / f"{vid}.npz", hero_features(video, seed))
+    for name, data in files.items():
+        _write_json(root / f"{name}.json", data)
+    summary = {
+        "videos": n,
+        "train": len(files["train"]),
+        "val": len(files["val_1"]),
+        "sentences": sum(len(d["sentences"]) for f in files.values() for d in f.values()),
+    }
+    return {"videos": planted}, summary
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def generate(out_dir: Path, videos: int = DEFAULT_VIDEOS, seed: int = 0) -> dict:
+    """Write the whole corpus under out_dir and return a summary of counts per dataset.
+
+    Existing files of the same names are overwritten; stale extra files are not removed, so
+    use a fresh directory when changing --videos.
+    """
+    if videos < 1 or seed < 0:
+        raise ValueError(f"need videos >= 1 and seed >= 0, got videos={videos} seed={seed}")
+    out = Path(out_dir)
+    taken: set[str] = set()
+    ids = _youtube_ids(_rng(seed, "howto100m", "ids"), videos, taken)
+    howto = [_narrated_video(seed, vid, (90.0, 300.0)) for vid in ids]
+    results = {
+        "howto100m": _write_howto100m(out / "howto100m", seed, howto),
+        "tvr": _write_tvr(out / "tvr", seed, _scaled(40, videos, 3)),
+        "didemo": _write_didemo(out / "didemo", seed, _scaled(30, videos, 3)),
+        "how2r": _write_how2r(out / "how2r", seed, _scaled(30, videos, 3), howto, taken),
+        "msrvtt": _write_msrvtt(out / "msrvtt", seed, _scaled(40, videos, 4), taken),
+        "activitynet": _write_activitynet(out / "activitynet", seed, _scaled(30, videos, 2), taken),
+    }
+    planted = {
+        "seed": seed,
+        "howto100m_videos": videos,
+        "vocabulary": {
+            "nouns": list(NOUNS),
+            "verbs": list(VERBS),
+            "verb_forms": {v: list(f) for v, f in VERB_FORMS.items()},
+            "unrelated_words": list(UNRELATED_WORDS),
+            "domains": [
+                {"category_1": c1, "category_2": c2, "nouns": list(n), "verbs": list(v)} for c1, c2, n, v in DOMAINS
+            ],
+        },
+        "latent_dim": LATENT_DIM,
+        "noise": {"latent": LATENT_NOISE, "feature": FEATURE_NOISE},
+        "layouts": {k: {"noun_weight": n, "verb_weight": v} for k, (n, v) in LAYOUTS.items()},
+        "features": {
+            "hero": {
+                "dim": 2 * LAYOUT_DIM,
+                "interval": INTERVALS["hero"],
+                "appearance": [0, LAYOUT_DIM],
+                "motion": [LAYOUT_DIM, 2 * LAYOUT_DIM],
+            },
+            "2d": {"dim": LAYOUT_DIM, "interval": INTERVALS["2d"]},
+            "3d": {"dim": LAYOUT_DIM, "interval": round(INTERVALS["3d"], 6)},
+        },
+        "datasets": {name: part for name, (part, _) in results.items()},
+    }
+    _write_json(out / "planted.json", planted, indent=1)
+    return {name: summary for name, (_, summary) in results.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument(
+        "--videos", type=int, default=DEFAULT_VIDEOS, help="HowTo100M videos; downstream sets scale proportionally"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    print(json.dumps(generate(args.out, args.videos, args.seed), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Launchers: the local main job, sbatch scripts, local launch helpers (no hyperparameters)."""
