@@ -4,9 +4,14 @@ The raw captions are YouTube auto-captions in their rolling two-line display: se
 the tail of segment i-1 followed by new words, segments overlap in time, and some repeat the
 previous one exactly for a few milliseconds. `dedup_rolling` keeps each word once:
 
-- a segment whose text equals the previous segment's text is dropped;
+Only a segment that starts before the previous one ends is taken as rolling (the cleaned
+`caption.json` has sequential lines, where two equal consecutive lines are both kept):
+
+- a rolling segment whose text equals the previous segment's text is dropped;
 - otherwise the longest prefix of its words that equals a suffix of the words emitted so far
-  (looking back at most `window` words) is removed, and the rest is kept, timed from the
+  (looking back at most `window` words) is removed when it covers at least every word the
+  previous kept segment added (a rolling repeat; a shorter match is a new line that happens
+  to start with the previous line's last word), and the rest is kept, timed from the
   segment's start to its end clipped at the next kept segment's start (no overlap in time).
 
 Clips are then cut from the de-duplicated segments in one of two ways:
@@ -60,16 +65,21 @@ def dedup_rolling(segments: list[Segment], window: int = 32) -> list[Segment]:
     kept: list[Segment] = []
     emitted: list[str] = []
     previous_text = None
+    previous_new = 0  # words the last kept segment added
+    previous_end = -math.inf
     for seg in segments:
         words = seg.text.split()
-        if seg.text == previous_text or not words:
+        rolling = seg.start <= previous_end  # a rolling line overlaps the one it continues
+        previous_end = max(previous_end, seg.end)
+        if not words or (rolling and seg.text == previous_text):
             continue
         previous_text = seg.text
-        overlap = _overlap(emitted[-window:], words)
+        overlap = _overlap(emitted[-window:], words, at_least=max(1, previous_new)) if rolling else 0
         new = words[overlap:]
         if not new:
             continue
         emitted.extend(new)
+        previous_new = len(new)
         kept.append(Segment(seg.start, seg.end, " ".join(new)))
     return [
         Segment(s.start, min(s.end, nxt.start) if nxt.start > s.start else s.end, s.text)
@@ -77,9 +87,13 @@ def dedup_rolling(segments: list[Segment], window: int = 32) -> list[Segment]:
     ]
 
 
-def _overlap(tail: list[str], words: list[str]) -> int:
-    """Length of the longest prefix of `words` that is a suffix of `tail`."""
-    for n in range(min(len(tail), len(words)), 0, -1):
+def _overlap(tail: list[str], words: list[str], at_least: int) -> int:
+    """Length of the longest prefix of `words` that is a suffix of `tail`, if >= `at_least`, else 0.
+
+    A rolling segment repeats at least all the words the previous segment added; a shorter
+    match ("pour the water" then "water it well") is a new line that happens to repeat a word.
+    """
+    for n in range(min(len(tail), len(words)), at_least - 1, -1):
         if tail[-n:] == words[:n]:
             return n
     return 0

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data_prep.errors import Rejected
+from data_prep.errors import DataPrepError, Rejected
 from data_prep.schema import FeatureSpec
 
 HOWTO100M_RATES = {"2d": 1.0, "3d": 1.0 / 1.5}  # seconds per source frame
@@ -87,7 +87,7 @@ class FeatureReader:
         names = ("features",) if self.layout == "hero" else tuple(HOWTO100M_RATES)
         return FeatureSpec(names, dims, self.interval, self.layout, self.normalisation)
 
-    def probe_dims(self, video_id: str) -> tuple[int, ...]:
+    def probe_dims(self, video_id: str) -> tuple[int, ...]:  # noqa: D401
         """Per-source dims, read from one video (for the feature spec in the manifest)."""
         dims = []
         for path in self.paths(video_id):
@@ -128,3 +128,21 @@ def to_float16(feats: np.ndarray, video_id: str) -> np.ndarray:
     if not np.isfinite(half).all():
         raise Rejected("nonfinite_features", f"{video_id}: values beyond float16 range")
     return half
+
+
+def probe_dims(reader: FeatureReader, video_ids: list[str], sample: int = 15) -> tuple[int, ...]:
+    """The feature dims of the corpus: the most common among up to `sample` readable videos
+    spread over the list (one odd file must not set the spec that rejects all the others)."""
+    step = max(1, len(video_ids) // (sample * 2))
+    seen: dict[tuple[int, ...], int] = {}
+    for vid in video_ids[::step]:
+        try:
+            dims = reader.probe_dims(vid)
+        except (Rejected, OSError):
+            continue
+        seen[dims] = seen.get(dims, 0) + 1
+        if sum(seen.values()) >= sample:
+            break
+    if not seen:
+        raise DataPrepError(f"{reader.root}: no readable feature file for any of {len(video_ids)} videos")
+    return max(seen, key=lambda d: seen[d])  # first seen wins a tie

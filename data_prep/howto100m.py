@@ -15,12 +15,13 @@ import argparse
 import csv
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from data_prep import asr, cli, schema, sharding
 from data_prep.errors import DataPrepError, Rejected
-from data_prep.features import FeatureReader, to_float16
+from data_prep.features import FeatureReader, probe_dims, to_float16
 from data_prep.storage import open_location
 from data_prep.tagger import get_tagger
 
@@ -59,13 +60,16 @@ def read_csv(path: str | None) -> dict[str, dict[str, str]]:
         raise DataPrepError(f"{path}: file not found") from None
 
 
+ABSENT = object()  # a video of the CSV that the caption file does not have
+
+
 def plan_video(
     video_id: str, entry: Any, row: dict | None, excluded: bool, args: argparse.Namespace
 ) -> sharding.WorkItem:
     """Captions -> de-duplicated segments -> clip windows; the features are read later."""
     if excluded:
         return sharding.WorkItem(video_id, reject=("excluded", "listed in --exclude"))
-    if entry is None:
+    if entry is ABSENT:
         return sharding.WorkItem(video_id, reject=("missing_captions", "in the CSV, not in the caption file"))
     try:
         segments = asr.dedup_rolling(asr.parse_captions(entry))
@@ -122,17 +126,6 @@ def build_clips(item: sharding.WorkItem, ctx: Context) -> list[schema.Sample]:
     return samples
 
 
-def probe_dims(reader: FeatureReader, items: list[sharding.WorkItem]) -> tuple[int, ...]:
-    """Feature dims from the first readable video; all others must match them."""
-    for item in items:
-        if item.reject is None:
-            try:
-                return reader.probe_dims(item.video_id)
-            except (Rejected, OSError):
-                continue
-    raise DataPrepError(f"{reader.root}: no readable features for any captioned video")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m data_prep.howto100m", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = read_csv(args.csv)
     excluded = cli.load_id_list(args.exclude)
     items = [
-        plan_video(vid, captions.get(vid), rows.get(vid), vid in excluded, args)
+        plan_video(vid, captions.get(vid, ABSENT), rows.get(vid), vid in excluded, args)
         for vid in sorted(set(captions) | set(rows))
     ]
     del captions
@@ -174,9 +167,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "src_interval": args.src_interval,
         "normalisation": args.normalisation,
         "tagger": args.tagger,
+        "features_root": os.path.abspath(args.features),
     }
     jobs = sharding.plan_shards(items, args.shard_size, options)
-    dims = probe_dims(reader, items)
+    dims = probe_dims(reader, [item.video_id for item in items if item.reject is None])
     tagger = get_tagger(args.tagger)
     ctx = Context(reader, dims, args.tolerance, args.tagger)
     loc = open_location(args.out, args.s3_endpoint)

@@ -119,8 +119,10 @@ def write_tar(loc: Location, name: str, samples: list[schema.Sample]) -> tuple[i
 
 
 def _toi_words(meta: dict[str, Any]) -> set[str]:
-    text = meta.get("text", "")
-    return {text[s:e].lower() for s, e, _ in meta.get("toi", [])}
+    """Lower-cased tokens of interest of a sample: its text (clips) and its queries (finetune sets)."""
+    texts = [(meta.get("text", ""), meta.get("toi", []))]
+    texts += [(q.get("text", ""), q.get("toi", [])) for q in meta.get("queries", [])]
+    return {text[s:e].lower() for text, toi in texts for s, e, _ in toi}
 
 
 def process_job(job: ShardJob, build: BuildFn, ctx: Any, loc: Location) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from data_prep.errors import DataPrepError
+
 
 @dataclass
 class Location:
@@ -76,7 +78,13 @@ def open_location(url: str, endpoint_url: str | None = None) -> Location:
     """A Location for a local path or an s3:// URL; local folders are created."""
     if url.startswith("s3://"):
         fs = fsspec.filesystem("s3", **s3_options(endpoint_url))
-        return Location(fs=fs, root=url[len("s3://") :].rstrip("/"), url=url.rstrip("/"))
+        root = url[len("s3://") :].rstrip("/")
+        bucket = root.split("/")[0]
+        try:
+            fs.ls(bucket)
+        except (FileNotFoundError, PermissionError, OSError) as e:
+            raise DataPrepError(f"s3://{bucket}: bucket not found or not accessible ({type(e).__name__})") from None
+        return Location(fs=fs, root=root, url=url.rstrip("/"))
     root = os.path.abspath(url)
     os.makedirs(root, exist_ok=True)
     return Location(fs=fsspec.filesystem("file"), root=root, url=root)

@@ -1,0 +1,137 @@
+"""Shared fixtures for the data_prep tests: a synthetic corpus, the converter, a shard reader.
+
+The corpus comes from `data_prep.synthetic` (the public HowTo100M formats with planted ground
+truth) and is written once per session. Converter runs that several tests read are cached
+per session too (`convert`), so each (layout, clip mode) is converted once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SYNTHETIC_VIDEOS = 32
+SHARD_SIZE = 12  # small, so every run writes many shards
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The HowTo100M part of a synthetic corpus and its planted ground truth."""
+
+    root: Path  # <out>/howto100m
+    planted: dict[str, Any]  # video id -> {duration, events, asr_lines, ...}
+    vocabulary: dict[str, Any]
+
+    @property
+    def raw_captions(self) -> Path:
+        return self.root / "raw_caption.json"
+
+    @property
+    def clean_captions(self) -> Path:
+        return self.root / "caption.json"
+
+    @property
+    def csv(self) -> Path:
+        return self.root / "HowTo100M_v1.csv"
+
+    @property
+    def hero(self) -> Path:
+        return self.root / "features" / "hero"
+
+    @property
+    def extractor(self) -> Path:
+        return self.root / "features"  # 2d/ and 3d/
+
+    def args(self, out: Path | str, layout: str = "hero", mode: str = "clip60", *extra: str) -> list[str]:
+        """Command line of the HowTo100M converter on this corpus."""
+        return converter_args(self.root, out, layout, mode, *extra)
+
+
+def converter_args(root: Path, out: Path | str, layout: str = "hero", mode: str = "clip60", *extra: str) -> list[str]:
+    """`python -m data_prep.howto100m` arguments for a corpus laid out like the synthetic one."""
+    features = root / "features" / "hero" if layout == "hero" else root / "features"
+    clip = ["--clip-seconds", "60"] if mode == "clip60" else ["--min-words", "10"]
+    return [
+        "--captions", str(root / "raw_caption.json"), "--csv", str(root / "HowTo100M_v1.csv"),
+        "--features", str(features), "--feature-layout", layout, "--out", str(out),
+        "--shard-size", str(SHARD_SIZE), *clip, *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    from data_prep import synthetic
+
+    out = tmp_path_factory.mktemp("synthetic")
+    synthetic.generate(out, videos=SYNTHETIC_VIDEOS, seed=0)
+    planted = json.loads((out / "planted.json").read_text())
+    return Corpus(out / "howto100m", planted["datasets"]["howto100m"]["videos"], planted["vocabulary"])
+
+
+def run_main(args: list[str]) -> dict[str, Any]:
+    """The converter in this process; returns its manifest (DataPrepError propagates)."""
+    from data_prep import howto100m
+
+    return howto100m.main(args)
+
+
+def run_cli(args: list[str], timeout: float = 120, **kw: Any) -> subprocess.CompletedProcess:
+    """`python -m data_prep.howto100m ARGS` as a subprocess from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "data_prep.howto100m", *args], cwd=REPO, env=cli_env(kw.pop("env", None)),
+        capture_output=True, text=True, timeout=timeout, **kw,
+    )  # fmt: skip
+
+
+def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {**os.environ, **(extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def shard_paths(out: Path) -> list[Path]:
+    return sorted(Path(out).glob("shard-*.tar"))
+
+
+def read_samples(out: Path | str, urls: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every sample of an output folder (or of `urls`), read and decoded with webdataset."""
+    import webdataset as wds
+
+    urls = urls if urls is not None else [str(p) for p in shard_paths(Path(out))]
+    return list(wds.WebDataset(urls, shardshuffle=False).decode())
+
+
+def sha256_file(path: Path | str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line]
+
+
+@pytest.fixture(scope="session")
+def convert(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., tuple[Path, dict]]:
+    """`convert(layout, mode, *extra)` -> (output folder, manifest), run once per argument set."""
+    cache: dict[tuple, tuple[Path, dict]] = {}
+
+    def run(layout: str = "hero", mode: str = "clip60", *extra: str) -> tuple[Path, dict]:
+        key = (layout, mode, *extra)
+        if key not in cache:
+            out = tmp_path_factory.mktemp(f"shards-{layout}-{mode}")
+            cache[key] = (out, run_main(corpus.args(out, layout, mode, *extra)))
+        return cache[key]
+
+    return run
