@@ -1,0 +1,157 @@
+"""Pretraining objectives: one module each, one interface, one explicit registry, one combiner.
+
+An objective is built from its config dataclass and called as `objective(model, batch)`; it
+returns named losses (`{"mlm_loss": tensor}`; TACo returns three). The training loop only
+sees the `Combiner`, which runs the enabled objectives every step (`mode="sum"`, weighted) or
+one objective per step sampled by weight (`mode="sample"`, HERO; the choice is broadcast from
+rank 0 so every rank runs the same one).
+
+Adding an objective: its module (config dataclass + class with `name` and `__call__`), one
+line in `OBJECTIVES`, and one field in `ObjectivesConfig` named like the registry key.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from torch import Tensor
+
+from pretrain.distributed import broadcast_choice
+from pretrain.objectives.gmr import GMR, GMRConfig
+from pretrain.objectives.mfm_nce import MFMNCE, MFMNCEConfig
+from pretrain.objectives.mlm import MLM, MLMConfig
+from pretrain.objectives.self_contrast import SelfContrast, SelfContrastConfig
+from pretrain.objectives.taco import Taco, TacoConfig
+
+Batch = dict[str, Tensor]  # the loader's batch; keys in docs/objectives.md
+
+
+class VideoTextModel(Protocol):
+    """What the objectives call on the model (pretrain/model.py); it returns representations only."""
+
+    def embed_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...  # (B, N, d)
+
+    def embed_video(self, frames: Tensor, frame_mask: Tensor) -> Tensor: ...  # (B, M, d)
+
+    def cross(self, e_v: Tensor, frame_mask: Tensor, e_t: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def mcb_v2t(self, o_v: Tensor, frame_mask: Tensor) -> Tensor: ...  # (B, M, d)
+
+    def mcb_t2v(self, o_t: Tensor, text_mask: Tensor) -> Tensor: ...  # (B, N, d)
+
+    def mlm_logits(self, o_t: Tensor) -> Tensor: ...  # (B, N, V)
+
+    def mfm_head(self, o_v: Tensor) -> Tensor: ...  # (B, M, d)
+
+    def fusion_score(self, e_v: Tensor, frame_mask: Tensor, e_t: Tensor, text_mask: Tensor) -> Tensor: ...  # (P,)
+
+
+class Objective(Protocol):
+    """One pretraining objective."""
+
+    name: str
+
+    def __call__(self, model: VideoTextModel, batch: Batch) -> dict[str, Tensor]: ...
+
+
+# name -> (config dataclass, builder taking that config)
+OBJECTIVES: dict[str, tuple[type, Callable[[Any], Objective]]] = {
+    "mlm": (MLMConfig, MLM),
+    "mfm_nce": (MFMNCEConfig, MFMNCE),
+    "gmr": (GMRConfig, GMR),
+    "self_contrast": (SelfContrastConfig, SelfContrast),
+    "taco": (TacoConfig, Taco),
+}
+MODES = ("sum", "sample")
+
+
+@dataclass
+class ObjectivesConfig:
+    """Which objectives run, how they combine, and each one's options."""
+
+    enabled: list[str] = field(default_factory=lambda: list(OBJECTIVES))
+    weights: dict[str, float] = field(default_factory=dict)  # name -> weight (missing = 1.0); sample: ratio
+    mode: str = "sum"  # "sum": weighted sum every step | "sample": one objective per step, P ~ weight
+    seed: int = 0  # the sampled objective is a function of (seed, step): exact on resume
+    mlm: MLMConfig = field(default_factory=MLMConfig)
+    mfm_nce: MFMNCEConfig = field(default_factory=MFMNCEConfig)
+    gmr: GMRConfig = field(default_factory=GMRConfig)
+    self_contrast: SelfContrastConfig = field(default_factory=SelfContrastConfig)
+    taco: TacoConfig = field(default_factory=TacoConfig)
+
+
+def check_names(names: list[str]) -> None:
+    """ValueError naming the first unknown objective and listing the known ones."""
+    for name in names:
+        if name not in OBJECTIVES:
+            raise ValueError(f"unknown objective {name!r}; known objectives: {', '.join(OBJECTIVES)}")
+
+
+def validate(cfg: ObjectivesConfig) -> None:
+    """Reject unknown names, unknown modes, negative weights, an empty or zero-weight selection."""
+    check_names(list(cfg.enabled))
+    check_names(list(cfg.weights))
+    if cfg.mode not in MODES:
+        raise ValueError(f"objectives mode must be one of {MODES}, got {cfg.mode!r}")
+    if len(set(cfg.enabled)) != len(cfg.enabled):
+        raise ValueError(f"objective listed twice in enabled: {list(cfg.enabled)}")
+    weights = [cfg.weights.get(name, 1.0) for name in cfg.enabled]
+    if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ValueError(f"objective weights must be >= 0 with at least one > 0, got {dict(cfg.weights)}")
+
+
+def build_objective(name: str, cfg: ObjectivesConfig) -> Objective:
+    """The registry's builder applied to the objective's own section of the config."""
+    check_names([name])
+    config_cls, builder = OBJECTIVES[name]
+    section = getattr(cfg, name, None)
+    if section is None:
+        section = config_cls()
+    elif not isinstance(section, config_cls):  # e.g. an OmegaConf DictConfig section
+        section = config_cls(**dict(section))
+    return builder(section)
+
+
+class Combiner:
+    """Runs the enabled objectives for a step and returns (total loss, named losses as floats).
+
+    sum: total = sum over objectives of weight * (sum of its named losses), every step.
+    sample: one objective per step drawn with probability weight / sum(weights) from a
+    generator seeded by (seed, step), the choice taken from rank 0; its losses count with
+    weight 1 (the weights are the sampling ratio, as in HERO). Objectives with weight 0 never run.
+    """
+
+    def __init__(self, cfg: ObjectivesConfig):
+        validate(cfg)
+        self.cfg = cfg
+        self.names = [name for name in cfg.enabled if cfg.weights.get(name, 1.0) > 0]
+        self.weights = [float(cfg.weights.get(name, 1.0)) for name in self.names]
+        self.objectives = {name: build_objective(name, cfg) for name in self.names}
+
+    def choose(self, step: int) -> list[str]:
+        """The objectives that run at `step` (all of them in sum mode; one, the same on every rank, in sample)."""
+        if self.cfg.mode == "sum":
+            return list(self.names)
+        rng = random.Random(f"{self.cfg.seed}:{step}")
+        index = rng.choices(range(len(self.names)), weights=self.weights)[0]
+        return [self.names[broadcast_choice(index)]]
+
+    def __call__(self, model: VideoTextModel, batch: Batch, step: int) -> tuple[Tensor, dict[str, float]]:
+        """(total loss to backpropagate, {every *_loss, "loss": total, "ran_<name>": 1.0 or 0.0})."""
+        chosen = self.choose(step)
+        total: Tensor | None = None
+        logs: dict[str, float] = {}
+        for name in chosen:
+            weight = 1.0 if self.cfg.mode == "sample" else self.weights[self.names.index(name)]
+            for key, loss in self.objectives[name](model, batch).items():
+                if key in logs:
+                    raise ValueError(f"objective {name!r} returned {key!r}, which another objective also returned")
+                logs[key] = float(loss.detach())
+                total = weight * loss if total is None else total + weight * loss
+        assert total is not None, "no objective returned a loss"
+        logs["loss"] = float(total.detach())
+        logs.update({f"ran_{name}": float(name in chosen) for name in self.names})
+        return total, logs
