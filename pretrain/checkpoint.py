@@ -1,0 +1,159 @@
+"""Checkpoints that resume exactly, and the consolidated export.
+
+Layout under `<run dir>/checkpoints/`:
+
+    step_00000100/                 DeepSpeed's files (model, optimizer, scheduler states)
+        train_state_rank{r}.pt     rank r's step, data position, RNG states, MLflow run id
+        COMPLETE                   written by rank 0 after every rank saved: only such a
+                                   checkpoint is ever picked as the latest
+    step_00000100_universal/       made from it when resuming at another world size
+
+The export (`<run dir>/export/`) holds `config.yaml`, `model.safetensors` (fp32, gathered
+from any ZeRO stage) and the tokenizer: what finetuning and anyone else loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain import runtime
+
+log = logging.getLogger(__name__)
+
+COMPLETE = "COMPLETE"
+TAG_RE = re.compile(r"^step_(\d{8})$")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100  # steps between checkpoints (0: only at the end)
+    keep_last: int = 3
+    resume: str = "auto"  # auto: the latest complete checkpoint of the run dir; none; or a checkpoint path
+    export: bool = True
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def complete_tags(ckpt_dir: str) -> list[str]:
+    """Complete checkpoints, oldest first."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    tags = [t for t in os.listdir(ckpt_dir) if TAG_RE.match(t) and os.path.exists(os.path.join(ckpt_dir, t, COMPLETE))]
+    return sorted(tags)
+
+
+def find_resume(cfg: CheckpointConfig, ckpt_dir: str) -> tuple[str, str] | None:
+    """(checkpoint dir, tag) to resume from, or None to start fresh."""
+    if cfg.resume == "none":
+        return None
+    if cfg.resume == "auto":
+        tags = complete_tags(ckpt_dir)
+        return (ckpt_dir, tags[-1]) if tags else None
+    path = cfg.resume.rstrip("/")
+    if not os.path.exists(os.path.join(path, COMPLETE)):
+        raise ValueError(f"checkpoint.resume {cfg.resume!r} is not a complete checkpoint (no {COMPLETE} file)")
+    return os.path.dirname(path), os.path.basename(path)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+
+
+def save(engine, ckpt_dir: str, step: int, train_state: dict[str, Any], rank: int, world: int,
+         keep_last: int) -> str:
+    """Every rank: DeepSpeed's save + its own train state; rank 0 marks it complete and prunes."""
+    tag = tag_for(step)
+    runtime.save(engine, ckpt_dir, tag)
+    path = os.path.join(ckpt_dir, tag)
+    torch.save({**train_state, "rng": rng_state()}, os.path.join(path, f"train_state_rank{rank}.pt"))
+    runtime.barrier()
+    if rank == 0:
+        with open(os.path.join(path, COMPLETE + ".tmp"), "w") as f:
+            json.dump({"step": step, "world_size": world}, f)
+        os.replace(os.path.join(path, COMPLETE + ".tmp"), os.path.join(path, COMPLETE))
+        _prune(ckpt_dir, keep_last, newest=tag)
+    runtime.barrier()
+    return path
+
+
+def _prune(ckpt_dir: str, keep_last: int, newest: str) -> None:
+    """Keep the last `keep_last` complete checkpoints; drop older ones and stale partial ones."""
+    tags = complete_tags(ckpt_dir)
+    drop = tags[: max(0, len(tags) - keep_last)]
+    drop += [t for t in os.listdir(ckpt_dir) if (TAG_RE.match(t) and t not in tags and t < newest)
+             or (t.endswith("_universal") and t[: -len("_universal")] not in tags[-keep_last:])]
+    for t in drop:
+        shutil.rmtree(os.path.join(ckpt_dir, t), ignore_errors=True)
+
+
+def saved_world_size(ckpt_dir: str, tag: str) -> int:
+    with open(os.path.join(ckpt_dir, tag, COMPLETE)) as f:
+        return int(json.load(f)["world_size"])
+
+
+def prepare_universal(ckpt_dir: str, tag: str, rank: int) -> str:
+    """Convert `tag` to DeepSpeed's universal checkpoint once (rank 0); returns the universal tag."""
+    out_tag = f"{tag}_universal"
+    if rank == 0 and not os.path.exists(os.path.join(ckpt_dir, out_tag, COMPLETE)):
+        shutil.rmtree(os.path.join(ckpt_dir, out_tag), ignore_errors=True)
+        log.info("converting %s/%s to a universal checkpoint for a new world size", ckpt_dir, tag)
+        runtime.to_universal(ckpt_dir, tag, out_tag)
+        for name in os.listdir(os.path.join(ckpt_dir, tag)):
+            if name.startswith("train_state_rank"):
+                shutil.copy(os.path.join(ckpt_dir, tag, name), os.path.join(ckpt_dir, out_tag, name))
+        shutil.copy(os.path.join(ckpt_dir, tag, COMPLETE), os.path.join(ckpt_dir, out_tag, COMPLETE))
+    runtime.barrier()
+    return out_tag
+
+
+def load_train_state(ckpt_dir: str, tag: str, rank: int, same_world: bool) -> dict[str, Any]:
+    """This rank's train state; at another world size, rank 0's (its RNG states are not restored)."""
+    name = f"train_state_rank{rank if same_world else 0}.pt"
+    state = torch.load(os.path.join(ckpt_dir, tag, name), map_location="cpu", weights_only=True)
+    if same_world:
+        set_rng_state(state["rng"])
+    return state
+
+
+def export(engine, ckpt_dir: str, tag: str, out_dir: str, config_yaml: str, tokenizer, zero_stage: int,
+           rank: int) -> None:
+    """Consolidated export (rank 0 writes): config.yaml, model.safetensors (fp32), tokenizer."""
+    from safetensors.torch import save_file
+
+    if rank == 0:
+        if zero_stage == 0:
+            state = {k: v.detach().float().cpu() for k, v in engine.module.state_dict().items()}
+        else:
+            state = runtime.fp32_state_dict(ckpt_dir, tag)
+        os.makedirs(out_dir, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, os.path.join(out_dir, "model.safetensors"))
+        with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+            f.write(config_yaml)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+        log.info("exported %d tensors to %s", len(state), out_dir)
+    runtime.barrier()

@@ -1,0 +1,114 @@
+"""The pretraining config tree: defaults <- YAML <- key=value overrides, then validation.
+
+Each part's schema lives beside the code it configures (ModelConfig in model.py, LoaderConfig
+in loader.py, ...); this module assembles them. OmegaConf's structured configs reject an
+unknown key or a wrong type with the key's name; `validate` then checks what needs the
+world (world size, files on disk) before any work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pretrain.checkpoint import CheckpointConfig
+from pretrain.loader import LoaderConfig
+from pretrain.model import ModelConfig, resolve
+from pretrain.objectives import ObjectivesConfig
+from pretrain.objectives import validate as validate_objectives
+from pretrain.runtime import OptimConfig, RuntimeConfig, grad_accum_steps
+from pretrain.tracking import TrackingConfig
+
+
+class ConfigError(ValueError):
+    """A bad config: raised before any work starts, naming the key."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "pretrain"
+    output_dir: str = "runs/pretrain"  # checkpoints, export, metrics.jsonl, the default MLflow store
+    seed: int = 0
+    max_steps: int = 100  # optimizer steps
+    log_every: int = 10
+    max_bad_steps: int = 3  # non-finite losses in a row before the run stops
+
+
+@dataclass
+class EvalConfig:
+    held_out: str | None = None  # shard folder for zero-shot text-to-video retrieval (None: no eval)
+    every: int = 0  # steps between evaluations; 0: at the end only
+    batch_size: int = 16
+    max_samples: int = 1000
+
+
+@dataclass
+class PretrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: LoaderConfig = field(default_factory=LoaderConfig)
+    objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load(path: str | None, overrides: list[str], schema: type = PretrainConfig):
+    """The typed config: schema defaults, then the YAML file, then key=value overrides."""
+    try:
+        base = OmegaConf.structured(schema)
+        layers = [OmegaConf.load(path)] if path else []
+        merged = OmegaConf.merge(base, *layers, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{path or 'config'}: {e}".replace("\n", " | ")) from None
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def _shard_manifest(url: str) -> dict | None:
+    path = os.path.join(url, "manifest.json")
+    if url.startswith("s3://") or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def validate(cfg: PretrainConfig, world: int) -> None:
+    """Checks that need more than types: names, divisibility, paths, feature dims."""
+    try:
+        validate_objectives(cfg.objectives)
+        model = resolve(cfg.model)
+        grad_accum_steps(cfg.runtime, cfg.data.batch_size, world)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.run.max_steps < 1:
+        raise ConfigError(f"run.max_steps must be >= 1, got {cfg.run.max_steps}")
+    train = [cfg.data.train] if isinstance(cfg.data.train, str) else list(cfg.data.train)
+    if not any(train):
+        raise ConfigError("data.train is empty: give a shard folder, a list of them, or shard paths")
+    held_out = [cfg.eval.held_out] if cfg.eval.held_out else []
+    for key, url in [("data.train", u) for u in train] + [("eval.held_out", u) for u in held_out]:
+        if not url.startswith("s3://") and "{" not in url and not os.path.exists(url):
+            raise ConfigError(f"{key}: {url} does not exist")
+    for url in train:
+        manifest = _shard_manifest(url)
+        if manifest is not None and manifest["feature_spec"]["dim"] != model.frame_dim:
+            raise ConfigError(
+                f"model.frame_dim {model.frame_dim} != the shards' feature dim "
+                f"{manifest['feature_spec']['dim']} ({url}/manifest.json)"
+            )

@@ -1,0 +1,163 @@
+"""The one training loop, shared by pretraining and the finetune recipes.
+
+Each micro-step runs `compute(model, batch, step)` inside the DeepSpeed engine's forward
+(so ZeRO-3 gathering and gradient-accumulation scaling apply), then backward and step. The
+losses of all ranks are averaged for logging in the same all-reduce that decides, on every
+rank alike, whether a non-finite loss skips the micro-step: skipped micro-steps are counted
+and the run stops with a clear message after `max_bad_steps` in a row. Rank 0 writes one
+metrics.jsonl line per optimizer step and logs to MLflow every `log_every` steps. The train
+state (step, data position, counters, MLflow run id) is checkpointed with the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from pretrain import checkpoint, runtime
+
+log = logging.getLogger(__name__)
+
+Compute = Callable[[torch.nn.Module, dict, int], tuple[torch.Tensor, dict[str, float]]]
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    micro_steps: int = 0  # batches consumed (skipped ones included)
+    skipped: int = 0  # micro-steps skipped for a non-finite loss
+    bad_in_a_row: int = 0
+    samples: int = 0  # global samples consumed
+    mlflow_run_id: str | None = None
+    loader: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Trainer:
+    engine: Any
+    loader: Any  # iterable of batches with state_dict()/load_state_dict()
+    compute: Compute
+    tracker: Any
+    state: TrainState
+    run_dir: str
+    max_steps: int
+    log_every: int = 10
+    max_bad_steps: int = 3
+    checkpoint_every: int = 0
+    keep_last: int = 3
+    evaluate: Callable[[int], dict[str, float]] | None = None
+    eval_every: int = 0
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    _window: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def ckpt_dir(self) -> str:
+        return os.path.join(self.run_dir, "checkpoints")
+
+    def fit(self) -> TrainState:
+        """Train until max_steps; checkpoint periodically and at the end."""
+        batches = self._batches()
+        t0, samples0 = time.time(), self.state.samples
+        while self.state.step < self.max_steps:
+            batch = next(batches)
+            stepped = self._micro_step(batch)
+            if not stepped:
+                continue
+            step = self.state.step
+            rate = (self.state.samples - samples0) / max(time.time() - t0, 1e-9)
+            self._log_step(step, rate)
+            if self.evaluate and self.eval_every and step % self.eval_every == 0 and step < self.max_steps:
+                self.tracker.log_metrics(self.evaluate(step), step)
+            if self.checkpoint_every and step % self.checkpoint_every == 0 and step < self.max_steps:
+                self.save()
+        if self.evaluate:
+            self.tracker.log_metrics(self.evaluate(self.state.step), self.state.step)
+        self.save()
+        return self.state
+
+    def _batches(self) -> Iterator[dict]:
+        """Batches forever, epoch after epoch (the loader keeps its own position)."""
+        while True:
+            yield from self.loader
+
+    def _micro_step(self, batch: dict) -> bool:
+        """One micro-batch; True when it completed an optimizer step."""
+        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        step = self.state.step
+        loss, logs = self.engine(lambda m, b: self.compute(m, b, step), batch)
+        self.state.micro_steps += 1
+        self.state.samples += len(batch["keys"]) * self.world if "keys" in batch else 0
+        if not self._all_finite(loss, logs):
+            self.state.skipped += 1
+            self.state.bad_in_a_row += 1
+            log.warning("step %d: non-finite loss %s, micro-step skipped (%d in a row)",
+                        step, logs, self.state.bad_in_a_row)
+            if self.state.bad_in_a_row >= self.max_bad_steps:
+                raise NonFiniteLoss(
+                    f"stopping at step {step}: {self.state.bad_in_a_row} non-finite losses in a row "
+                    f"(run.max_bad_steps={self.max_bad_steps}); last losses {logs}"
+                )
+            return False
+        self.state.bad_in_a_row = 0
+        boundary = self.engine.is_gradient_accumulation_boundary()
+        self.engine.backward(loss)
+        self.engine.step()
+        for k, v in logs.items():
+            self._window.setdefault(k, []).append(v)
+        if boundary:
+            self.state.step += 1
+        return boundary
+
+    def _all_finite(self, loss: torch.Tensor, logs: dict[str, float]) -> bool:
+        """Average the logged losses over ranks; the same finite/non-finite verdict on every rank."""
+        keys = sorted(logs)
+        values = [float(math.isfinite(loss.item()))] + [logs[k] for k in keys]
+        t = runtime.all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device))
+        finite = t[0].item() == self.world and all(math.isfinite(v) for v in t[1:].tolist())
+        logs.update({k: v / self.world for k, v in zip(keys, t[1:].tolist())})
+        return finite
+
+    def _log_step(self, step: int, rate: float) -> None:
+        means = {k: sum(v) / len(v) for k, v in self._window.items()}
+        self._window.clear()
+        record = {
+            "step": step, **means, "lr": self.engine.get_lr()[0], "grad_norm": _grad_norm(self.engine),
+            "samples_per_s": rate, "skipped_steps": self.state.skipped,
+        }
+        if self.rank == 0:
+            os.makedirs(self.run_dir, exist_ok=True)
+            with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if step % self.log_every == 0 or step == self.max_steps:
+            self.tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
+            if self.rank == 0:
+                log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s", step, self.max_steps,
+                         record.get("loss", float("nan")), record["lr"], rate)
+
+    def save(self) -> str:
+        """A checkpoint of the engine and the train state (all ranks)."""
+        self.state.loader = self.loader.state_dict()
+        state = asdict(self.state)
+        return checkpoint.save(self.engine, self.ckpt_dir, self.state.step, state, self.rank, self.world,
+                               self.keep_last)
+
+
+def _grad_norm(engine) -> float:
+    norm = engine.get_global_grad_norm()
+    if norm is None:
+        return float("nan")
+    return float(norm.item() if torch.is_tensor(norm) else norm)

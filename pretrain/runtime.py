@@ -1,0 +1,225 @@
+"""The DeepSpeed runtime: the only module that imports deepspeed.
+
+Builds the engine from config (ZeRO stage 0-3, bf16 or fp32, gradient accumulation,
+clipping, warmup + decay), sets up the process group from whatever launched us (the
+DeepSpeed launcher, torchrun, Slurm or nothing), and wraps DeepSpeed's checkpoint calls:
+save/load, the universal checkpoint for a change of world size, and the fp32 state dict
+for the consolidated export. On a machine without a GPU it uses DeepSpeed's CPU
+accelerator with gloo and an AdamW from torch, so no C++ op is compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import math
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pretrain.distributed import rank_info
+
+log = logging.getLogger(__name__)
+# DeepSpeed 0.19 calls torch's reduce_scatter_tensor, deprecated in torch 2.13: one warning per call.
+warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.*", category=FutureWarning)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 10
+    schedule: str = "linear"  # linear | cosine | constant: decay from lr to min_lr_ratio*lr at max_steps
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class RuntimeConfig:
+    zero_stage: int = 2
+    precision: str = "fp32"  # fp32 | bf16
+    global_batch_size: int | None = None  # None: micro batch x world size (no accumulation)
+    backend: str | None = None  # None: nccl on GPUs, gloo on the CPU
+    timeout_minutes: int = 30
+
+
+def setup_environment() -> tuple[int, int, int]:
+    """Rank, local rank and world size from the launcher; Slurm variables mapped when alone.
+
+    The DeepSpeed launcher and torchrun set RANK/LOCAL_RANK/WORLD_SIZE; under `srun` only
+    SLURM_PROCID/SLURM_LOCALID/SLURM_NTASKS exist. A plain `python pretrain/train.py` is one
+    rank on a free local port.
+    """
+    env = os.environ
+    rank, local_rank, world = rank_info()
+    env.update(RANK=str(rank), LOCAL_RANK=str(local_rank), WORLD_SIZE=str(world))
+    env.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in env:
+        if env["WORLD_SIZE"] != "1":
+            raise RuntimeError("MASTER_PORT is not set for a multi-rank run")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            env["MASTER_PORT"] = str(s.getsockname()[1])
+    return int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"])
+
+
+def init_distributed(cfg: RuntimeConfig) -> tuple[int, int, int]:
+    """Create the process group (gloo on the CPU); returns (rank, local_rank, world_size)."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    rank, local_rank, world = setup_environment()
+    accel = get_accelerator()
+    backend = cfg.backend or ("gloo" if accel.device_name() == "cpu" else accel.communication_backend_name())
+    if accel.device_name() == "cpu":
+        # The CPU accelerator would JIT-compile a shared-memory all-reduce op here; gloo does
+        # the collectives instead, so no C++ op is ever compiled (and no compiler is needed).
+        deepspeed.ops.__compatible_ops__[accel.create_op_builder("ShareMemCommBuilder").NAME] = False
+    else:
+        accel.set_device(local_rank)
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                   timeout=datetime.timedelta(minutes=cfg.timeout_minutes))
+    return rank, local_rank, world
+
+
+def device() -> torch.device:
+    from deepspeed.accelerator import get_accelerator
+
+    accel = get_accelerator()
+    if accel.device_name() == "cpu":
+        return torch.device("cpu")
+    return torch.device(accel.device_name(), accel.current_device())
+
+
+def grad_accum_steps(cfg: RuntimeConfig, micro_batch: int, world: int) -> int:
+    """Steps of accumulation so that micro x accum x world = global batch; an error if it does not divide."""
+    if cfg.global_batch_size is None:
+        return 1
+    per_step = micro_batch * world
+    if cfg.global_batch_size % per_step:
+        raise ValueError(
+            f"runtime.global_batch_size {cfg.global_batch_size} is not divisible by "
+            f"data.batch_size {micro_batch} x world size {world} = {per_step}"
+        )
+    return cfg.global_batch_size // per_step
+
+
+def lr_lambda(cfg: OptimConfig, max_steps: int):
+    """Linear warmup, then linear or cosine decay to min_lr_ratio at max_steps."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps))
+        shape = 1 - progress if cfg.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape
+
+    if cfg.schedule not in ("linear", "cosine", "constant"):
+        raise ValueError(f"optim.schedule {cfg.schedule!r} is not one of linear, cosine, constant")
+    return factor
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, LayerNorm weights and embeddings' norms (BERT convention)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def ds_config(runtime: RuntimeConfig, optim: OptimConfig, micro_batch: int, accum: int,
+              load_universal: bool = False) -> dict[str, Any]:
+    if runtime.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"runtime.zero_stage {runtime.zero_stage} is not 0, 1, 2 or 3")
+    if runtime.precision not in ("fp32", "bf16"):
+        raise ValueError(f"runtime.precision {runtime.precision!r} is not fp32 or bf16")
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": optim.grad_clip,
+        "zero_optimization": {"stage": runtime.zero_stage},
+        "bf16": {"enabled": runtime.precision == "bf16"},
+        "steps_per_print": 10**9,
+        "zero_allow_untested_optimizer": True,
+        "checkpoint": {"load_universal": load_universal},
+        "wall_clock_breakdown": False,
+    }
+
+
+def build_engine(model: nn.Module, runtime: RuntimeConfig, optim: OptimConfig, micro_batch: int,
+                 max_steps: int, world: int, load_universal: bool = False):
+    """The DeepSpeed engine with a torch AdamW and the warmup/decay schedule."""
+    import deepspeed
+
+    accum = grad_accum_steps(runtime, micro_batch, world)
+    optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr,
+                                  betas=(optim.beta1, optim.beta2), eps=optim.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, max_steps))
+    config = ds_config(runtime, optim, micro_batch, accum, load_universal)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
+    if runtime.zero_stage == 3 and hasattr(model, "external_parameters"):
+        for module, param in model.external_parameters():
+            deepspeed.zero.register_external_parameter(module, param)
+    return engine
+
+
+def save(engine, ckpt_dir: str, tag: str) -> None:
+    """DeepSpeed's checkpoint (every rank must call it)."""
+    engine.save_checkpoint(ckpt_dir, tag=tag, save_latest=False)
+
+
+def load(engine, ckpt_dir: str, tag: str) -> None:
+    path, _ = engine.load_checkpoint(ckpt_dir, tag=tag, load_module_strict=True,
+                                     load_optimizer_states=True, load_lr_scheduler_states=True)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {ckpt_dir}/{tag}")
+
+
+def to_universal(ckpt_dir: str, tag: str, out_tag: str) -> None:
+    """Convert a checkpoint to DeepSpeed's universal format (for another world size); rank 0 only."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(
+        input_folder=os.path.join(ckpt_dir, tag), output_folder=os.path.join(ckpt_dir, out_tag),
+        num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True,
+    )
+    ds_to_universal.main(args)
+
+
+def fp32_state_dict(ckpt_dir: str, tag: str) -> dict[str, torch.Tensor]:
+    """The full fp32 weights from a (possibly ZeRO-partitioned) checkpoint, in process."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
+
+
+def barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(x)
+    return x
+
+
+def shutdown() -> None:
+    """Destroy the process group (a ZeRO-3 run aborted at teardown without it)."""
+    if torch.distributed.is_initialized():
+        barrier()
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,120 @@
+"""MLflow tracking: the only module that imports mlflow. Global rank 0 logs; other ranks no-op.
+
+The tracking URI comes from config, else MLFLOW_TRACKING_URI, else a sqlite store inside the
+run directory (MLflow 3's file store refuses to start without an opt-in). Params: the
+flattened resolved config within MLflow's limits (100 per batch, 6000 characters a value);
+the full resolved YAML is logged as an artifact. A resumed run passes the run id kept in
+its checkpoint and continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_CHARS = 6000
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # None: MLFLOW_TRACKING_URI, else sqlite:///<run dir>/mlflow.db
+    experiment: str = "vlpretrain"
+    run_name: str | None = None
+    system_metrics: bool = True
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}} -> {'a.b': '1'}; values cut to MLflow's limit."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:MAX_PARAM_CHARS]
+    return out
+
+
+def metric_name(key: str) -> str:
+    """MLflow accepts [A-Za-z0-9_-. :/] in names: 'R@1' becomes 'R_1'."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)
+
+
+def tracking_uri(cfg: TrackingConfig, run_dir: str) -> str:
+    if cfg.uri:
+        return cfg.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{os.path.abspath(os.path.join(run_dir, 'mlflow.db'))}"
+
+
+class Tracker:
+    """Logs to MLflow from global rank 0; every call is a no-op elsewhere or when disabled."""
+
+    def __init__(self, cfg: TrackingConfig, run_dir: str, rank: int):
+        self.active = cfg.enabled and rank == 0
+        self.cfg, self.run_dir, self.run_id = cfg, run_dir, None
+        self.uri = tracking_uri(cfg, run_dir)
+
+    def start(self, params: dict[str, Any], config_yaml: str, run_id: str | None = None) -> str | None:
+        """Start a run (or continue `run_id`); log params once and the YAML as an artifact."""
+        if not self.active:
+            return None
+        import mlflow
+
+        os.makedirs(self.run_dir, exist_ok=True)
+        mlflow.set_tracking_uri(self.uri)
+        if run_id is None:
+            mlflow.set_experiment(self.cfg.experiment)
+            run = mlflow.start_run(run_name=self.cfg.run_name, log_system_metrics=self.cfg.system_metrics)
+            self._log_params(flatten(params))
+            path = os.path.join(self.run_dir, "config.yaml")
+            with open(path, "w") as f:
+                f.write(config_yaml)
+            mlflow.log_artifact(path)
+        else:  # a resumed job continues its run
+            run = mlflow.start_run(run_id=run_id, log_system_metrics=self.cfg.system_metrics)
+        self.run_id = run.info.run_id
+        log.info("MLflow run %s at %s", self.run_id, self.uri)
+        return self.run_id
+
+    def _log_params(self, flat: dict[str, str]) -> None:
+        import mlflow
+
+        items = sorted(flat.items())
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            mlflow.log_params(dict(items[i : i + MAX_PARAMS_PER_BATCH]))
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self.active and metrics:
+            import mlflow
+
+            mlflow.log_metrics({metric_name(k): float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        if self.active:
+            import mlflow
+
+            if os.path.isdir(path):
+                mlflow.log_artifacts(path, artifact_path=artifact_path)
+            else:
+                mlflow.log_artifact(path, artifact_path=artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.set_tags(tags)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.active:
+            import mlflow
+
+            mlflow.end_run(status=status)

@@ -1,0 +1,92 @@
+"""The model's representation API, presets and activation checkpointing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pretrain.model import ModelConfig, VideoLanguageModel, count_parameters, resolve
+
+
+@pytest.fixture(scope="module")
+def inputs() -> dict:
+    g = torch.Generator().manual_seed(0)
+    B, M, N = 3, 7, 6
+    frame_mask = torch.ones(B, M, dtype=torch.bool)
+    frame_mask[0, 4:] = False
+    text_mask = torch.ones(B, N, dtype=torch.bool)
+    text_mask[1, 3:] = False
+    return {"frames": torch.randn(B, M, 64, generator=g), "frame_mask": frame_mask,
+            "input_ids": torch.randint(1000, 2000, (B, N), generator=g), "text_mask": text_mask}
+
+
+@pytest.fixture(scope="module")
+def model() -> VideoLanguageModel:
+    torch.manual_seed(0)
+    return VideoLanguageModel(ModelConfig()).eval()
+
+
+def test_every_representation_has_its_documented_shape(model, inputs) -> None:
+    fr, fm, ids, tm = inputs["frames"], inputs["frame_mask"], inputs["input_ids"], inputs["text_mask"]
+    e_v, e_t = model.embed_video(fr, fm), model.embed_text(ids, tm)
+    o_v, o_t = model.cross(e_v, fm, e_t, tm)
+    d, V = model.config.hidden, model.vocab_size
+    assert e_v.shape == o_v.shape == model.mcb_v2t(o_v, fm).shape == model.mfm_head(o_v).shape == (3, 7, d)
+    assert e_t.shape == o_t.shape == model.mcb_t2v(o_t, tm).shape == (3, 6, d)
+    assert model.mlm_logits(o_t).shape == (3, 6, V)
+    assert model.fusion_score(e_v, fm, e_t, tm).shape == (3,)
+    assert torch.all(e_v[0, 4:] == 0)  # padded frames carry nothing
+
+
+def test_padding_does_not_change_the_valid_outputs(model, inputs) -> None:
+    fr, fm, ids, tm = inputs["frames"].clone(), inputs["frame_mask"], inputs["input_ids"], inputs["text_mask"]
+    o_v, o_t = model.cross(model.embed_video(fr, fm), fm, model.embed_text(ids, tm), tm)
+    fr[0, 4:] = 1e3  # junk in the padded frames
+    o_v2, o_t2 = model.cross(model.embed_video(fr, fm), fm, model.embed_text(ids, tm), tm)
+    torch.testing.assert_close(o_v[0, :4], o_v2[0, :4])
+    torch.testing.assert_close(o_t, o_t2)
+
+
+def test_mlm_decoder_is_tied_to_the_word_embeddings(model) -> None:
+    words = model.text.get_input_embeddings().weight
+    assert any(p is words for _, p in model.external_parameters())
+    names = [n for n, p in model.named_parameters() if p is words]
+    assert len(names) == 1  # one tensor, no copy
+
+
+def test_activation_checkpointing_gives_the_same_outputs_and_gradients(inputs) -> None:
+    fr, fm, ids, tm = inputs["frames"], inputs["frame_mask"], inputs["input_ids"], inputs["text_mask"]
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        m = VideoLanguageModel(ModelConfig(activation_checkpointing=checkpointing)).train()
+        torch.manual_seed(1)  # the same dropout masks
+        o_v, o_t = m.cross(m.embed_video(fr, fm), fm, m.embed_text(ids, tm), tm)
+        (o_v.sum() + o_t.pow(2).sum()).backward()
+        results.append([o_v.detach(), m.frame_proj.weight.grad, m.text.embeddings.word_embeddings.weight.grad])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_presets_and_overrides() -> None:
+    tiny = resolve(ModelConfig())
+    assert (tiny.hidden, tiny.cross_layers, tiny.frame_dim) == (384, 2, 64)
+    base = resolve(ModelConfig(preset="base"))
+    assert (base.hidden, base.cross_layers, base.frame_dim, base.text_encoder) == (768, 6, 4352, "roberta-base")
+    assert resolve(ModelConfig(preset="base", cross_layers=3)).cross_layers == 3
+    with pytest.raises(ValueError, match="huge"):
+        resolve(ModelConfig(preset="huge"))
+    with pytest.raises(ValueError, match="divisible"):
+        resolve(ModelConfig(hidden=100, heads=6))
+
+
+def test_base_preset_builds_without_weights() -> None:
+    model = VideoLanguageModel(ModelConfig(preset="base", text_pretrained=False))
+    assert 150e6 < count_parameters(model) < 260e6
+    assert model.text.config.hidden_size == 768 and model.frame_proj.in_features == 4352
+
+
+def test_a_new_model_is_in_training_mode_throughout() -> None:
+    """from_pretrained leaves the text encoder in eval mode; training must not start that way."""
+    model = VideoLanguageModel(ModelConfig())
+    assert all(m.training for m in model.modules())

@@ -1,0 +1,202 @@
+"""pretrain/train.py end to end on the CPU: 2 ranks with ZeRO-2 and ZeRO-3, all five objectives,
+exact resume after a kill, resume at another world size, MLflow, export, config errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_prep import howto100m, synthetic
+
+REPO = Path(__file__).resolve().parent.parent
+LOSS_KEYS = ("mlm_loss", "mfm_nce_loss", "gmr_loss", "self_contrast_loss", "taco_l1_loss", "taco_l2_loss",
+             "taco_l3_loss", "loss")
+# A small, fast setting of the tiny preset (each rank one thread: 2 ranks on 2 cores).
+FAST = [
+    "data.batch_size=4", "data.max_frames=16", "data.max_text_len=32", "data.streams=2",
+    "model.text_layers=1", "model.cross_layers=1", "eval.max_samples=32", "run.log_every=1",
+    "optim.warmup_steps=2",
+]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pretrain_data")
+    synthetic.generate(root / "raw", videos=16, seed=0)
+    src = root / "raw" / "howto100m"
+    howto100m.main([
+        "--captions", str(src / "raw_caption.json"), "--features", str(src / "features" / "hero"),
+        "--out", str(root / "shards"), "--shard-size", "8", "--tagger", "heuristic",
+    ])
+    return root / "shards"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env.update(DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    return env
+
+
+def _command(launcher: str, ranks: int, run_dir: Path, shards: Path, *overrides: str) -> list[str]:
+    args = ["pretrain/train.py", "--config", "configs/pretrain/tiny_cpu.yaml", f"data.train={shards}",
+            f"eval.held_out={shards}", f"run.output_dir={run_dir}", *FAST, *overrides]
+    port = str(_free_port())
+    if launcher == "deepspeed":
+        return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--no_ssh_check",
+                "--master_port", port, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+            "--master_port", port, *args]
+
+
+def _train(launcher: str, ranks: int, run_dir: Path, shards: Path, *overrides: str) -> None:
+    proc = subprocess.run(_command(launcher, ranks, run_dir, shards, *overrides), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _mlflow_runs(run_dir: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    return client.search_runs([e.experiment_id for e in experiments])
+
+
+@pytest.fixture(scope="module")
+def straight(shards, tmp_path_factory) -> Path:
+    """4 steps, 2 ranks, ZeRO-2, DeepSpeed launcher: the reference run."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    _train("deepspeed", 2, run_dir, shards, "run.max_steps=4", "checkpoint.every=2", "eval.every=2",
+           "runtime.zero_stage=2")
+    return run_dir
+
+
+@pytest.mark.slow
+def test_two_ranks_zero2_all_objectives_checkpoints_export_mlflow(straight) -> None:
+    rows = _metrics(straight)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    for row in rows:
+        for key in LOSS_KEYS:
+            assert key in row and torch.isfinite(torch.tensor(row[key])), (key, row)
+    assert rows[-1]["loss"] < rows[0]["loss"]  # it learns something in 4 steps
+    ckpts = sorted(p.name for p in (straight / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert ckpts == ["step_00000002", "step_00000004"]
+    assert all((straight / "checkpoints" / c / "COMPLETE").exists() for c in ckpts)
+
+    from safetensors.torch import load_file
+
+    from pretrain.config import load
+    from pretrain.model import VideoLanguageModel
+
+    cfg = load(str(straight / "export" / "config.yaml"), [])  # the export's config rebuilds the model
+    weights = load_file(str(straight / "export" / "model.safetensors"))
+    result = VideoLanguageModel(cfg.model).load_state_dict(weights, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert (straight / "export" / "tokenizer.json").exists()
+
+    runs = _mlflow_runs(straight)
+    assert len(runs) == 1
+    run = runs[0]
+    for key in (*LOSS_KEYS, "lr", "grad_norm", "samples_per_s", "zeroshot_t2v_R_1", "zeroshot_t2v_R_10"):
+        assert key in run.data.metrics, key
+    assert run.data.params["model.preset"] == "tiny" and run.data.params["runtime.zero_stage"] == "2"
+
+
+@pytest.mark.slow
+def test_resume_after_kill_gives_the_same_losses(straight, shards, tmp_path) -> None:
+    run_dir = tmp_path / "killed"
+    cmd = _command("deepspeed", 2, run_dir, shards, "run.max_steps=4", "checkpoint.every=2", "eval.every=2",
+                   "runtime.zero_stage=2")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    marker = run_dir / "checkpoints" / "step_00000002" / "COMPLETE"
+    deadline = time.monotonic() + 400
+    while not marker.exists():
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "export").exists()
+
+    _train("deepspeed", 2, run_dir, shards, "run.max_steps=4", "checkpoint.every=2", "eval.every=2",
+           "runtime.zero_stage=2")
+    want, got = _metrics(straight), _metrics(run_dir)
+    assert [r["step"] for r in got] == [1, 2, 3, 4]
+    for a, b in zip(want, got):
+        assert {k: a[k] for k in (*LOSS_KEYS, "lr", "grad_norm")} == {k: b[k] for k in (*LOSS_KEYS, "lr", "grad_norm")}
+    assert len(_mlflow_runs(run_dir)) == 1  # the resumed job continued its MLflow run
+
+
+@pytest.mark.slow
+def test_resume_at_another_world_size(straight, shards, tmp_path) -> None:
+    """2 ranks wrote step 2; 1 rank goes on from it through DeepSpeed's universal checkpoint."""
+    import shutil
+
+    run_dir = tmp_path / "resized"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    shutil.copytree(straight / "checkpoints" / "step_00000002", run_dir / "checkpoints" / "step_00000002")
+    _train("torchrun", 1, run_dir, shards, "run.max_steps=3", "checkpoint.every=0", "runtime.zero_stage=2",
+           "tracking.enabled=false")
+    rows = _metrics(run_dir)
+    assert [r["step"] for r in rows] == [3]
+    assert (run_dir / "checkpoints" / "step_00000002_universal" / "COMPLETE").exists()
+    assert (run_dir / "export" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_two_ranks_zero3_bf16_torchrun_one_objective_per_step(shards, tmp_path) -> None:
+    run_dir = tmp_path / "zero3"
+    _train("torchrun", 2, run_dir, shards, "run.max_steps=3", "checkpoint.every=0", "runtime.zero_stage=3",
+           "runtime.precision=bf16", "tracking.enabled=false", "objectives.mode=sample")
+    rows = _metrics(run_dir)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for row in rows:  # one objective ran, the same on both ranks (else the averaged flags would be 0.5)
+        ran = [name for name in ("mlm", "mfm_nce", "gmr", "self_contrast", "taco") if row[f"ran_{name}"] == 1.0]
+        assert len(ran) == 1 and all(row[f"ran_{n}"] in (0.0, 1.0) for n in ("mlm", "gmr", "taco")), row
+        assert math.isfinite(row["loss"])
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run_dir / "export" / "model.safetensors"))
+    assert weights["frame_proj.weight"].dtype == torch.float32 and weights["frame_proj.weight"].shape[1] == 64
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("run.max_stepz=3", "max_stepz"),
+        ("run.max_steps=many", "max_steps"),
+        ("objectives.enabled=[mlm,fancy]", "fancy"),
+        ("data.train=/nonexistent/shards", "/nonexistent/shards"),
+        ("runtime.global_batch_size=6", "global_batch_size"),
+        ("model.preset=huge", "huge"),
+        ("model.frame_dim=32", "frame_dim"),
+    ],
+)
+def test_config_errors_name_the_key_before_any_work(override, message, shards, tmp_path) -> None:
+    cmd = [sys.executable, "pretrain/train.py", "--config", "configs/pretrain/tiny_cpu.yaml", f"data.train={shards}",
+           f"run.output_dir={tmp_path}", override]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "config error" in proc.stderr and message in proc.stderr
+    assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "mlflow.db").exists()
