@@ -72,7 +72,7 @@ class Tracker:
         os.makedirs(self.run_dir, exist_ok=True)
         mlflow.set_tracking_uri(self.uri)
         if run_id is None:
-            mlflow.set_experiment(self.cfg.experiment)
+            self._set_experiment()
             run = mlflow.start_run(run_name=self.cfg.run_name, log_system_metrics=self.cfg.system_metrics)
             self._log_params(flatten(params))
             path = os.path.join(self.run_dir, "config.yaml")
@@ -84,6 +84,17 @@ class Tracker:
         self.run_id = run.info.run_id
         log.info("MLflow run %s at %s", self.run_id, self.uri)
         return self.run_id
+
+    def _set_experiment(self) -> None:
+        """With a sqlite store MLflow puts artifacts in ./mlruns of the current directory; a new
+        experiment in a local store gets them beside the store instead."""
+        import mlflow
+
+        if self.uri.startswith("sqlite:") and mlflow.get_experiment_by_name(self.cfg.experiment) is None:
+            store_dir = os.path.dirname(self.uri[len("sqlite:///"):]) or "."
+            location = "file://" + os.path.abspath(os.path.join(store_dir, "mlartifacts"))
+            mlflow.create_experiment(self.cfg.experiment, artifact_location=location)
+        mlflow.set_experiment(self.cfg.experiment)
 
     def _log_params(self, flat: dict[str, str]) -> None:
         import mlflow

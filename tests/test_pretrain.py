@@ -120,6 +120,9 @@ def test_two_ranks_zero2_all_objectives_checkpoints_export_mlflow(straight) -> N
     for key in (*LOSS_KEYS, "lr", "grad_norm", "samples_per_s", "zeroshot_t2v_R_1", "zeroshot_t2v_R_10"):
         assert key in run.data.metrics, key
     assert run.data.params["model.preset"] == "tiny" and run.data.params["runtime.zero_stage"] == "2"
+    assert (straight / "mlartifacts").is_dir() and not (REPO / "mlruns").exists()  # artifacts beside the store
+    artifacts = list((straight / "mlartifacts").rglob("config.yaml"))
+    assert artifacts and "preset: tiny" in artifacts[0].read_text()
 
 
 @pytest.mark.slow
