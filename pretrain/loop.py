@@ -7,6 +7,10 @@ rank alike, whether a non-finite loss skips the micro-step: skipped micro-steps 
 and the run stops with a clear message after `max_bad_steps` in a row. Rank 0 writes one
 metrics.jsonl line per optimizer step and logs to MLflow every `log_every` steps. The train
 state (step, data position, counters, MLflow run id) is checkpointed with the engine.
+
+Preemption: SIGUSR1 on any rank (`request_stop`) makes every rank checkpoint after the current
+optimizer step and raise `Preempted`; pretrain/train.py then exits with PREEMPTED_EXIT and the
+sbatch script requeues the job, whose restart resumes from that checkpoint.
 """
 
 from __future__ import annotations
@@ -29,8 +33,15 @@ log = logging.getLogger(__name__)
 Compute = Callable[[torch.nn.Module, dict, int], tuple[torch.Tensor, dict[str, float]]]
 
 
+PREEMPTED_EXIT = 3  # exit code of a run stopped by SIGUSR1 after its checkpoint (launch/ requeues it)
+
+
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class Preempted(Exception):
+    """Raised after the checkpoint that a stop request (SIGUSR1) asked for."""
 
 
 @dataclass
@@ -62,7 +73,13 @@ class Trainer:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    stop_requested: bool = False  # set by a signal handler on any rank
+    _stop_agreed: bool = False  # every rank knows that some rank was asked to stop
     _window: dict[str, list[float]] = field(default_factory=dict)
+
+    def request_stop(self, signum: int = 0, frame: Any = None) -> None:
+        """Signal handler: checkpoint after the current optimizer step, then stop (Preempted)."""
+        self.stop_requested = True
 
     @property
     def ckpt_dir(self) -> str:
@@ -80,6 +97,10 @@ class Trainer:
             step = self.state.step
             rate = (self.state.samples - samples0) / max(time.time() - t0, 1e-9)
             self._log_step(step, rate)
+            if self._stop_agreed and step < self.max_steps:
+                log.warning("stop requested: checkpoint at step %d, then exit", step)
+                self.save()
+                raise Preempted(f"stopped at step {step} on request; resume from {self.ckpt_dir}")
             if self.evaluate and self.eval_every and step % self.eval_every == 0 and step < self.max_steps:
                 self.tracker.log_metrics(self.evaluate(step), step)
             if self.checkpoint_every and step % self.checkpoint_every == 0 and step < self.max_steps:
@@ -123,12 +144,15 @@ class Trainer:
         return boundary
 
     def _all_finite(self, loss: torch.Tensor, logs: dict[str, float]) -> bool:
-        """Average the logged losses over ranks; the same finite/non-finite verdict on every rank."""
+        """Average the logged losses over ranks; the same finite/non-finite verdict on every rank.
+
+        The same all-reduce carries the stop requests, so every rank stops at the same step."""
         keys = sorted(logs)
-        values = [float(math.isfinite(loss.item()))] + [logs[k] for k in keys]
+        values = [float(math.isfinite(loss.item())), float(self.stop_requested)] + [logs[k] for k in keys]
         t = runtime.all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device))
-        finite = t[0].item() == self.world and all(math.isfinite(v) for v in t[1:].tolist())
-        logs.update({k: v / self.world for k, v in zip(keys, t[1:].tolist())})
+        self._stop_agreed = self._stop_agreed or t[1].item() > 0
+        finite = t[0].item() == self.world and all(math.isfinite(v) for v in t[2:].tolist())
+        logs.update({k: v / self.world for k, v in zip(keys, t[2:].tolist())})
         return finite
 
     def _log_step(self, step: int, rate: float) -> None:

@@ -5,7 +5,8 @@
     srun python pretrain/train.py --config ...        (launch/pretrain_howto100m.sh)
 
 Resumes from the run directory's latest complete checkpoint (checkpoint.resume=auto), also
-at another world size (through DeepSpeed's universal checkpoint).
+at another world size (through DeepSpeed's universal checkpoint). SIGUSR1 checkpoints after the
+current step and exits with code 3 (launch/pretrain_howto100m.sh then requeues the job).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import random
+import signal
 import sys
 
 if __package__ in (None, ""):  # run as a script (`deepspeed pretrain/train.py`): import the package
@@ -25,7 +27,7 @@ import torch
 
 from pretrain import checkpoint, config, runtime, zeroshot
 from pretrain.loader import build_eval_loader, build_train_loader
-from pretrain.loop import NonFiniteLoss, Trainer, TrainState
+from pretrain.loop import PREEMPTED_EXIT, NonFiniteLoss, Preempted, Trainer, TrainState
 from pretrain.model import build_model, load_tokenizer
 from pretrain.objectives import Combiner
 from pretrain.tracking import Tracker
@@ -103,10 +105,14 @@ def train(cfg: config.PretrainConfig, rank: int, world: int) -> TrainState:
     trainer = Trainer(engine, loader, combiner, tracker, state, run_dir, cfg.run.max_steps, cfg.run.log_every,
                       cfg.run.max_bad_steps, cfg.checkpoint.every, cfg.checkpoint.keep_last, evaluate,
                       cfg.eval.every, rank, world, device)
+    signal.signal(signal.SIGUSR1, trainer.request_stop)  # Slurm's warning before the time limit
     try:
         state = trainer.fit()
     except NonFiniteLoss:
         tracker.end("FAILED")
+        raise
+    except Preempted:
+        tracker.end("KILLED")  # a resumed job sets it running again
         raise
     if cfg.checkpoint.export:
         tag = checkpoint.tag_for(state.step)
@@ -123,3 +129,6 @@ if __name__ == "__main__":
     except config.ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Preempted as e:
+        log.warning("%s", e)
+        raise SystemExit(PREEMPTED_EXIT) from None

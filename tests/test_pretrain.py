@@ -203,3 +203,30 @@ def test_config_errors_name_the_key_before_any_work(override, message, shards, t
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "config error" in proc.stderr and message in proc.stderr
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.slow
+def test_sigusr1_checkpoints_exits_3_and_the_rerun_finishes(shards, tmp_path) -> None:
+    """What the sbatch script relies on: a stop request ends in a checkpoint and exit code 3."""
+    from pretrain.loop import PREEMPTED_EXIT
+
+    run_dir = tmp_path / "preempted"
+    cmd = [sys.executable, "pretrain/train.py", "--config", "configs/pretrain/tiny_cpu.yaml", f"data.train={shards}",
+           f"run.output_dir={run_dir}", *FAST, "run.max_steps=6", "checkpoint.every=0", "tracking.enabled=true"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "metrics.jsonl").exists() or len(_metrics(run_dir)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGUSR1)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == PREEMPTED_EXIT, err[-3000:]
+    stopped = _metrics(run_dir)[-1]["step"]
+    assert 2 <= stopped < 6
+    assert (run_dir / "checkpoints" / f"step_{stopped:08d}" / "COMPLETE").exists()
+    assert not (run_dir / "export").exists()
+
+    rerun = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert [r["step"] for r in _metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
+    assert len(_mlflow_runs(run_dir)) == 1 and _mlflow_runs(run_dir)[0].info.status == "FINISHED"
