@@ -80,9 +80,22 @@ def to_dict(cfg) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
 
 
-def _shard_manifest(url: str) -> dict | None:
+def _shard_manifest(url: str, s3_endpoint: str | None) -> dict | None:
+    """The shard folder's manifest.json (local or s3://), or None when there is none to read."""
+    if url.endswith(".tar") or "{" in url:
+        return None
+    if url.startswith("s3://"):
+        import fsspec
+
+        from data_prep.storage import s3_options
+
+        try:
+            with fsspec.open(url.rstrip("/") + "/manifest.json", "r", **s3_options(s3_endpoint)) as f:
+                return json.load(f)
+        except (OSError, ValueError):  # unreachable here: the loader reports it with its retries
+            return None
     path = os.path.join(url, "manifest.json")
-    if url.startswith("s3://") or not os.path.exists(path):
+    if not os.path.exists(path):
         return None
     with open(path) as f:
         return json.load(f)
@@ -106,7 +119,7 @@ def validate(cfg: PretrainConfig, world: int) -> None:
         if not url.startswith("s3://") and "{" not in url and not os.path.exists(url):
             raise ConfigError(f"{key}: {url} does not exist")
     for url in train:
-        manifest = _shard_manifest(url)
+        manifest = _shard_manifest(url, cfg.data.s3_endpoint)
         if manifest is not None and manifest["feature_spec"]["dim"] != model.frame_dim:
             raise ConfigError(
                 f"model.frame_dim {model.frame_dim} != the shards' feature dim "

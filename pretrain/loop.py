@@ -161,6 +161,7 @@ class Trainer:
         record = {
             "step": step, **means, "lr": self.engine.get_lr()[0], "grad_norm": _grad_norm(self.engine),
             "samples_per_s": rate, "skipped_steps": self.state.skipped,
+            "data_skipped": float(sum(getattr(self.loader, "skipped", {}).values())),  # corrupt shards/samples
         }
         if self.rank == 0:
             os.makedirs(self.run_dir, exist_ok=True)
