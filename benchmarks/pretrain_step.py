@@ -34,6 +34,7 @@ import io
 import os
 import platform
 import pstats
+import shutil
 import statistics
 import sys
 import tempfile
@@ -60,8 +61,9 @@ CLOCK = time.process_time  # CPU seconds of this process (all its threads): the 
 # ---------------------------------------------------------------- shared with taco_l3.py and zero_memory.py
 
 
-def make_batch(batch: int = 8, frames: int = 40, tokens: int = 48, frame_dim: int = 64, vocab: int = 30522,
-               seed: int = 0) -> dict[str, Any]:
+def make_batch(
+    batch: int = 8, frames: int = 40, tokens: int = 48, frame_dim: int = 64, vocab: int = 30522, seed: int = 0
+) -> dict[str, Any]:
     """A loader-like batch (the keys and dtypes of `pretrain.loader.collate`), lengths varying per clip.
 
     Texts have tokens/2..tokens tokens ([CLS] ... [SEP]), clips frames/2..frames frames, the
@@ -84,8 +86,9 @@ def make_batch(batch: int = 8, frames: int = 40, tokens: int = 48, frame_dim: in
     predict = words & (u < 0.15)  # (B, N)
     predict[:, 1] = True  # at least one target per text
     mlm_ids = torch.where(predict & (u < 0.12), MASK, ids)  # 80% of the targets -> [MASK]
-    mlm_ids = torch.where(predict & (u >= 0.12) & (u < 0.135), torch.randint(1000, vocab, ids.shape, generator=g),
-                          mlm_ids)  # 10% random
+    mlm_ids = torch.where(
+        predict & (u >= 0.12) & (u < 0.135), torch.randint(1000, vocab, ids.shape, generator=g), mlm_ids
+    )  # 10% random
     toi = words & (torch.rand(batch, tokens, generator=g) < 0.4)  # (B, N)
     idf = 1.0 + 5.0 * torch.rand(batch, tokens, generator=g)  # (B, N)
     mfm = frame_mask & (torch.rand(batch, frames, generator=g) < 0.15)  # (B, M)
@@ -200,8 +203,14 @@ def project_variant(model: torch.nn.Module, stage: int, combiner: Any, batch: di
     from pretrain import runtime
     from pretrain.loop import Trainer, TrainState
 
-    engine = runtime.build_engine(model, runtime.RuntimeConfig(zero_stage=stage), runtime.OptimConfig(),
-                                  micro_batch=len(batch["keys"]), max_steps=10**6, world=1)
+    engine = runtime.build_engine(
+        model,
+        runtime.RuntimeConfig(zero_stage=stage),
+        runtime.OptimConfig(),
+        micro_batch=len(batch["keys"]),
+        max_steps=10**6,
+        world=1,
+    )
     timed = TimedEngine(engine)
     trainer = Trainer(timed, None, combiner, None, TrainState(), run_dir, max_steps=10**9)
 
@@ -221,8 +230,9 @@ def bare_variant(model: torch.nn.Module, combiner: Any, batch: dict) -> Variant:
 
     cfg = runtime.OptimConfig()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(runtime.param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            eps=cfg.eps)
+    opt = torch.optim.AdamW(
+        runtime.param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps
+    )
     times = dict.fromkeys(PHASES, 0.0)
 
     def run_step(i: int) -> float:
@@ -293,17 +303,25 @@ def measure(args: argparse.Namespace) -> tuple[list[Variant], dict[str, Any]]:
             v.run_step(i)
     step = args.warmup
     for r in range(args.repeats):
-        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        order = variants[r % len(variants) :] + variants[: r % len(variants)]
         for v in order:
             run_repeat(v, step, args.steps)
         step += args.steps
-        print(f"repeat {r + 1}/{args.repeats}: "
-              + ", ".join(f"{v.name} {v.wall[-1]:.2f} s wall {v.cpu[-1]:.2f} s CPU" for v in variants), flush=True)
-    facts = {"params": count_parameters(model), "first_losses": first_losses,
-             "frames": tuple(batch["frames"].shape), "tokens": tuple(batch["input_ids"].shape)}
+        print(
+            f"repeat {r + 1}/{args.repeats}: "
+            + ", ".join(f"{v.name} {v.wall[-1]:.2f} s wall {v.cpu[-1]:.2f} s CPU" for v in variants),
+            flush=True,
+        )
+    facts = {
+        "params": count_parameters(model),
+        "first_losses": first_losses,
+        "frames": tuple(batch["frames"].shape),
+        "tokens": tuple(batch["input_ids"].shape),
+    }
     if args.profile:
         for v in variants:
             print(f"\n==== cProfile, {v.name}, {args.steps} steps ====\n{profile(v, step, args.steps)}")
+    shutil.rmtree(run_dir, ignore_errors=True)  # the loop writes nothing there in _micro_step
     return variants, facts
 
 
@@ -318,8 +336,11 @@ def table(variants: list[Variant]) -> str:
         wall = [a / b for a, b in zip(v.wall, bare.wall)]
         cpu = [a / b for a, b in zip(v.cpu, bare.cpu)]
         phase = [f"{statistics.median(p[k] for p in v.phases):.3f}" for k in PHASES]
-        lines.append(f"| {v.name} | {med_range(v.wall)} | {med_range(wall)} | {med_range(v.cpu)} | {med_range(cpu)} | "
-                     + " | ".join(phase) + " |")
+        lines.append(
+            f"| {v.name} | {med_range(v.wall)} | {med_range(wall)} | {med_range(v.cpu)} | {med_range(cpu)} | "
+            + " | ".join(phase)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -344,18 +365,25 @@ def main(argv: list[str] | None = None) -> None:
     print(f"first-step losses (must agree): {facts['first_losses']}; wall {time.time() - t0:.0f} s")
     if args.write:
         command = "python benchmarks/pretrain_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        lines = [SECTION, "", *header(info, command.strip()),
-                 f"- load average (1, 5, 15 min) before: {load_before}; after: {load()}; other processes (test "
-                 "runs) shared the 2 cores",
-                 f"- model: tiny preset, {facts['params'] / 1e6:.1f}M parameters, fp32; batch: frames "
-                 f"{facts['frames']}, tokens {facts['tokens']}, all five objectives (Combiner, sum mode); "
-                 "world size 1 (gloo)",
-                 f"- {args.warmup} warm-up steps, then {args.repeats} repeats x {args.steps} steps per variant, "
-                 "interleaved (order rotated); wall and CPU s/step: median (range) over repeats; x bare: median "
-                 "(range) of the per-repeat ratios; phase columns: median CPU seconds per step (the project's "
-                 "phases timed around its engine calls)",
-                 f"- first-step loss of each variant (same weights, batch, dropout seed): "
-                 f"{', '.join(f'{x:.6f}' for x in facts['first_losses'])}", "", body, ""]
+        lines = [
+            SECTION,
+            "",
+            *header(info, command.strip()),
+            f"- load average (1, 5, 15 min) before: {load_before}; after: {load()}; other processes (test "
+            "runs) shared the 2 cores",
+            f"- model: tiny preset, {facts['params'] / 1e6:.1f}M parameters, fp32; batch: frames "
+            f"{facts['frames']}, tokens {facts['tokens']}, all five objectives (Combiner, sum mode); "
+            "world size 1 (gloo)",
+            f"- {args.warmup} warm-up steps, then {args.repeats} repeats x {args.steps} steps per variant, "
+            "interleaved (order rotated); wall and CPU s/step: median (range) over repeats; x bare: median "
+            "(range) of the per-repeat ratios; phase columns: median CPU seconds per step (the project's "
+            "phases timed around its engine calls)",
+            f"- first-step loss of each variant (same weights, batch, dropout seed): "
+            f"{', '.join(f'{x:.6f}' for x in facts['first_losses'])}",
+            "",
+            body,
+            "",
+        ]
         write_section(SECTION, "\n".join(lines))
 
 

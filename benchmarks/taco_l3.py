@@ -137,20 +137,48 @@ def child(args: argparse.Namespace) -> None:
     t, c = time.perf_counter(), time.process_time()
     loss, peak = profiled(run)
     cpu, wall = time.process_time() - c, time.perf_counter() - t
-    print(json.dumps({"variant": args.child, "loss": loss, "wall": wall, "cpu": cpu, "alloc_peak": peak,
-                      "rss_before_kb": before, "rss_peak_kb": _status_kb("VmHWM")}))
+    print(
+        json.dumps(
+            {
+                "variant": args.child,
+                "loss": loss,
+                "wall": wall,
+                "cpu": cpu,
+                "alloc_peak": peak,
+                "rss_before_kb": before,
+                "rss_peak_kb": _status_kb("VmHWM"),
+            }
+        )
+    )
 
 
 def run_child(variant: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--batch", str(args.batch), "--frames", str(args.frames),
-           "--tokens", str(args.tokens), "--k-neg", str(args.k_neg), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--batch",
+        str(args.batch),
+        "--frames",
+        str(args.frames),
+        "--tokens",
+        str(args.tokens),
+        "--k-neg",
+        str(args.k_neg),
+        "--threads",
+        str(args.threads),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if out.returncode:
         raise RuntimeError(f"{variant!r} run failed ({out.returncode}): {out.stderr[-2000:]}")
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["rss_delta"] = (res["rss_peak_kb"] - res["rss_before_kb"]) * 1024
-    print(f"{variant}: {res['wall']:.1f} s wall, {res['cpu']:.1f} s CPU, allocated peak "
-          f"{res['alloc_peak'] / MiB:.0f} MiB, RSS +{res['rss_delta'] / MiB:.0f} MiB", flush=True)
+    print(
+        f"{variant}: {res['wall']:.1f} s wall, {res['cpu']:.1f} s CPU, allocated peak "
+        f"{res['alloc_peak'] / MiB:.0f} MiB, RSS +{res['rss_delta'] / MiB:.0f} MiB",
+        flush=True,
+    )
     return res
 
 
@@ -207,23 +235,29 @@ def main(argv: list[str] | None = None) -> None:
     print(f"losses: {losses}; wall {time.time() - t0:.0f} s")
     if args.write:
         command = "python benchmarks/taco_l3.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        lines = [SECTION, "", *header(info, command.strip()),
-                 f"- load average (1, 5, 15 min) before: {load_before}; after: {load()}; other processes (test "
-                 "runs) shared the 2 cores",
-                 f"- K = {args.batch} clips, M = {args.frames} frames (64-d), N = {args.tokens} tokens, "
-                 f"K' = {args.k_neg}: cascade = 2K(K'+1) = {pairs['cascade']} pairs, all = K^2 = {pairs['all pairs']}; "
-                 "tiny preset fusion module (2 cross layers, d = 384, sequences of M + N = "
-                 f"{args.frames + args.tokens}), training mode, fp32, {args.threads} torch thread(s); the cascade "
-                 "time includes choosing the negatives (`choose_negatives`)",
-                 "- each run: a fresh process, a warm-up on 4 clips, then one measured forward + backward; order "
-                 f"cascade, then (all pairs, cascade) x {args.repeats}; ratios: each all-pairs run over the mean of "
-                 "the cascade runs around it",
-                 "- memory: \"peak allocated through torch\" = peak of the bytes allocated through torch's CPU "
-                 "allocator inside the forward + backward and still alive (torch.profiler memory events: "
-                 "activations, gradients, temporaries; weights and inputs excluded); RSS = peak resident set "
-                 "(VmHWM) minus the resident set just before",
-                 f"- losses: cascade {losses['cascade']}, all pairs {losses['all pairs']}",
-                 "", body, ""]
+        lines = [
+            SECTION,
+            "",
+            *header(info, command.strip()),
+            f"- load average (1, 5, 15 min) before: {load_before}; after: {load()}; other processes (test "
+            "runs) shared the 2 cores",
+            f"- K = {args.batch} clips, M = {args.frames} frames (64-d), N = {args.tokens} tokens, "
+            f"K' = {args.k_neg}: cascade = 2K(K'+1) = {pairs['cascade']} pairs, all = K^2 = {pairs['all pairs']}; "
+            "tiny preset fusion module (2 cross layers, d = 384, sequences of M + N = "
+            f"{args.frames + args.tokens}), training mode, fp32, {args.threads} torch thread(s); the cascade "
+            "time includes choosing the negatives (`choose_negatives`)",
+            "- each run: a fresh process, a warm-up on 4 clips, then one measured forward + backward; order "
+            f"cascade, then (all pairs, cascade) x {args.repeats}; ratios: each all-pairs run over the mean of "
+            "the cascade runs around it",
+            '- memory: "peak allocated through torch" = peak of the bytes allocated through torch\'s CPU '
+            "allocator inside the forward + backward and still alive (torch.profiler memory events: "
+            "activations, gradients, temporaries; weights and inputs excluded); RSS = peak resident set "
+            "(VmHWM) minus the resident set just before",
+            f"- losses: cascade {losses['cascade']}, all pairs {losses['all pairs']}",
+            "",
+            body,
+            "",
+        ]
         write_section(SECTION, "\n".join(lines))
 
 

@@ -35,6 +35,7 @@ import gc
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -79,8 +80,14 @@ class Phases:
         self._t = time.perf_counter()
 
     def end(self, name: str) -> None:
-        self.rows.append({"phase": name, "peak_mib": _status_kb("VmHWM") / 1024,
-                          "rss_after_mib": _status_kb("VmRSS") / 1024, "seconds": time.perf_counter() - self._t})
+        self.rows.append(
+            {
+                "phase": name,
+                "peak_mib": _status_kb("VmHWM") / 1024,
+                "rss_after_mib": _status_kb("VmRSS") / 1024,
+                "seconds": time.perf_counter() - self._t,
+            }
+        )
 
 
 def _storages(obj: Any, depth: int = 0) -> dict[int, int]:
@@ -168,8 +175,17 @@ def rank_main(args: argparse.Namespace) -> None:
         engine = runtime.build_engine(model, rt, runtime.OptimConfig(), args.batch, max_steps=100, world=WORLD)
         phases.end("build engine")
         batch = make_batch(args.batch, args.frames, args.tokens, model.config.frame_dim, model.vocab_size, seed=rank)
-        trainer = Trainer(engine, None, Combiner(ObjectivesConfig()), None, TrainState(), args.out,
-                          max_steps=10**9, rank=rank, world=WORLD)
+        trainer = Trainer(
+            engine,
+            None,
+            Combiner(ObjectivesConfig()),
+            None,
+            TrainState(),
+            args.out,
+            max_steps=10**9,
+            rank=rank,
+            world=WORLD,
+        )
         step = engine.step
         held: dict[str, Any] = {}
 
@@ -217,13 +233,43 @@ def _free_port() -> int:
 def run_stage(stage: int, args: argparse.Namespace) -> dict[str, Any]:
     """Two ranks of `stage` in fresh processes; their records, or the failure."""
     out = tempfile.mkdtemp(prefix=f"zero{stage}-")
-    env = {**os.environ, "WORLD_SIZE": str(WORLD), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-           "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, __file__, "--rank-main", "--stage", str(stage), "--out", out, "--steps", str(args.steps),
-           "--batch", str(args.batch), "--frames", str(args.frames), "--tokens", str(args.tokens)]
+    env = {
+        **os.environ,
+        "WORLD_SIZE": str(WORLD),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "OMP_NUM_THREADS": "1",
+        "DS_ACCELERATOR": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONWARNINGS": "ignore",
+    }
+    cmd = [
+        sys.executable,
+        __file__,
+        "--rank-main",
+        "--stage",
+        str(stage),
+        "--out",
+        out,
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--frames",
+        str(args.frames),
+        "--tokens",
+        str(args.tokens),
+    ]
     t = time.perf_counter()
-    procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.DEVNULL,
-                              stderr=open(os.path.join(out, f"stderr{r}.txt"), "w")) for r in range(WORLD)]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(out, f"stderr{r}.txt"), "w"),
+        )
+        for r in range(WORLD)
+    ]
     timed_out = False
     for p in procs:
         try:
@@ -244,9 +290,20 @@ def run_stage(stage: int, args: argparse.Namespace) -> dict[str, Any]:
             prefix = f"timed out after {args.timeout:.0f} s; " if timed_out else ""
             rec["error"] = f"{prefix}exit code {procs[r].returncode}; stderr: {tail}"
         res["ranks"].append(rec)
-    print(f"ZeRO {stage}: {res['wall']:.0f} s, " + "; ".join(
-        f"rank {r['rank']}: " + (f"FAILED {r['error'].strip().splitlines()[-1][:200]}" if "error" in r
-                                 else f"peak {r['maxrss_mib']:.0f} MiB") for r in res["ranks"]), flush=True)
+    print(
+        f"ZeRO {stage}: {res['wall']:.0f} s, "
+        + "; ".join(
+            f"rank {r['rank']}: "
+            + (
+                f"FAILED {r['error'].strip().splitlines()[-1][:200]}"
+                if "error" in r
+                else f"peak {r['maxrss_mib']:.0f} MiB"
+            )
+            for r in res["ranks"]
+        ),
+        flush=True,
+    )
+    shutil.rmtree(out, ignore_errors=True)
     return res
 
 
@@ -268,22 +325,37 @@ def tables(results: list[dict[str, Any]]) -> str:
             if "error" in r:
                 failures.append((res["stage"], r["rank"], r["error"]))
             ph = {p["phase"]: p for p in r.get("phases", [])}
-            peaks = " / ".join(_gib(ph[k]["peak_mib"]) if k in ph else "-" for k in
-                               ("build model", "build engine", "step 1", "step 2"))
+            peaks = " / ".join(
+                _gib(ph[k]["peak_mib"]) if k in ph else "-" for k in ("build model", "build engine", "step 1", "step 2")
+            )
             steps = [p["seconds"] for k, p in ph.items() if k.startswith("step")]
             h = r.get("held_before_last_update", {})
-            held = [f"{h[k] / 2**30:.2f}" if k in h else "-" for k in (
-                "parameters", "gradients (.grad)", "optimizer state", "fp32 master copies", "ZeRO optimizer attributes",
-                "other", "total")]
+            held = [
+                f"{h[k] / 2**30:.2f}" if k in h else "-"
+                for k in (
+                    "parameters",
+                    "gradients (.grad)",
+                    "optimizer state",
+                    "fp32 master copies",
+                    "ZeRO optimizer attributes",
+                    "other",
+                    "total",
+                )
+            ]
             last = r["phases"][-1]["rss_after_mib"] if r.get("phases") else float("nan")
-            s_step = f"{sum(steps[1:]) / len(steps[1:]):.1f}" if len(steps) > 1 else (f"{steps[0]:.1f}" if steps
-                                                                                       else "-")
-            lines.append(f"| {res['stage']} | {r['rank']} | {_gib(r.get('maxrss_mib', float('nan')))} | {peaks} | "
-                         f"{_gib(last)} | {s_step} | " + " | ".join(held) + " |")
+            s_step = (
+                f"{sum(steps[1:]) / len(steps[1:]):.1f}" if len(steps) > 1 else (f"{steps[0]:.1f}" if steps else "-")
+            )
+            lines.append(
+                f"| {res['stage']} | {r['rank']} | {_gib(r.get('maxrss_mib', float('nan')))} | {peaks} | "
+                f"{_gib(last)} | {s_step} | " + " | ".join(held) + " |"
+            )
             if h and r["rank"] == 0:
                 attrs = ", ".join(f"`{k}` {v / 2**30:.2f} GiB" for k, v in h["attributes"].items()) or "none"
-                buffers.append(f"- ZeRO {res['stage']}: optimizer attributes: {attrs}; largest other tensors: "
-                               + (", ".join(h["other_largest"]) or "none"))
+                buffers.append(
+                    f"- ZeRO {res['stage']}: optimizer attributes: {attrs}; largest other tensors: "
+                    + (", ".join(h["other_largest"]) or "none")
+                )
     text = "\n".join(lines)
     if buffers:
         text += "\n\nWhat the tensor columns hold beyond parameters, gradients and optimizer state (rank 0):\n\n"
@@ -319,19 +391,25 @@ def main(argv: list[str] | None = None) -> None:
         ok = [r for res in results for r in res["ranks"] if "params" in r]
         n = ok[0]["params"] if ok else 0
         command = "python benchmarks/zero_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        lines = [SECTION, "", *header(info, command.strip()),
-                 f"- load average (1, 5, 15 min) before: {load_before}; after: {load()}",
-                 f"- base preset, `text_pretrained=False` (RoBERTa-base architecture, random weights), {n / 1e6:.1f}M "
-                 f"parameters, fp32; 2 ranks (separate processes, gloo, OMP_NUM_THREADS=1); {args.steps} training "
-                 f"steps (`Trainer._micro_step`, all five objectives) of {args.batch} clip(s) x {args.frames} frames "
-                 f"(4352-d) x {args.tokens} tokens per rank",
-                 "- peak RSS = VmHWM of the phase (reset at its start); process = getrusage maxrss; tensor columns "
-                 "= live tensors found through the garbage collector just before the last optimizer update "
-                 "(after its backward), each storage once; GiB = 2^30 bytes",
-                 "- this is host memory with fp32 everywhere and tiny activations: on an H100 run (bf16, real "
-                 "batches) GPU memory will differ (bf16 weights and gradients, activations dominating); no GPU "
-                 "was available in this session",
-                 "", body, ""]
+        lines = [
+            SECTION,
+            "",
+            *header(info, command.strip()),
+            f"- load average (1, 5, 15 min) before: {load_before}; after: {load()}",
+            f"- base preset, `text_pretrained=False` (RoBERTa-base architecture, random weights), {n / 1e6:.1f}M "
+            f"parameters, fp32; 2 ranks (separate processes, gloo, OMP_NUM_THREADS=1); {args.steps} training "
+            f"steps (`Trainer._micro_step`, all five objectives) of {args.batch} clip(s) x {args.frames} frames "
+            f"(4352-d) x {args.tokens} tokens per rank",
+            "- peak RSS = VmHWM of the phase (reset at its start); process = getrusage maxrss; tensor columns "
+            "= live tensors found through the garbage collector just before the last optimizer update "
+            "(after its backward), each storage once; GiB = 2^30 bytes",
+            "- this is host memory with fp32 everywhere and tiny activations: on an H100 run (bf16, real "
+            "batches) GPU memory will differ (bf16 weights and gradients, activations dominating); no GPU "
+            "was available in this session",
+            "",
+            body,
+            "",
+        ]
         write_section(SECTION, "\n".join(lines))
 
 
