@@ -59,7 +59,11 @@ def truncate_metrics(run_dir: str, step: int) -> None:
             f.writelines(keep)
 
 
+_EARLY_STOP = {"requested": False}  # a SIGUSR1 that arrives before the Trainer exists
+
+
 def main(argv: list[str] | None = None) -> TrainState:
+    signal.signal(signal.SIGUSR1, lambda *_: _EARLY_STOP.update(requested=True))  # first: a warning may come early
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     args = parse_args(argv)
     cfg = config.load(args.config, args.overrides)
@@ -105,6 +109,7 @@ def train(cfg: config.PretrainConfig, rank: int, world: int) -> TrainState:
     trainer = Trainer(engine, loader, combiner, tracker, state, run_dir, cfg.run.max_steps, cfg.run.log_every,
                       cfg.run.max_bad_steps, cfg.checkpoint.every, cfg.checkpoint.keep_last, evaluate,
                       cfg.eval.every, rank, world, device)
+    trainer.stop_requested = _EARLY_STOP["requested"]
     signal.signal(signal.SIGUSR1, trainer.request_stop)  # Slurm's warning before the time limit
     try:
         state = trainer.fit()
