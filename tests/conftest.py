@@ -7,12 +7,17 @@ per session too (`convert`), so each (layout, clip mode) is converted once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,3 +140,47 @@ def convert(corpus: Corpus, tmp_path_factory: pytest.TempPathFactory) -> Callabl
         return cache[key]
 
     return run
+
+
+@contextlib.contextmanager
+def moto_s3(log_dir: Path, env: dict[str, str]) -> Iterator[str]:
+    """A real S3 endpoint on loopback (moto_server) with `env` (credentials...) set; yields its URL.
+
+    AWS_ENDPOINT_URL is set only when `env` has it; the user's AWS profile and config are masked.
+    Fails (never skips) when moto[server] is missing: it is part of the s3test extra CI installs.
+    """
+    moto = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
+    if not Path(moto).exists():
+        raise RuntimeError("moto_server not found: install the project's s3test extra (scripts/setup.sh does)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    log = open(log_dir / "moto.log", "wb")
+    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    base = {"AWS_DEFAULT_REGION": "us-east-1", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+            "AWS_CONFIG_FILE": "/nonexistent", "NO_PROXY": "127.0.0.1,localhost"}  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL"):
+            mp.delenv(name, raising=False)
+        for name, value in {**base, **env}.items():
+            mp.setenv(name, value.replace("{endpoint}", endpoint))
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(endpoint + "/", timeout=1).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"moto_server did not start on {endpoint}") from None
+                    time.sleep(0.1)
+            yield endpoint
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()

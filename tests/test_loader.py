@@ -13,12 +13,7 @@ import json
 import logging
 import math
 import shutil
-import socket
-import subprocess
-import sys
 import tarfile
-import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import moto_s3
 
 from data_prep import howto100m, schema
 from pretrain import loader as L
@@ -492,38 +488,9 @@ def test_config_validation() -> None:
 
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    moto = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    if not Path(moto).exists():
-        pytest.skip("moto[server] is not installed (extra s3test)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    endpoint = f"http://127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("moto-loader") / "moto.log", "wb")
-    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
-           "NO_PROXY": "127.0.0.1,localhost"}  # fmt: skip
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL"):
-            mp.delenv(name, raising=False)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(endpoint + "/", timeout=1).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"moto_server did not start on {endpoint}") from None
-                    time.sleep(0.1)
-            yield endpoint
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-            log.close()
+    credentials = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    with moto_s3(tmp_path_factory.mktemp("moto-loader"), credentials) as endpoint:
+        yield endpoint
 
 
 @pytest.mark.slow

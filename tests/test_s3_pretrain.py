@@ -14,12 +14,9 @@ import errno
 import json
 import logging
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import moto_s3
 
 from data_prep import howto100m, synthetic
 from pretrain import loader as L
@@ -75,46 +73,16 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def s3(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3]:
     """moto_server on 127.0.0.1 with the shard folder uploaded to s3://pretrain/howto/clip60."""
-    moto = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    env = {
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": SESSION,
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-        "AWS_CONFIG_FILE": "/nonexistent", "NO_PROXY": "127.0.0.1,localhost", "AWS_ENDPOINT_URL": endpoint,
-    }  # fmt: skip
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in env.items():
-            mp.setenv(name, value)
-        for name in ("AWS_PROFILE", "S3_ENDPOINT_URL"):
-            mp.delenv(name, raising=False)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(endpoint + "/", timeout=1).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"moto_server did not start on {endpoint}") from None
-                    time.sleep(0.1)
-            import boto3
+    env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_SESSION_TOKEN": SESSION,
+           "AWS_ENDPOINT_URL": "{endpoint}"}  # fmt: skip
+    with moto_s3(tmp_path_factory.mktemp("moto"), env) as endpoint:
+        import boto3
 
-            client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-            client.create_bucket(Bucket=BUCKET)
-            for path in sorted(shards.iterdir()):
-                client.upload_file(str(path), BUCKET, f"{PREFIX}/{path.name}")
-            yield S3(endpoint, client, env)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        for path in sorted(shards.iterdir()):
+            client.upload_file(str(path), BUCKET, f"{PREFIX}/{path.name}")
+        yield S3(endpoint, client, {**env, "AWS_ENDPOINT_URL": endpoint})
 
 
 @pytest.fixture(scope="module")
