@@ -10,6 +10,15 @@ Layout under `<run dir>/checkpoints/`:
 
 The export (`<run dir>/export/`) holds `config.yaml`, `model.safetensors` (fp32, gathered
 from any ZeRO stage) and the tokenizer: what finetuning and anyone else loads.
+
+`checkpoint.upload: s3://bucket/prefix` mirrors the run to object storage through s3fs: every
+complete checkpoint goes to `<prefix>/checkpoints/<tag>/` (its COMPLETE marker last, so a
+half-uploaded checkpoint is never taken as complete there either; the remote keeps the same
+`keep_last`), the export to `<prefix>/export/`. A run whose directory holds no complete
+checkpoint (a fresh node, a lost scratch disk) first pulls the latest complete one from there.
+Rank 0 uploads, synchronously after the save (so a preempted job's checkpoint is uploaded
+before it exits), each file with the loader's retries; the run directory is shared by the
+ranks (a cluster filesystem), as DeepSpeed's checkpoints already assume.
 """
 
 from __future__ import annotations
@@ -40,6 +49,8 @@ class CheckpointConfig:
     keep_last: int = 3
     resume: str = "auto"  # auto: the latest complete checkpoint of the run dir; none; or a checkpoint path
     export: bool = True
+    upload: str | None = None  # s3://bucket/prefix: mirror complete checkpoints and the export there
+    s3_endpoint: str | None = None  # None: AWS_ENDPOINT_URL or AWS itself
 
 
 def tag_for(step: int) -> str:
@@ -157,3 +168,69 @@ def export(engine, ckpt_dir: str, tag: str, out_dir: str, config_yaml: str, toke
             tokenizer.save_pretrained(out_dir)
         log.info("exported %d tensors to %s", len(state), out_dir)
     runtime.barrier()
+
+
+class Mirror:
+    """The run's copy in object storage (checkpoint.upload)."""
+
+    def __init__(self, url: str, endpoint: str | None, keep_last: int):
+        import fsspec
+
+        from data_prep.storage import s3_options
+        from pretrain.s3retry import RetryPolicy
+
+        self.url, self.keep_last, self.retry = url.rstrip("/"), keep_last, RetryPolicy()
+        options = s3_options(endpoint) if url.startswith("s3://") else {}
+        self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
+
+    def _call(self, fn, what: str):
+        from pretrain.s3retry import retry_call
+
+        return retry_call(fn, self.url, self.retry, what)
+
+    def _put_tree(self, local: str, remote: str, last: str | None = None) -> None:
+        """Upload a folder file by file; `last` (a marker) after everything else."""
+        names = sorted(os.listdir(local), key=lambda n: n == last)
+        for name in names:
+            src, dst = os.path.join(local, name), f"{remote}/{name}"
+            if os.path.isdir(src):
+                self._put_tree(src, dst)
+            else:
+                self._call(lambda: self.fs.put_file(src, dst), "checkpoint upload")  # noqa: B023 - called at once
+
+    def remote_tags(self) -> list[str]:
+        """Complete checkpoints in the mirror, oldest first."""
+        pattern = f"{self.root}/checkpoints/*/{COMPLETE}"
+        found = self._call(lambda: self.fs.glob(pattern), "checkpoint listing")
+        return sorted(t for t in (p.rstrip("/").split("/")[-2] for p in found) if TAG_RE.match(t))
+
+    def push_checkpoint(self, ckpt_dir: str, tag: str) -> None:
+        self._put_tree(os.path.join(ckpt_dir, tag), f"{self.root}/checkpoints/{tag}", last=COMPLETE)
+        for old in self.remote_tags()[: -self.keep_last]:  # the marker first: never a complete-looking partial
+            self._call(lambda: self.fs.rm_file(f"{self.root}/checkpoints/{old}/{COMPLETE}"), "checkpoint prune")  # noqa: B023
+            self._call(lambda: self.fs.rm(f"{self.root}/checkpoints/{old}", recursive=True), "checkpoint prune")  # noqa: B023
+        log.info("uploaded checkpoint %s to %s/checkpoints/", tag, self.url)
+
+    def push_export(self, export_dir: str) -> None:
+        self._put_tree(export_dir, f"{self.root}/export")
+        log.info("uploaded the export to %s/export/", self.url)
+
+    def pull_latest(self, ckpt_dir: str) -> str | None:
+        """Download the mirror's latest complete checkpoint into ckpt_dir (COMPLETE last); its tag."""
+        tags = self.remote_tags()
+        if not tags:
+            return None
+        tag, local = tags[-1], os.path.join(ckpt_dir, tags[-1])
+        shutil.rmtree(local, ignore_errors=True)
+        remote = f"{self.root}/checkpoints/{tag}"
+        files = [f for f in self._call(lambda: self.fs.find(remote), "checkpoint listing") if not f.endswith(COMPLETE)]
+        for f in [*files, f"{remote}/{COMPLETE}"]:
+            dst = os.path.join(local, os.path.relpath(f, remote))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            self._call(lambda: self.fs.get_file(f, dst), "checkpoint download")  # noqa: B023 - called at once
+        log.info("pulled checkpoint %s from %s", tag, self.url)
+        return tag
+
+
+def mirror_for(cfg: CheckpointConfig) -> Mirror | None:
+    return Mirror(cfg.upload, cfg.s3_endpoint, cfg.keep_last) if cfg.upload else None

@@ -20,7 +20,7 @@ from pretrain.loader import LoaderConfig
 from pretrain.model import ModelConfig, resolve
 from pretrain.objectives import ObjectivesConfig
 from pretrain.objectives import validate as validate_objectives
-from pretrain.runtime import OptimConfig, RuntimeConfig, grad_accum_steps
+from pretrain.runtime import OptimConfig, RuntimeConfig, ds_config, grad_accum_steps
 from pretrain.tracking import TrackingConfig
 
 
@@ -107,6 +107,7 @@ def validate(cfg: PretrainConfig, world: int) -> None:
         validate_objectives(cfg.objectives)
         model = resolve(cfg.model)
         grad_accum_steps(cfg.runtime, cfg.data.batch_size, world)
+        ds_config(cfg.runtime, cfg.optim, cfg.data.batch_size, 1)  # stage, precision, buckets
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg.run.max_steps < 1:

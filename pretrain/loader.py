@@ -624,6 +624,10 @@ class Processor:
         mfm = masking.mask_frames(num_frames, np.random.Generator(np.random.Philox(key=[h, RNG_MFM])), self.mfm_prob)
         return mlm_ids, labels, mfm
 
+    def collate(self, samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+        """The batch of processed samples (a processor for another task brings its own)."""
+        return collate(samples, pad_id)
+
     def __call__(self, raw: RawSample, epoch: int) -> dict[str, Any]:
         h = sample_hash(self.seed, epoch, raw.key)
         meta = raw.meta
@@ -642,7 +646,7 @@ class Processor:
         }
 
 
-def _readonly_tensor(array: np.ndarray) -> torch.Tensor:
+def readonly_tensor(array: np.ndarray) -> torch.Tensor:
     """A tensor over a read-only numpy view (the shard's bytes), only ever read: no copy, no warning."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "non-writable array": it is only read
@@ -652,7 +656,7 @@ def _readonly_tensor(array: np.ndarray) -> torch.Tensor:
 _SERIAL_ELEMENTS = 32768  # torch's intra-op grain size: a smaller copy never goes to the thread pool
 
 
-def _copy_serial(dst: torch.Tensor, src: torch.Tensor | None) -> None:
+def copy_serial(dst: torch.Tensor, src: torch.Tensor | None) -> None:
     """dst.copy_(src) (or zero_ without src) in row blocks below the grain size: calling thread only.
 
     torch converts float16 -> float32 ~10x faster than numpy, but a parallel copy waits for
@@ -667,7 +671,7 @@ def _copy_serial(dst: torch.Tensor, src: torch.Tensor | None) -> None:
             dst[r : r + rows].copy_(src[r : r + rows])
 
 
-def _frames_tensor(b: int, m: int, d: int) -> torch.Tensor:
+def frames_tensor(b: int, m: int, d: int) -> torch.Tensor:
     """An uninitialised (B, M, D) float32 tensor; in a DataLoader worker it lives in shared memory
     already (as torch's default_collate does it), so handing the batch over copies nothing."""
     if get_worker_info() is None:
@@ -694,7 +698,7 @@ def collate(samples: Sequence[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
         "mlm_input_ids": torch.full((b, n), pad_id, dtype=torch.long),  # (B, N)
         "mlm_labels": torch.full((b, n), masking.IGNORE_INDEX, dtype=torch.long),  # (B, N)
         "toi_weight": torch.zeros(b, n, dtype=torch.float32),  # (B, N)
-        "frames": _frames_tensor(b, m, d),  # (B, M, D)
+        "frames": frames_tensor(b, m, d),  # (B, M, D)
         "frame_mask": torch.zeros(b, m, dtype=torch.bool),  # (B, M)
         "mfm_mask": torch.zeros(b, m, dtype=torch.bool),  # (B, M)
         "keys": [s["key"] for s in samples],
@@ -705,8 +709,8 @@ def collate(samples: Sequence[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
         for name in ("input_ids", "mlm_input_ids", "mlm_labels", "toi_weight"):
             out[name][i, :ln] = s[name]
         out["attention_mask"][i, :ln] = True
-        _copy_serial(frames[i, :lm], _readonly_tensor(s["frames"]))  # (lm, D) float16 -> float32
-        _copy_serial(frames[i, lm:], None)  # (M - lm, D) padding
+        copy_serial(frames[i, :lm], readonly_tensor(s["frames"]))  # (lm, D) float16 -> float32
+        copy_serial(frames[i, lm:], None)  # (M - lm, D) padding
         out["frame_mask"][i, :lm] = True
         out["mfm_mask"][i, :lm] = s["mfm_mask"]
     return out
@@ -720,7 +724,7 @@ def _chunk_item(plan: EpochPlan, s: int, j: int, taken: list, proc: Processor, p
     samples = [proc(raw, plan.epoch) for raw, _, _ in taken]
     item: dict[str, Any] = {"stream": s, "round": j, "after": tuple(after), "batch": None, "samples": None}
     if plan.training and len(samples) == plan.batch_size and plan.aligned(s, j):
-        item["batch"] = collate(samples, pad_id)
+        item["batch"] = proc.collate(samples, pad_id)
         item["skips"] = dict(sum((skips for _, _, skips in taken), Counter()))
     else:
         for sample, (_, before, skips) in zip(samples, taken):
@@ -798,12 +802,15 @@ class VideoTextLoader:
     loop and starting a new one continues at the next batch (one iterator at a time).
     """
 
-    def __init__(self, cfg: LoaderConfig, corpus: Corpus, rank: int, world: int, training: bool, tokenizer: Any):
+    def __init__(self, cfg: LoaderConfig, corpus: Corpus, rank: int, world: int, training: bool, tokenizer: Any,
+                 proc: Any = None):
+        """`proc` turns a RawSample into a batch row and collates rows (default: pretraining's Processor;
+        the finetune tasks bring their own, see finetune/data.py); it must pickle to DataLoader workers."""
         cfg.validate()
         self.cfg, self.corpus, self.rank, self.world, self.training = cfg, corpus, rank, world, training
         self.pad_id = int(tokenizer.pad_token_id or 0)
-        self.proc = Processor(tokenizer, _load_idf(cfg, corpus), cfg.max_text_len, cfg.max_frames, cfg.mlm_prob,
-                              cfg.mfm_prob, cfg.seed, training)  # fmt: skip
+        self.proc = proc or Processor(tokenizer, load_idf(cfg, corpus), cfg.max_text_len, cfg.max_frames,
+                                      cfg.mlm_prob, cfg.mfm_prob, cfg.seed, training)  # fmt: skip
         mean = sum(corpus.sizes) / max(1, len(corpus.sizes))
         self.block_shards = max(1, math.ceil(cfg.shuffle_buffer / max(1.0, mean))) if training else 1
         self.epoch, self.batches = 0, 0
@@ -857,7 +864,7 @@ class VideoTextLoader:
             self.skipped.update(sample.pop("__skips__"))
             del sample["__stream__"], sample["__cursor__"]
         self.batches += 1
-        return collate(samples, self.pad_id)
+        return self.proc.collate(samples, self.pad_id)
 
     def _receive(self, item: dict) -> Iterator[dict[str, Any]]:
         """The batches one chunk completes."""
@@ -970,7 +977,7 @@ def cursors_at(plan: EpochPlan, batches: int, sizes: Sequence[int]) -> list[Curs
     return [_cursor_of(plan, s, consumed_in(plan, s, consumed), sizes) for s in range(len(plan.streams))]
 
 
-def _load_idf(cfg: LoaderConfig, corpus: Corpus) -> text.IdfTable | None:
+def load_idf(cfg: LoaderConfig, corpus: Corpus) -> text.IdfTable | None:
     """The training corpus's IDF table (config, else the first train folder's, else the corpus's)."""
     path = cfg.toi_df or _train_toi_df(cfg) or corpus.toi_df
     if path is None:

@@ -73,6 +73,7 @@ class Trainer:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    mirror: Any = None  # checkpoint.Mirror: rank 0 uploads each checkpoint there
     stop_requested: bool = False  # set by a signal handler on any rank
     _stop_agreed: bool = False  # every rank knows that some rank was asked to stop
     _window: dict[str, list[float]] = field(default_factory=dict)
@@ -177,8 +178,11 @@ class Trainer:
         """A checkpoint of the engine and the train state (all ranks)."""
         self.state.loader = self.loader.state_dict()
         state = asdict(self.state)
-        return checkpoint.save(self.engine, self.ckpt_dir, self.state.step, state, self.rank, self.world,
-                               self.keep_last)
+        path = checkpoint.save(self.engine, self.ckpt_dir, self.state.step, state, self.rank, self.world,
+                               self.keep_last)  # fmt: skip
+        if self.mirror is not None and self.rank == 0:
+            self.mirror.push_checkpoint(self.ckpt_dir, os.path.basename(path))
+        return path
 
 
 def _grad_norm(engine) -> float:

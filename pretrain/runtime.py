@@ -50,6 +50,16 @@ class RuntimeConfig:
     global_batch_size: int | None = None  # None: micro batch x world size (no accumulation)
     backend: str | None = None  # None: nccl on GPUs, gloo on the CPU
     timeout_minutes: int = 30
+    # ZeRO communication buckets, in elements. DeepSpeed's defaults (5e8) hold ~1.9 GiB of fp32
+    # buffers per rank whatever the model size (benchmarks/RESULTS.md, ZeRO memory); 5e7 keeps the
+    # collectives large enough for the base preset (~200M parameters: 4 buckets) at a tenth of that.
+    bucket_size: int = 50_000_000  # reduce and allgather buckets (ZeRO 1-3), stage-3 prefetch bucket
+    param_persistence_threshold: int = 100_000  # ZeRO-3: parameters this small stay whole on every rank
+
+
+def launch_world_size() -> int:
+    """The world size the launcher announces (torchrun/DeepSpeed, else srun), before any set-up."""
+    return int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
 
 
 def setup_environment() -> tuple[int, int, int]:
@@ -141,6 +151,19 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def zero_config(runtime: RuntimeConfig) -> dict[str, Any]:
+    """DeepSpeed's zero_optimization section: the stage and its bucket sizes."""
+    if runtime.bucket_size < 1 or runtime.param_persistence_threshold < 0:
+        raise ValueError("runtime.bucket_size must be >= 1 and runtime.param_persistence_threshold >= 0")
+    zero: dict[str, Any] = {"stage": runtime.zero_stage}
+    if runtime.zero_stage in (1, 2):
+        zero.update(reduce_bucket_size=runtime.bucket_size, allgather_bucket_size=runtime.bucket_size)
+    if runtime.zero_stage == 3:
+        zero.update(reduce_bucket_size=runtime.bucket_size, stage3_prefetch_bucket_size=runtime.bucket_size,
+                    stage3_param_persistence_threshold=runtime.param_persistence_threshold)  # fmt: skip
+    return zero
+
+
 def ds_config(runtime: RuntimeConfig, optim: OptimConfig, micro_batch: int, accum: int,
               load_universal: bool = False) -> dict[str, Any]:
     if runtime.zero_stage not in (0, 1, 2, 3):
@@ -151,7 +174,7 @@ def ds_config(runtime: RuntimeConfig, optim: OptimConfig, micro_batch: int, accu
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": accum,
         "gradient_clipping": optim.grad_clip,
-        "zero_optimization": {"stage": runtime.zero_stage},
+        "zero_optimization": zero_config(runtime),
         "bf16": {"enabled": runtime.precision == "bf16"},
         "steps_per_print": 10**9,
         "zero_allow_untested_optimizer": True,

@@ -41,13 +41,13 @@ def shards(tmp_path_factory) -> Path:
     return root / "shards"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _env() -> dict[str, str]:
+def launch_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     return env
@@ -56,7 +56,7 @@ def _env() -> dict[str, str]:
 def _command(launcher: str, ranks: int, run_dir: Path, shards: Path, *overrides: str) -> list[str]:
     args = ["pretrain/train.py", "--config", "configs/pretrain/tiny_cpu.yaml", f"data.train={shards}",
             f"eval.held_out={shards}", f"run.output_dir={run_dir}", *FAST, *overrides]
-    port = str(_free_port())
+    port = str(free_port())
     if launcher == "deepspeed":
         return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--no_ssh_check",
                 "--master_port", port, *args]
@@ -65,7 +65,7 @@ def _command(launcher: str, ranks: int, run_dir: Path, shards: Path, *overrides:
 
 
 def _train(launcher: str, ranks: int, run_dir: Path, shards: Path, *overrides: str) -> None:
-    proc = subprocess.run(_command(launcher, ranks, run_dir, shards, *overrides), cwd=REPO, env=_env(),
+    proc = subprocess.run(_command(launcher, ranks, run_dir, shards, *overrides), cwd=REPO, env=launch_env(),
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
@@ -130,7 +130,7 @@ def test_resume_after_kill_gives_the_same_losses(straight, shards, tmp_path) -> 
     run_dir = tmp_path / "killed"
     cmd = _command("deepspeed", 2, run_dir, shards, "run.max_steps=4", "checkpoint.every=2", "eval.every=2",
                    "runtime.zero_stage=2")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     marker = run_dir / "checkpoints" / "step_00000002" / "COMPLETE"
     deadline = time.monotonic() + 400
@@ -199,7 +199,7 @@ def test_two_ranks_zero3_bf16_torchrun_one_objective_per_step(shards, tmp_path) 
 def test_config_errors_name_the_key_before_any_work(override, message, shards, tmp_path) -> None:
     cmd = [sys.executable, "pretrain/train.py", "--config", "configs/pretrain/tiny_cpu.yaml", f"data.train={shards}",
            f"run.output_dir={tmp_path}", override]
-    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "config error" in proc.stderr and message in proc.stderr
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "mlflow.db").exists()
@@ -213,7 +213,8 @@ def test_sigusr1_checkpoints_exits_3_and_the_rerun_finishes(shards, tmp_path) ->
     run_dir = tmp_path / "preempted"
     cmd = [sys.executable, "pretrain/train.py", "--config", "configs/pretrain/tiny_cpu.yaml", f"data.train={shards}",
            f"run.output_dir={run_dir}", *FAST, "run.max_steps=6", "checkpoint.every=0", "tracking.enabled=true"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.monotonic() + 300
     while not (run_dir / "metrics.jsonl").exists() or len(_metrics(run_dir)) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
@@ -226,7 +227,7 @@ def test_sigusr1_checkpoints_exits_3_and_the_rerun_finishes(shards, tmp_path) ->
     assert (run_dir / "checkpoints" / f"step_{stopped:08d}" / "COMPLETE").exists()
     assert not (run_dir / "export").exists()
 
-    rerun = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    rerun = subprocess.run(cmd, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert [r["step"] for r in _metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
     assert len(_mlflow_runs(run_dir)) == 1 and _mlflow_runs(run_dir)[0].info.status == "FINISHED"

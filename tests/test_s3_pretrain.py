@@ -200,8 +200,7 @@ def _shard_names(shards: Path) -> list[str]:
     return sorted(json.loads((shards / "sizes.json").read_text()))
 
 
-def test_pretraining_streams_from_s3_without_leaking_credentials(s3, tmp_path) -> None:
-    run_dir = tmp_path / "run"
+def _train_env(s3: S3) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(
         s3.env,
@@ -216,6 +215,12 @@ def test_pretraining_streams_from_s3_without_leaking_credentials(s3, tmp_path) -
         WORLD_SIZE="1",
     )
     env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def test_pretraining_streams_from_s3_without_leaking_credentials(s3, tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    env = _train_env(s3)
     cmd = [sys.executable, "pretrain/train.py", "--config", "configs/pretrain/tiny_cpu.yaml", f"data.train={URL}",
            f"eval.held_out={URL}", f"run.output_dir={run_dir}", *FAST, "run.max_steps=2", "tracking.enabled=true",
            "tracking.system_metrics=false"]  # fmt: skip
@@ -242,6 +247,39 @@ def test_pretraining_streams_from_s3_without_leaking_credentials(s3, tmp_path) -
         if path.is_file():
             data = path.read_bytes()
             assert not any(secret.encode() in data for secret in secrets), path
+
+
+def test_checkpoints_and_export_mirrored_to_s3_and_a_fresh_run_dir_resumes_from_there(s3, tmp_path) -> None:
+    """checkpoint.upload: complete checkpoints (COMPLETE last, keep_last remotely too) and the export go
+    to S3; a run started on an empty run dir (a new node) pulls the latest and continues from it."""
+    mirror = f"s3://{BUCKET}/runs/mirrored"
+    cmd = [sys.executable, "pretrain/train.py", "--config", "configs/pretrain/tiny_cpu.yaml", f"data.train={URL}",
+           *FAST, "tracking.enabled=false", "eval.every=0", "checkpoint.every=1", "checkpoint.keep_last=1",
+           f"checkpoint.upload={mirror}"]  # fmt: skip
+    first = tmp_path / "node_a"
+    proc = subprocess.run([*cmd, f"run.output_dir={first}", "run.max_steps=2"], cwd=REPO, env=_train_env(s3),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-5000:]
+
+    def remote(prefix: str) -> list[str]:
+        listed = s3.client.list_objects_v2(Bucket=BUCKET, Prefix=f"runs/mirrored/{prefix}")
+        return sorted(o["Key"].removeprefix(f"runs/mirrored/{prefix}") for o in listed.get("Contents", []))
+
+    local = sorted(str(p.relative_to(first / "checkpoints")) for p in (first / "checkpoints").glob("step_*/**/*")
+                   if p.is_file())  # fmt: skip
+    assert remote("checkpoints/") == local and "step_00000002/COMPLETE" in local  # step 1 pruned on both sides
+    assert "model.safetensors" in remote("export/")
+
+    second = tmp_path / "node_b"  # nothing local: the checkpoint comes from S3
+    proc = subprocess.run([*cmd, f"run.output_dir={second}", "run.max_steps=3"], cwd=REPO, env=_train_env(s3),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "pulled checkpoint step_00000002" in proc.stderr and "at step 2" in proc.stderr
+    rows = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3]
+    assert [k.split("/")[0] for k in remote("checkpoints/") if k.endswith("COMPLETE")] == ["step_00000003"]
+    for secret in (ACCESS_KEY, SECRET, SESSION):
+        assert secret not in proc.stderr
 
 
 def test_transient_errors_are_retried_and_the_batches_do_not_change(s3, shards, tokenizer, reference, inject,

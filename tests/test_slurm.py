@@ -15,12 +15,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import slurm_cluster
+from test_finetune import TINY as FINETUNE_TINY
 from test_pretrain import FAST, LOSS_KEYS
 
 from data_prep import howto100m, synthetic
@@ -142,11 +144,7 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm_node, shards, tmp
             assert time.monotonic() < deadline, "no training step in time"
             time.sleep(0.3)
         subprocess.run(["scancel", "--signal=USR1", "--batch", str(job_id)], check=True)
-        deadline = time.monotonic() + 300
-        while (job := _job(job_id)).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
-                                                            "NODE_FAIL", "OUT_OF_MEMORY", None):
-            assert time.monotonic() < deadline, f"job {job_id} still {job.get('JobState')}\n{log.read_text()[-4000:]}"
-            time.sleep(1)
+        job = _wait_done(job_id, log)
     finally:
         subprocess.run(["scancel", str(job_id)], capture_output=True)
     text = log.read_text()
@@ -169,6 +167,56 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm_node, shards, tmp
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the requeued run continued it
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) == list(range(1, 9))
     assert (run_dir / "export" / "model.safetensors").exists()
+
+
+def _wait_done(job_id: int, log: Path, timeout: float = 300) -> dict[str, str]:
+    """The job's last record once it has ended (or left the controller)."""
+    deadline = time.monotonic() + timeout
+    while (job := _job(job_id)).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
+                                                        "NODE_FAIL", "OUT_OF_MEMORY", None):
+        assert time.monotonic() < deadline, f"job {job_id} still {job.get('JobState')}\n{log.read_text()[-4000:]}"
+        time.sleep(1)
+    return job
+
+
+@pytest.fixture(scope="module")
+def finetune_sets(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("slurm_finetune_sets")
+    proc = subprocess.run([sys.executable, "-m", "launch.main_job", f"workdir={work}", "videos=24", "tagger=heuristic"],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work / "shards"
+
+
+@pytest.mark.slow
+def test_finetune_job_preempted_requeues_and_finishes(slurm_node, finetune_sets, tmp_path) -> None:
+    """launch/finetune.sh with 2 tasks: USR1 mid-run checkpoints and requeues like pretraining; the
+    requeued job finishes the steps, evaluates and writes the metrics, in one MLflow run."""
+    submit, run_dir = _submit_dir(tmp_path), tmp_path / "run"
+    job_id, _ = _sbatch(submit, *CPU_NODE, str(REPO / "launch" / "finetune.sh"), "msrvtt",
+                        "configs/finetune/msrvtt.yaml", f"data.root={finetune_sets / 'msrvtt'}",
+                        f"run.output_dir={run_dir}", *FINETUNE_TINY, "run.max_steps=5", "task.rerank=3",
+                        "data.max_frames=8")  # fmt: skip
+    log = submit / "logs" / f"vlp-finetune-{job_id}.out"
+    try:
+        deadline = time.monotonic() + 240
+        while len(_metrics_steps(run_dir)) < 1:
+            assert _job(job_id).get("JobState") in ("PENDING", "RUNNING"), log.read_text()[-6000:]
+            assert time.monotonic() < deadline, "no finetune step in time"
+            time.sleep(0.3)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", str(job_id)], check=True)
+        job = _wait_done(job_id, log)
+    finally:
+        subprocess.run(["scancel", str(job_id)], capture_output=True)
+    text = log.read_text()
+    assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", text[-6000:]
+    first, _, second = text.partition("SLURM_RESTART_COUNT=1")
+    assert "got SIGUSR1" in first and "Exited with exit code 3" in first and "resumed from" in second, text[-6000:]
+    assert _metrics_steps(run_dir) == [1, 2, 3, 4, 5]
+    metrics = json.loads((run_dir / "eval" / "test_1ka" / "step_00000005" / "metrics.json").read_text())
+    assert set(metrics) == {"R@1", "R@5", "R@10", "MedR", "MeanR"}
+    _, runs = _mlflow_runs(run_dir)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and "test_1ka/R_1" in runs[0].data.metrics
 
 
 def _bash(script: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -1,0 +1,254 @@
+"""Moment retrieval in a video corpus (VCMR), shared by TVR, DiDeMo and How2R (DESIGN.md section 6).
+
+    video + subtitles -> T_cross -> ctx (V, M, d)           HERO's cross-modal context, one vector per frame
+    query            -> [CLS] -> q_vr, q_span (d)          two projections of the query encoding
+    VR score          s(q, v) = max_t cos(q_vr, ctx_t) / tau                   HERO's video-level score
+    span logits       st_t, ed_t = conv_st(x), conv_ed(x),  x_t = ctx_t . q_span / sqrt(d)   XML's ConvSE
+
+Training: VR by symmetric InfoNCE over the videos and queries of all ranks (gathered with
+gradient, local loss: DESIGN.md section 5), plus cross-entropy of the start and end frames
+within the positive video, weighted by `span_weight`.
+
+Inference (finetune/moment_search.py): log p(v|q) over all videos from the VR scores, top-K
+videos, start/end log-softmax within each video, moments up to `max_moment_frames`, temporal
+NMS, 100 predictions per query: VCMR, SVMR (within the ground-truth video) and VR, written in
+TVR's submission format and scored by finetune/moment_eval.py exactly as TVR's evaluator.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from finetune import data, moment_eval
+from finetune.moment_search import Corpus, SearchConfig, search_corpus, search_single
+from pretrain.distributed import gather_no_grad, gather_with_grad, local_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MomentConfig:
+    temperature: float = 0.05  # tau of the VR InfoNCE; inference divides the VR scores by it too
+    span_weight: float = 1.0  # weight of the start + end cross-entropy
+    conv_kernel: int = 5  # frames seen by the start/end convolution
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def validate(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"task.temperature must be > 0, got {self.temperature}")
+        if self.span_weight < 0:
+            raise ValueError(f"task.span_weight must be >= 0, got {self.span_weight}")
+        if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
+            raise ValueError(f"task.conv_kernel must be odd and >= 1, got {self.conv_kernel}")
+        self.search.validate()
+
+
+class MomentHead(nn.Module):
+    def __init__(self, d: int, kernel: int):
+        super().__init__()
+        self.query_vr = nn.Linear(d, d)
+        self.query_span = nn.Linear(d, d)
+        self.st_conv = nn.Conv1d(1, 1, kernel, padding=kernel // 2)
+        self.ed_conv = nn.Conv1d(1, 1, kernel, padding=kernel // 2)
+
+    def span_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Start and end logits (..., M) from the query-frame similarities x (..., M)."""
+        shape, m = x.shape, x.shape[-1]
+        flat = x.reshape(-1, 1, m)  # (R, 1, M)
+        return self.st_conv(flat).view(shape), self.ed_conv(flat).view(shape)
+
+
+def build_head(backbone: nn.Module, cfg: MomentConfig) -> MomentHead:
+    return MomentHead(backbone.config.hidden, cfg.conv_kernel)
+
+
+def encode_videos(model: nn.Module, batch: dict) -> Tensor:
+    """ctx (B, M, d): frames contextualised with the subtitles (when given) by T_cross."""
+    bb, frame_mask = model.backbone, batch["frame_mask"]  # (B, M)
+    e_v = bb.embed_video(batch["frames"], frame_mask)  # (B, M, d)
+    if "sub_input_ids" in batch:
+        e_s = bb.embed_text(batch["sub_input_ids"], batch["sub_attention_mask"])  # (B, Ns, d)
+        ctx, _ = bb.cross(e_v, frame_mask, e_s, batch["sub_attention_mask"])  # (B, M, d)
+    else:
+        ctx, _ = bb.cross(e_v, frame_mask, e_v[:, :0], frame_mask[:, :0])  # (B, M, d)
+    return ctx * frame_mask.unsqueeze(-1)  # (B, M, d)
+
+
+def encode_queries(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
+    """(q_vr L2-normalised, q_span), each (B, d), from the query's [CLS]."""
+    q = model.backbone.embed_text(batch["input_ids"], batch["attention_mask"])[:, 0]  # (B, d)
+    return F.normalize(model.head.query_vr(q), dim=-1), model.head.query_span(q)
+
+
+def video_scores(q_vr: Tensor, ctx_n: Tensor, frame_mask: Tensor) -> Tensor:
+    """max over valid frames of cos(q, ctx_t): (Q, V) from q_vr (Q, d) and ctx_n (V, M, d), both normalised."""
+    cos = torch.einsum("qd,vmd->qvm", q_vr, ctx_n)  # (Q, V, M)
+    return cos.masked_fill(~frame_mask[None], -2.0).amax(dim=-1)  # (Q, V)
+
+
+def frame_similarity(q_span: Tensor, ctx: Tensor) -> Tensor:
+    """x_t = ctx_t . q / sqrt(d) for paired rows: (B, M) from q_span (B, d), ctx (B, M, d)."""
+    return torch.einsum("bd,bmd->bm", q_span, ctx) / math.sqrt(ctx.shape[-1])  # (B, M)
+
+
+def masked_ce(logits: Tensor, mask: Tensor, target: Tensor) -> Tensor:
+    """Cross-entropy over the valid frames only: logits, mask (B, M), target (B,)."""
+    return F.cross_entropy(logits.masked_fill(~mask, float("-inf")), target)
+
+
+def moment_loss(model: nn.Module, batch: dict, cfg: MomentConfig) -> tuple[Tensor, dict[str, float]]:
+    """VR InfoNCE over all ranks (both directions) + start/end cross-entropy in the positive video."""
+    frame_mask = batch["frame_mask"]  # (B, M)
+    ctx = encode_videos(model, batch)  # (B, M, d)
+    q_vr, q_span = encode_queries(model, batch)  # (B, d), (B, d)
+    ctx_all, q_all = gather_with_grad(ctx), gather_with_grad(q_vr)  # (K_g, M_g, d), (K_g, d)
+    mask_all = gather_no_grad(frame_mask, pad_value=False)  # (K_g, M_g)
+    rows = local_rows(q_all.shape[0], q_vr.shape[0])
+    targets = torch.arange(rows.start, rows.stop, device=ctx.device)  # (B,)
+    q2v = video_scores(q_vr, F.normalize(ctx_all, dim=-1), mask_all) / cfg.temperature  # (B, K_g)
+    v2q = video_scores(q_all, F.normalize(ctx, dim=-1), frame_mask).T / cfg.temperature  # (B, K_g)
+    vr_loss = 0.5 * (F.cross_entropy(q2v, targets) + F.cross_entropy(v2q, targets))
+    st, ed = model.head.span_logits(frame_similarity(q_span, ctx))  # (B, M) each
+    span = batch["span"]  # (B, 2)
+    span_loss = masked_ce(st, frame_mask, span[:, 0]) + masked_ce(ed, frame_mask, span[:, 1])
+    loss = vr_loss + cfg.span_weight * span_loss
+    logs = {"vr_loss": float(vr_loss.detach()), "span_loss": float(span_loss.detach()), "loss": float(loss.detach())}
+    return loss, logs
+
+
+# ---------------------------------------------------------------- corpus inference
+
+
+@dataclass
+class EncodedCorpus:
+    ctx: Tensor  # (V, M, d)
+    frame_mask: Tensor  # (V, M)
+    meta: list[dict[str, Any]]  # per video: video_id, duration, interval, frames (before any cut)
+
+    @property
+    def index(self) -> dict[str, int]:
+        return {m["video_id"]: i for i, m in enumerate(self.meta)}
+
+
+@torch.no_grad()
+def encode_corpus(engine: Any, loader: Any, device: torch.device) -> EncodedCorpus:
+    """Every video of the split once (every rank runs the same forwards: ZeRO-3 needs them all)."""
+    ctxs, masks, meta = [], [], []
+    for batch in loader:
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        ctx = engine(encode_videos, batch)  # (B, M, d)
+        ctxs.extend(ctx.float().unbind(0))
+        masks.extend(batch["frame_mask"].unbind(0))
+        meta.extend(batch["meta"])
+    m = max(c.shape[0] for c in ctxs)
+    ctx = torch.stack([F.pad(c, (0, 0, 0, m - c.shape[0])) for c in ctxs])  # (V, M, d)
+    mask = torch.stack([F.pad(x, (0, m - x.shape[0])) for x in masks])  # (V, M)
+    return EncodedCorpus(ctx, mask, meta)
+
+
+@torch.no_grad()
+def encode_query_set(engine: Any, batches: Any, device: torch.device) -> tuple[Tensor, Tensor]:
+    q_vr, q_span = [], []
+    for batch in batches:
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        a, b = engine(encode_queries, batch)
+        q_vr.append(a.float())
+        q_span.append(b.float())
+    return torch.cat(q_vr), torch.cat(q_span)  # (Q, d), (Q, d)
+
+
+def search_corpus_of(encoded: EncodedCorpus, video2idx: dict[str, int]) -> Corpus:
+    return Corpus(
+        frame_counts=encoded.frame_mask.sum(1), intervals=[m["interval"] for m in encoded.meta],
+        durations=[m["duration"] for m in encoded.meta],
+        video_idx=torch.tensor([video2idx[m["video_id"]] for m in encoded.meta]),
+    )  # fmt: skip
+
+
+def ground_truth(queries: list[dict]) -> list[dict]:
+    """The split's queries as the TVR evaluator's ground truth lines (DiDeMo: all annotator spans)."""
+    out = []
+    for q in queries:
+        spans = q["spans"]
+        line = {"desc_id": q["query_id"], "desc": q["text"], "vid_name": q["video_id"],
+                "ts": spans[0] if len(spans) == 1 else spans}  # fmt: skip
+        if "type" in q:
+            line["type"] = q["type"]
+        out.append(line)
+    return out
+
+
+@dataclass
+class MomentTask:
+    """The moment-retrieval recipe's task: its loss and its evaluation on a split."""
+
+    cfg: MomentConfig
+    uniform_frames: bool = False  # the time grid is kept
+
+    def build_head(self, backbone: nn.Module) -> nn.Module:
+        return build_head(backbone, self.cfg)
+
+    def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
+        return moment_loss(model, batch, self.cfg)
+
+    @torch.no_grad()
+    def predict(self, engine: Any, dcfg: data.FinetuneDataConfig, split: str, tokenizer: Any,
+                device: torch.device, with_gt: bool) -> dict[str, Any]:  # fmt: skip
+        """{'submission': TVR-format dict, 'metrics': official metrics (with_gt), 'vr_scores', 'gt_rows'}."""
+        was_training = engine.training
+        engine.eval()
+        video2idx = data.load_video2idx(dcfg, split)
+        queries = data.load_queries(dcfg, split)
+        if not queries:
+            raise ValueError(f"{dcfg.split_dir(split)}/queries.jsonl holds no query")
+        loader = data.build_loader(dcfg, split, tokenizer, 0, 1, False, uniform=False)
+        encoded = encode_corpus(engine, loader, device)
+        cut = sum(m["frames"] > dcfg.max_frames for m in encoded.meta)
+        if cut:
+            log.warning("%s: %d of %d videos cut to data.max_frames=%d frames; moments past it cannot be found",
+                        split, cut, len(encoded.meta), dcfg.max_frames)  # fmt: skip
+        batches = data.query_batches(queries, tokenizer, dcfg.max_query_len, dcfg.eval_batch_size,
+                                     int(tokenizer.pad_token_id or 0))  # fmt: skip
+        q_vr, q_span = encode_query_set(engine, batches, device)
+        corpus = search_corpus_of(encoded, video2idx)
+        ctx, mask = encoded.ctx, encoded.frame_mask  # (V, M, d), (V, M)
+        ctx_n = F.normalize(ctx, dim=-1)  # (V, M, d)
+        v, m, d = ctx.shape
+
+        def vr_scores(q0: int, q1: int) -> Tensor:
+            return video_scores(q_vr[q0:q1], ctx_n, mask) / self.cfg.temperature  # (Qc, V)
+
+        def span_logits(q_rows: Tensor, v_rows: Tensor) -> tuple[Tensor, Tensor]:
+            x = (q_span[q_rows] @ ctx.view(v * m, d).T).view(-1, v, m) / math.sqrt(d)  # (Qc, V, M)
+            x = x.gather(1, v_rows[..., None].expand(-1, -1, m))  # (Qc, K, M)
+            return engine(lambda model, _: model.head.span_logits(x), {})
+
+        vcmr, vr = search_corpus(vr_scores, span_logits, len(queries), corpus, self.cfg.search)
+        sub: dict[str, Any] = {"video2idx": video2idx}
+        entry = [{"desc_id": q["query_id"], "desc": q["text"]} for q in queries]
+        sub["VCMR"] = [{**e, "predictions": p} for e, p in zip(entry, vcmr)]
+        index = encoded.index
+        gt_rows = torch.tensor([index.get(q["video_id"], -1) for q in queries])  # (Q,) -1: not in the corpus
+        if with_gt:
+            have = (gt_rows >= 0).nonzero().flatten()  # queries whose video is searchable
+            svmr = search_single(span_logits, have, gt_rows[have], corpus, self.cfg.search)
+            per_query: list[list] = [[] for _ in queries]
+            for i, p in zip(have.tolist(), svmr):
+                per_query[i] = p
+            sub["SVMR"] = [{**e, "predictions": p} for e, p in zip(entry, per_query)]
+        sub["VR"] = [{**e, "predictions": p} for e, p in zip(entry, vr)]
+        out: dict[str, Any] = {"submission": sub, "gt_rows": gt_rows, "queries": queries,
+                               "vr_scores": vr_scores(0, min(len(queries), 64)),
+                               "info": {"videos": len(encoded.meta), "videos_cut": cut}}  # fmt: skip
+        if with_gt:
+            durations = {m["video_id"]: m["duration"] for m in encoded.meta}
+            out["metrics"] = moment_eval.evaluate(sub, ground_truth(queries), durations=durations)
+        engine.train(was_training)
+        return out

@@ -1,0 +1,295 @@
+"""Corpus inference for video corpus moment retrieval (VCMR, TVR) and single-video moment retrieval (SVMR).
+
+The model gives two things (see `VrScores` and `SpanLogits`): a video-level score of every query
+against every video, and per-frame start and end logits of a query in a video. Scoring follows
+XML / HERO:
+
+    log p(v|q)     = log_softmax over all V videos of vr_score(q, v) / vr_temperature
+    log p_st(i|v,q) = log_softmax over the valid frames of v of st(q, v, i)     (same for p_ed)
+    score(v, i, j)  = log p(v|q) + log p_st(i|v,q) + log p_ed(j|v,q),  min_len <= j - i + 1 <= max_len
+
+and the moment (v, i, j), frames i..j inclusive, covers [i * interval, min((j + 1) * interval,
+duration)] seconds. SVMR drops the video term and searches the query's given video only.
+
+The Q x V x M x M score tensor of the brute force is never built: queries are chunked, only the
+K best videos of each query (by VR score) are scored, and their moments are held as a band
+(start i, length l) of shape (Qc, K, M, L), L = max_len - min_len + 1 (a moment longer than the
+longest ground truth is never needed, so L << M). The best `candidates` moments per query then go
+through temporal NMS within each video (as TVR's `filter_vcmr_by_nms`) and the first `predictions`
+survivors are returned.
+
+Ties are broken deterministically, whatever the chunk sizes: videos by ascending corpus row; moments
+by the rank of their video (itself by VR score, then corpus row), then the start frame, then the
+length, ascending (the flat band index). `ranked_topk` gives that order exactly, also when equal
+scores straddle the cut.
+
+Output, per query, as in TVR's submission files: VCMR `[video_idx, st, ed, score]` best first, VR
+`[video_idx, 0.0, 0.0, log p(v|q)]` for distinct videos best first; plain Python lists (JSON-ready).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+VrScores = Callable[[int, int], Tensor]  # (q0, q1) -> (q1 - q0, V) video scores, higher is better
+SpanLogits = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # (Qc,), (Qc, K) -> st, ed, each (Qc, K, M)
+Prediction = list[float | int]  # [video_idx, st seconds, ed seconds, score]
+POSITIVE_INTS = ("top_videos", "min_moment_frames", "max_moment_frames", "candidates", "predictions",
+                 "query_chunk", "moment_chunk")  # fmt: skip
+
+
+@dataclass
+class SearchConfig:
+    """Options of the corpus search; the chunk sizes bound memory and never change the result."""
+
+    top_videos: int = 100  # K: videos per query (best VR scores) whose moments are scored; min(K, V)
+    min_moment_frames: int = 1  # shortest moment, frames
+    max_moment_frames: int = 16  # longest moment, frames (TVR: 1.5 s frames, moments up to ~24 s)
+    candidates: int = 200  # best moments per query kept before NMS (TVR's max_before_nms)
+    nms_iou: float = 0.7  # suppress IoU > nms_iou within a video (TVR's comparison); <= 0 or >= 1: no NMS
+    predictions: int = 100  # moments (and videos) returned per query
+    vr_temperature: float = 1.0  # divides the VR scores before the softmax over videos
+    query_chunk: int = 256  # queries per VR call: the model's (Qc, V, ...) tensors and a (Qc, V) sort
+    moment_chunk: int = 64  # queries per band: (Qc, K, M, L) float32, 41 MB at K=100, M=100, L=16
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad field."""
+        for name in POSITIVE_INTS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"SearchConfig.{name} must be an integer >= 1, got {value!r}")
+        if self.min_moment_frames > self.max_moment_frames:
+            raise ValueError(
+                f"SearchConfig.min_moment_frames must be in [1, max_moment_frames={self.max_moment_frames}], "
+                f"got {self.min_moment_frames}"
+            )
+        if self.candidates < self.predictions:
+            raise ValueError(f"SearchConfig.candidates ({self.candidates}) must be >= predictions ({self.predictions})")
+        if not self.vr_temperature > 0:
+            raise ValueError(f"SearchConfig.vr_temperature must be > 0, got {self.vr_temperature}")
+        if self.nms_iou != self.nms_iou:
+            raise ValueError("SearchConfig.nms_iou must be a number, got nan")
+
+    @property
+    def nms_enabled(self) -> bool:
+        return 0 < self.nms_iou < 1
+
+
+@dataclass
+class Corpus:
+    """The searched videos: V of them, row v of every tensor describing the same video."""
+
+    frame_counts: Tensor  # (V,) long, >= 1: valid frames of each video
+    intervals: float | Sequence[float] | Tensor  # seconds per frame, one for all or (V,)
+    durations: Sequence[float] | Tensor  # (V,) seconds: the end of the last moment is clipped to it
+    video_idx: Tensor  # (V,) long: the official index (TVR's video2idx) written in the predictions
+
+    def __post_init__(self) -> None:
+        v = self.frame_counts.shape[0]
+        self.frame_counts = self.frame_counts.long()  # (V,)
+        self.video_idx = self.video_idx.long()  # (V,)
+        self.durations = torch.as_tensor(self.durations, dtype=torch.float64)  # (V,): a float32 tensor stays inexact
+        self.intervals = torch.as_tensor(self.intervals, dtype=torch.float64).expand(v).clone()  # (V,)
+        for name in ("video_idx", "durations", "intervals"):
+            if getattr(self, name).shape != (v,):
+                raise ValueError(f"Corpus.{name} must have shape ({v},), got {tuple(getattr(self, name).shape)}")
+        if v == 0 or int(self.frame_counts.min()) < 1:
+            raise ValueError("Corpus.frame_counts must be non-empty with every video >= 1 frame")
+        if not bool((self.intervals > 0).all()):
+            raise ValueError("Corpus.intervals must be > 0")
+
+    @property
+    def num_videos(self) -> int:
+        return self.frame_counts.shape[0]
+
+
+# ---------------------------------------------------------------- pure tensor steps
+
+
+def ranked_topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(values, indices), each (R, min(k, N)): each row's k largest, best first, equal values by ascending index.
+
+    torch.topk leaves the order of equal values unspecified; this makes it the one a stable sort
+    would give. One topk of k + 1 tells whether equal values straddle the k-th place (the
+    k-th and (k+1)-th largest are equal); only such rows, rare with real scores, get a full sort.
+    """
+    n = x.shape[1]
+    k = min(k, n)
+    vals, idx = x.topk(min(k + 1, n), dim=1, sorted=False)  # (R, k or k + 1)
+    idx, perm = idx.sort(dim=1)  # index ascending ...
+    vals, order = vals.gather(1, perm).sort(dim=1, descending=True, stable=True)  # ... then value descending
+    idx = idx.gather(1, order)
+    if k < n:
+        straddle = (vals[:, k - 1] == vals[:, k]) & (vals[:, k] > float("-inf"))  # (R,)
+        vals, idx = vals[:, :k], idx[:, :k]  # (R, k): the dropped (k+1)-th is strictly worse, or a tie
+        if bool(straddle.any()):
+            rows = straddle.nonzero().squeeze(1)  # (r,)
+            v_all, i_all = x[rows].sort(dim=1, descending=True, stable=True)  # (r, N)
+            vals[rows], idx[rows] = v_all[:, :k], i_all[:, :k]
+    return vals, idx
+
+
+def frame_log_probs(logits: Tensor, counts: Tensor) -> Tensor:
+    """(Qc, K, M) log_softmax over each video's valid frames; -inf at frames >= its count (model garbage)."""
+    valid = torch.arange(logits.shape[-1], device=logits.device) < counts[..., None]  # (Qc, K, M)
+    return logits.float().masked_fill(~valid, float("-inf")).log_softmax(dim=-1)  # (Qc, K, M)
+
+
+def band_scores(log_st: Tensor, log_ed: Tensor, prior: Tensor, min_len: int, max_len: int) -> Tensor:
+    """(Qc, K, M, L): score of the moment starting at frame i with min_len + l frames, -inf where invalid.
+
+    The end frame of entry (i, l) is i + min_len - 1 + l: a window of log_ed padded with -inf, so
+    moments running past the video (or past M) come out -inf with no separate mask.
+    """
+    m = log_st.shape[-1]
+    hi = min(max_len, m)
+    pad = log_ed.new_full((*log_ed.shape[:-1], hi - 1), float("-inf"))  # (Qc, K, hi - 1)
+    ends = torch.cat([log_ed, pad], dim=-1).unfold(-1, hi, 1)[..., min_len - 1 :]  # (Qc, K, M, L) view
+    return ends + (log_st + prior[..., None])[..., None]  # (Qc, K, M, L)
+
+
+def temporal_iou(st: Tensor, ed: Tensor) -> Tensor:
+    """(Q, C, C) IoU of every pair of each row's spans (ed >= st); 0 where the union is empty.
+
+    The union is len_a + len_b - inter. TVR's utils/temporal_nms.py divides by the hull
+    max(ed) - min(st) instead, which is the same number whenever the spans overlap and gives 0
+    either way when they do not, so the two agree. In-place steps: at (64, 200, 200) float64 every
+    fresh 20 MB temporary costs more in page faults than its arithmetic.
+    """
+    inter = torch.minimum(ed[:, :, None], ed[:, None])  # (Q, C, C)
+    inter.sub_(torch.maximum(st[:, :, None], st[:, None])).clamp_(min=0)  # (Q, C, C)
+    length = ed - st  # (Q, C)
+    union = (length[:, :, None] + length[:, None]).sub_(inter)  # (Q, C, C)
+    return inter.div_(union).nan_to_num_(0.0)  # (Q, C, C): 0 / 0 -> 0
+
+
+def temporal_nms(st: Tensor, ed: Tensor, video: Tensor, valid: Tensor, iou: float) -> Tensor:
+    """(Q, C) bool keep mask of greedy NMS over each row's candidates, which must be sorted best first.
+
+    A candidate is dropped when its IoU with an already kept candidate of the same video is
+    strictly greater than `iou` (TVR: `compute_temporal_iou(...) > nms_threshold`); candidates of
+    different videos never suppress each other, and invalid ones neither count nor are kept.
+    """
+    over = (temporal_iou(st, ed) > iou) & (video[:, :, None] == video[:, None])  # (Q, C, C)
+    suppressed = ~valid  # (Q, C)
+    keep = torch.zeros_like(valid)  # (Q, C)
+    for j in range(st.shape[1]):  # greedy in score order, all rows at once
+        keep[:, j] = ~suppressed[:, j]
+        suppressed = suppressed | (keep[:, j, None] & over[:, j])  # (Q, C)
+    return keep
+
+
+# ---------------------------------------------------------------- moments of one chunk of queries
+
+
+@dataclass
+class Moments:
+    """The best moments of a chunk of queries, best first; `keep` marks what survives NMS."""
+
+    score: Tensor  # (Qc, C) float
+    video: Tensor  # (Qc, C) long corpus row
+    start: Tensor  # (Qc, C) long first frame
+    end: Tensor  # (Qc, C) long last frame, inclusive
+    keep: Tensor  # (Qc, C) bool: finite score and not suppressed
+
+
+def best_moments(st: Tensor, ed: Tensor, v_rows: Tensor, prior: Tensor, corpus: Corpus, cfg: SearchConfig) -> Moments:
+    """Score the band of every (query, video) pair, keep the top candidates, apply NMS.
+
+    st, ed: (Qc, K, M) logits from the model; v_rows: (Qc, K) corpus rows; prior: (Qc, K) log p(v|q)
+    (zeros for SVMR).
+    """
+    counts = corpus.frame_counts.to(v_rows.device)[v_rows]  # (Qc, K)
+    m = st.shape[-1]
+    if int(counts.max()) > m:
+        raise ValueError(f"span_logits gave {m} frames, but a video has {int(counts.max())}")
+    band = band_scores(frame_log_probs(st, counts), frame_log_probs(ed, counts), prior.float(),
+                       cfg.min_moment_frames, cfg.max_moment_frames)  # (Qc, K, M, L)  # fmt: skip
+    length = band.shape[-1]
+    score, flat = ranked_topk(band.flatten(1), cfg.candidates)  # (Qc, C), (Qc, C) index into (K, M, L)
+    k, start = flat // (m * length), flat // length % m  # (Qc, C)
+    end = start + flat % length + cfg.min_moment_frames - 1  # (Qc, C)
+    video = v_rows.gather(1, k)  # (Qc, C)
+    valid = score > float("-inf")  # (Qc, C)
+    if cfg.nms_enabled:
+        t_st, t_ed = span_seconds(video, start, end, corpus)  # (Qc, C)
+        valid = temporal_nms(t_st, t_ed, video, valid, cfg.nms_iou)  # (Qc, C)
+    return Moments(score, video, start, end, valid)
+
+
+def span_seconds(video: Tensor, start: Tensor, end: Tensor, corpus: Corpus) -> tuple[Tensor, Tensor]:
+    """(st, ed) float64 seconds of frames start..end: [start * interval, (end + 1) * interval], clipped to the duration.
+
+    Only the end is clipped in a consistent corpus; the start as well only for frames that begin
+    past the video's duration (more frames than the duration holds), which gives ed >= st always.
+    """
+    interval = corpus.intervals.to(video.device)[video]  # (..., C)
+    duration = corpus.durations.to(video.device)[video]  # (..., C)
+    return torch.minimum(start * interval, duration), torch.minimum((end + 1) * interval, duration)
+
+
+def to_lists(moments: Moments, corpus: Corpus, limit: int) -> list[list[Prediction]]:
+    """The first `limit` kept moments of each query as [video_idx, st, ed, score] lists."""
+    st, ed = span_seconds(moments.video, moments.start, moments.end, corpus)  # (Qc, C)
+    vid = corpus.video_idx.to(moments.video.device)[moments.video]  # (Qc, C)
+    out = []
+    for keep, v, s, e, sc in zip(*(t.cpu().tolist() for t in (moments.keep, vid, st, ed, moments.score))):
+        preds = [[vi, si, ei, ci] for ki, vi, si, ei, ci in zip(keep, v, s, e, sc) if ki]
+        out.append(preds[:limit])
+    return out
+
+
+# ---------------------------------------------------------------- searches
+
+
+@torch.no_grad()
+def search_corpus(
+    vr_scores: VrScores, span_logits: SpanLogits, num_queries: int, corpus: Corpus, cfg: SearchConfig
+) -> tuple[list[list[Prediction]], list[list[Prediction]]]:
+    """(vcmr, vr): per query, the best moments in the whole corpus and the best videos.
+
+    Peak memory of the search itself: a (query_chunk, V) score matrix and its ranking, and a
+    few (moment_chunk, K, M, L) float32 bands; the model's callbacks add their own.
+    """
+    cfg.validate()
+    k = min(cfg.top_videos, corpus.num_videos)
+    vcmr: list[list[Prediction]] = []
+    vr: list[list[Prediction]] = []
+    for q0 in range(0, num_queries, cfg.query_chunk):
+        q1 = min(q0 + cfg.query_chunk, num_queries)
+        log_pv = (vr_scores(q0, q1).float() / cfg.vr_temperature).log_softmax(dim=1)  # (Qv, V)
+        top_lp, top_v = ranked_topk(log_pv, max(k, cfg.predictions))  # (Qv, max(K, P))
+        vr.extend(video_lists(top_lp[:, : cfg.predictions], top_v[:, : cfg.predictions], corpus))
+        for c0 in range(0, q1 - q0, cfg.moment_chunk):
+            rows = slice(c0, min(c0 + cfg.moment_chunk, q1 - q0))
+            v_rows, prior = top_v[rows, :k], top_lp[rows, :k]  # (Qc, K)
+            q_rows = torch.arange(q0 + rows.start, q0 + rows.stop, device=v_rows.device)  # (Qc,)
+            st, ed = span_logits(q_rows, v_rows)  # (Qc, K, M) each
+            vcmr.extend(to_lists(best_moments(st, ed, v_rows, prior, corpus, cfg), corpus, cfg.predictions))
+    return vcmr, vr
+
+
+def video_lists(log_pv: Tensor, v_rows: Tensor, corpus: Corpus) -> list[list[Prediction]]:
+    """[video_idx, 0.0, 0.0, log p(v|q)] per ranked video, TVR's VR format."""
+    vid = corpus.video_idx.to(v_rows.device)[v_rows]  # (Qv, P)
+    return [[[v, 0.0, 0.0, s] for v, s in zip(vs, ss)] for vs, ss in zip(vid.cpu().tolist(), log_pv.cpu().tolist())]
+
+
+@torch.no_grad()
+def search_single(
+    span_logits: SpanLogits, q_rows: Tensor, v_rows: Tensor, corpus: Corpus, cfg: SearchConfig
+) -> list[list[Prediction]]:
+    """SVMR: per query q_rows[i], the best moments inside video row v_rows[i] (its ground truth)."""
+    cfg.validate()
+    out: list[list[Prediction]] = []
+    for c0 in range(0, q_rows.shape[0], cfg.moment_chunk):
+        q = q_rows[c0 : c0 + cfg.moment_chunk].long()  # (Qc,)
+        v = v_rows[c0 : c0 + cfg.moment_chunk].long()[:, None]  # (Qc, 1)
+        st, ed = span_logits(q, v)  # (Qc, 1, M) each
+        prior = torch.zeros(v.shape, device=st.device)  # (Qc, 1): no video term
+        out.extend(to_lists(best_moments(st, ed, v.to(st.device), prior, corpus, cfg), corpus, cfg.predictions))
+    return out

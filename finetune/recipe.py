@@ -1,0 +1,292 @@
+"""The finetune recipe shared by every entry script in finetune/ (tvr.py, didemo.py, how2r.py,
+msrvtt.py, activitynet.py): the dataset names a task, the task brings its head, loss and
+evaluation, and everything else is pretraining's (pretrain/session.py: engine, resume,
+preemption; pretrain/loop.py: the one training loop; MLflow tracking; checkpoints).
+
+Outputs under run.output_dir, besides checkpoints/, metrics.jsonl and the MLflow store:
+
+    eval/<split>/step_<N>/metrics.json     the official metrics (TVR's keys; R@K/MedR/MeanR)
+                          eval_info.json   counts: queries, videos, videos cut to max_frames, ...
+                          <name>_<split>_submission.json   moment tasks: TVR's submission format
+                          predictions.json                 retrieval tasks: the best videos per query
+                          recall_at_k.png, similarity.png
+    results.json                           the final evaluation's metrics and file paths
+    <name>_submission.zip                  eval.codalab_zip: TVR's Codalab layout (val + test_public)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from finetune import data, moment_eval, plots
+from finetune.model import InitConfig, TaskModel, load_backbone, resolve_checkpoint
+from finetune.moment import MomentConfig, MomentTask
+from finetune.video_retrieval import VideoRetrievalConfig, VideoRetrievalTask
+from pretrain import checkpoint, config, runtime, session
+from pretrain.config import ConfigError
+from pretrain.loop import Trainer, TrainState
+from pretrain.model import ModelConfig, build_model, load_tokenizer, resolve
+from pretrain.runtime import OptimConfig, RuntimeConfig, ds_config, grad_accum_steps
+from pretrain.tracking import Tracker, TrackingConfig
+
+log = logging.getLogger("finetune")
+
+
+@dataclass
+class FinetuneRunConfig:
+    name: str = "finetune"
+    output_dir: str = "runs/finetune"
+    seed: int = 0
+    max_steps: int = 1000  # optimizer steps
+    log_every: int = 10
+    max_bad_steps: int = 3
+
+
+@dataclass
+class FinetuneEvalConfig:
+    every: int = 0  # steps between evaluations of data.eval_split; 0: at the end only
+    heatmap_queries: int = 24  # queries in the similarity heatmap
+    codalab_zip: bool = False  # moment tasks with a test split: also write TVR's Codalab zip
+
+
+@dataclass
+class FinetuneConfig:
+    run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    data: data.FinetuneDataConfig = field(default_factory=data.FinetuneDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    checkpoint: checkpoint.CheckpointConfig = field(default_factory=checkpoint.CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
+
+
+@dataclass
+class MomentFinetuneConfig(FinetuneConfig):
+    task: MomentConfig = field(default_factory=MomentConfig)
+
+
+@dataclass
+class RetrievalFinetuneConfig(FinetuneConfig):
+    task: VideoRetrievalConfig = field(default_factory=VideoRetrievalConfig)
+
+
+# recipe name -> (config schema, task); the entry scripts only name their recipe
+RECIPES: dict[str, tuple[type, type]] = {
+    "tvr": (MomentFinetuneConfig, MomentTask),
+    "didemo": (MomentFinetuneConfig, MomentTask),
+    "how2r": (MomentFinetuneConfig, MomentTask),
+    "msrvtt": (RetrievalFinetuneConfig, VideoRetrievalTask),
+    "activitynet": (RetrievalFinetuneConfig, VideoRetrievalTask),
+}
+
+
+def validate(cfg: FinetuneConfig, world: int) -> None:
+    """Checks beyond types, before any work: task options, batch arithmetic, paths, feature dims."""
+    try:
+        cfg.task.validate()
+        model = resolve(cfg.model)
+        grad_accum_steps(cfg.runtime, cfg.data.batch_size, world)
+        ds_config(cfg.runtime, cfg.optim, cfg.data.batch_size, 1)  # stage, precision, buckets
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.run.max_steps < 1:
+        raise ConfigError(f"run.max_steps must be >= 1, got {cfg.run.max_steps}")
+    if not cfg.data.root:
+        raise ConfigError("data.root is empty: give the folder written by data_prep (e.g. shards/tvr)")
+    splits = [("data.train_split", cfg.data.train_split), ("data.eval_split", cfg.data.eval_split)]
+    splits += [("data.test_split", cfg.data.test_split)] if cfg.data.test_split else []
+    for key, split in splits:
+        folder = cfg.data.split_dir(split)
+        if not data.exists(f"{folder}/sizes.json", cfg.data.s3_endpoint):
+            raise ConfigError(f"{key}: {folder} is not a converted split (no sizes.json)")
+    manifest = data.read_json(f"{cfg.data.split_dir(cfg.data.train_split)}/manifest.json", cfg.data.s3_endpoint)
+    if manifest["feature_spec"]["dim"] != model.frame_dim:
+        raise ConfigError(f"model.frame_dim {model.frame_dim} != the shards' feature dim "
+                          f"{manifest['feature_spec']['dim']} ({cfg.data.root})")  # fmt: skip
+    if cfg.init.checkpoint:
+        try:
+            resolve_checkpoint(cfg.init.checkpoint)
+        except FileNotFoundError as e:
+            raise ConfigError(str(e)) from None
+
+
+def parse_args(name: str, argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=f"finetune/{name}.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--config", default=None, help=f"YAML config (configs/finetune/{name}.yaml)")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # appended by the launcher
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. init.checkpoint=runs/pretrain/export")
+    return p.parse_args(argv)
+
+
+def main(name: str, argv: list[str] | None = None) -> dict[str, Any]:
+    """Entry of `finetune/<name>.py`: finetune, evaluate, write predictions; the final results."""
+    session.install_early_stop()
+    args = parse_args(name, argv)
+    schema, task_cls = RECIPES[name]
+    cfg = config.load(args.config, args.overrides, schema)
+    validate(cfg, runtime.launch_world_size())
+    rank, _, world = runtime.init_distributed(cfg.runtime)
+    try:
+        return finetune(name, cfg, task_cls(cfg.task), rank, world)
+    finally:
+        runtime.shutdown()
+
+
+def finetune(name: str, cfg: FinetuneConfig, task: Any, rank: int, world: int) -> dict[str, Any]:
+    run_dir, device = cfg.run.output_dir, runtime.device()
+    session.seed_everything(cfg.run.seed)  # the same initial weights on every rank
+    tokenizer = load_tokenizer(cfg.model)
+    backbone = build_model(cfg.model)
+    if cfg.init.checkpoint:
+        load_backbone(backbone, cfg.init.checkpoint)
+    run = session.Resumable(TaskModel(backbone, task.build_head(backbone)), cfg, rank, world)
+    session.seed_everything(cfg.run.seed + rank)  # dropout differs across ranks
+    loader = data.build_loader(cfg.data, cfg.data.train_split, tokenizer, rank, world, True, task.uniform_frames)
+    state = run.restore(loader, rank, world)
+    tracker = Tracker(cfg.tracking, run_dir, rank)
+    state.mlflow_run_id = tracker.start(config.to_dict(cfg), config.to_yaml(cfg), state.mlflow_run_id)
+    reporter = Reporter(name, cfg, task, run.engine, tokenizer, device, tracker, rank)
+    trainer = Trainer(run.engine, loader, task.loss, tracker, state, run_dir, cfg.run.max_steps, cfg.run.log_every,
+                      cfg.run.max_bad_steps, cfg.checkpoint.every, cfg.checkpoint.keep_last, reporter.evaluate,
+                      cfg.eval.every, rank, world, device, run.mirror)  # fmt: skip
+    state = session.fit(trainer, tracker)
+    if cfg.checkpoint.export:  # the finetuned model (backbone + head) as one fp32 file
+        run.export(cfg, state.step, tokenizer, rank)
+    results = reporter.finish(state)
+    tracker.end()
+    return results
+
+
+@dataclass
+class Reporter:
+    """Evaluates on the eval split (all ranks compute, rank 0 writes and logs) and predicts the test split."""
+
+    name: str
+    cfg: FinetuneConfig
+    task: Any
+    engine: Any
+    tokenizer: Any
+    device: torch.device
+    tracker: Any
+    rank: int
+    last: dict[str, Any] = field(default_factory=dict)
+
+    def out_dir(self, *parts: str) -> str:
+        path = os.path.join(self.cfg.run.output_dir, *parts)
+        if self.rank == 0:
+            os.makedirs(path, exist_ok=True)
+        return path
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        split = self.cfg.data.eval_split
+        out = self.task.predict(self.engine, self.cfg.data, split, self.tokenizer, self.device, with_gt=True)
+        folder = self.out_dir("eval", split, f"step_{step:08d}")
+        files = self.write(out, split, folder) if self.rank == 0 else {}
+        self.last = {"step": step, "split": split, "metrics": out["metrics"], "files": files}
+        flat = flatten_metrics(split, out["metrics"])
+        if self.rank == 0:
+            log.info("step %d %s: %s", step, split, json.dumps(out["metrics"]))
+        return flat
+
+    def write(self, out: dict[str, Any], split: str, folder: str) -> dict[str, str]:
+        """metrics.json (official keys), eval_info.json, predictions, plots; logged to MLflow."""
+        files = {"metrics": os.path.join(folder, "metrics.json"), "info": os.path.join(folder, "eval_info.json")}
+        if "metrics" in out:
+            dump(files["metrics"], out["metrics"])
+        else:
+            files.pop("metrics")
+        gt_rows = out["gt_rows"]
+        dump(files["info"], {"recipe": self.name, "split": split, "queries": len(out["queries"]),
+                             "queries_without_video": int((gt_rows < 0).sum()), **out["info"]})  # fmt: skip
+        if "submission" in out:
+            files["submission"] = os.path.join(folder, f"{self.name}_{split}_submission.json")
+            moment_eval.write_submission(files["submission"], out["submission"]["video2idx"],
+                                         {k: v for k, v in out["submission"].items() if k != "video2idx"})  # fmt: skip
+        else:
+            files["predictions"] = os.path.join(folder, "predictions.json")
+            dump(files["predictions"], out["predictions"])
+        if "metrics" in out:
+            files.update(self.plots(out, folder))
+        for path in files.values():
+            self.tracker.log_artifact(path, os.path.relpath(folder, self.cfg.run.output_dir))
+        return files
+
+    def plots(self, out: dict[str, Any], folder: str) -> dict[str, str]:
+        sim, gt_rows, queries = out["vr_scores"], out["gt_rows"], out["queries"]
+        ranks = vr_ranks(out)
+        recall = os.path.join(folder, "recall_at_k.png")
+        plots.recall_curve({"video retrieval": ranks}, recall, f"{self.name} {self.cfg.data.eval_split}")
+        n = min(self.cfg.eval.heatmap_queries, sim.shape[0])
+        rows = [i for i in range(n) if gt_rows[i] >= 0]
+        cols = list(dict.fromkeys(int(gt_rows[i]) for i in rows))  # each sampled query's own video, in order
+        heat = os.path.join(folder, "similarity.png")
+        labels = [str(queries[i]["text"]) for i in rows]
+        videos = [str(queries[i]["video_id"]) for i in rows]
+        plots.similarity_heatmap(sim[rows][:, cols], labels, list(dict.fromkeys(videos)), heat,
+                                 "query-video similarity")  # fmt: skip
+        return {"recall_plot": recall, "heatmap": heat}
+
+    def finish(self, state: TrainState) -> dict[str, Any]:
+        """The test split's predictions (no metrics), the Codalab zip, results.json."""
+        results = {"recipe": self.name, "steps": state.step, **self.last}
+        test = self.cfg.data.test_split
+        if test:
+            out = self.task.predict(self.engine, self.cfg.data, test, self.tokenizer, self.device, with_gt=False)
+            folder = self.out_dir("eval", test, f"step_{state.step:08d}")
+            if self.rank == 0:
+                results["test_files"] = self.write(out, test, folder)
+                sub = results["test_files"].get("submission")
+                if self.cfg.eval.codalab_zip and sub and "submission" in self.last.get("files", {}):
+                    results["codalab_zip"] = os.path.join(self.cfg.run.output_dir, f"{self.name}_submission.zip")
+                    moment_eval.codalab_zip(results["codalab_zip"], self.last["files"]["submission"], sub)
+                    self.tracker.log_artifact(results["codalab_zip"], "submission")
+        if self.rank == 0:
+            dump(os.path.join(self.cfg.run.output_dir, "results.json"), results)
+        return results
+
+
+def vr_ranks(out: dict[str, Any]) -> torch.Tensor:
+    """1-based rank of each query's video in its VR list (moment tasks) or similarity row; 10**9 if absent."""
+    gt_rows = out["gt_rows"]
+    ranks = torch.full(gt_rows.shape, 10**9, dtype=torch.long)  # (Q,)
+    if "submission" in out:
+        sub = out["submission"]
+        idx = sub["video2idx"]
+        for i, (q, entry) in enumerate(zip(out["queries"], sub["VR"])):
+            videos = [p[0] for p in entry["predictions"]]
+            target = idx.get(q["video_id"])
+            if target in videos:
+                ranks[i] = videos.index(target) + 1
+        return ranks
+    for i, (q, entry) in enumerate(zip(out["queries"], out["predictions"])):
+        videos = [p[0] for p in entry["predictions"]]
+        if q["video_id"] in videos:
+            ranks[i] = videos.index(q["video_id"]) + 1
+    return ranks
+
+
+def flatten_metrics(split: str, metrics: dict[str, Any]) -> dict[str, float]:
+    """{'VCMR': {'0.5-r1': x}} -> {'val/VCMR/0.5-r1': x}, numbers only (MLflow)."""
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update({f"{split}/{k}/{kk}": float(vv) for kk, vv in v.items() if isinstance(vv, (int, float))})
+        elif isinstance(v, (int, float)):
+            out[f"{split}/{k}"] = float(v)
+    return out
+
+
+def dump(path: str, obj: Any) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)

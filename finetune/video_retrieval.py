@@ -1,0 +1,131 @@
+"""Text-to-video retrieval: MSR-VTT (train_9k / train_7k, 1k-A test) and ActivityNet Captions
+paragraph-to-video (val_1), finetuned with TACo's losses (eq. 3-6, pretrain/objectives/taco.py).
+
+Inference is TACo's (section 3.4): the sum of its three scores. The first two (sentence-level
+and token-level alignment, `taco_pair_scores`) are cheap and rank every video; the fusion
+score needs T_cross for every pair, so it re-scores only each query's `rerank` best
+candidates, which then rank above the rest (0: the dual encoder alone). Metrics: R@1/5/10,
+median and mean rank of the ground-truth video (pretrain/metrics.py; a query whose video is
+not in the corpus, rejected in data_prep for its features, gets the worst rank V + 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from finetune import data
+from pretrain import metrics
+from pretrain.objectives.taco import Taco, TacoConfig, taco_pair_scores
+
+TOP_PREDICTIONS = 100  # ranked videos written per query
+
+
+@dataclass
+class VideoRetrievalConfig:
+    taco: TacoConfig = field(default_factory=TacoConfig)
+    rerank: int = 16  # best candidates per query re-scored with the fusion score (0: dual encoder only)
+
+    def validate(self) -> None:
+        if self.rerank < 0:
+            raise ValueError(f"task.rerank must be >= 0, got {self.rerank}")
+
+
+def encode_videos(model: nn.Module, batch: dict) -> Tensor:
+    return model.backbone.embed_video(batch["frames"], batch["frame_mask"])  # (B, M, d)
+
+
+def encode_texts(model: nn.Module, batch: dict) -> Tensor:
+    return model.backbone.embed_text(batch["input_ids"], batch["attention_mask"])  # (B, N, d)
+
+
+def fusion_scores(model: nn.Module, pairs: dict) -> Tensor:
+    return model.backbone.fusion_score(pairs["x"], pairs["frame_mask"], pairs["y"], pairs["text_mask"])  # (P,)
+
+
+@dataclass
+class VideoRetrievalTask:
+    cfg: VideoRetrievalConfig
+    uniform_frames: bool = True  # frames sampled evenly over the video
+    chunk: int = 64  # query-video pairs per fusion forward
+
+    def __post_init__(self) -> None:
+        self.taco = Taco(self.cfg.taco)
+
+    def build_head(self, backbone: nn.Module) -> nn.Module:
+        return nn.Module()  # TACo's heads (the fusion score) are the backbone's
+
+    def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
+        losses = self.taco(model.backbone, batch)
+        total = sum(losses.values())
+        return total, {**{k: float(v.detach()) for k, v in losses.items()}, "loss": float(total.detach())}
+
+    def rerank(self, engine: Any, scores: Tensor, x: Tensor, fm: Tensor, y: Tensor, tm: Tensor) -> Tensor:
+        """scores (B, V) with each row's `rerank` best candidates re-scored: dual + fusion, ranked first."""
+        r = min(self.cfg.rerank, scores.shape[1])
+        if r == 0:
+            return scores
+        top = scores.topk(r, dim=1).indices  # (B, r)
+        q = torch.arange(len(scores), device=scores.device).repeat_interleave(r)  # (B*r,)
+        v = top.flatten()  # (B*r,)
+        fused = torch.cat([
+            engine(fusion_scores, {"x": x[v[i:i + self.chunk]], "frame_mask": fm[v[i:i + self.chunk]],
+                                   "y": y[q[i:i + self.chunk]], "text_mask": tm[q[i:i + self.chunk]]}).float()
+            for i in range(0, len(v), self.chunk)
+        ]).view(-1, r)  # fmt: skip  # (B, r)
+        lift = scores.max() - scores.min() + fused.abs().max() + 1.0  # re-scored candidates rank above the rest
+        return scores.scatter(1, top, scores.gather(1, top) + fused + lift)  # (B, V)
+
+    @torch.no_grad()
+    def predict(self, engine: Any, dcfg: data.FinetuneDataConfig, split: str, tokenizer: Any,
+                device: torch.device, with_gt: bool) -> dict[str, Any]:  # fmt: skip
+        """{'predictions': per query its best videos, 'metrics': R@K/MedR/MeanR, 'vr_scores', 'gt_rows'}."""
+        was_training = engine.training
+        engine.eval()
+        queries = data.load_queries(dcfg, split)
+        if not queries:
+            raise ValueError(f"{dcfg.split_dir(split)}/queries.jsonl holds no query")
+        xs, masks, meta = [], [], []
+        for batch in data.build_loader(dcfg, split, tokenizer, 0, 1, False, uniform=True):
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            xs.extend(engine(encode_videos, batch).float().unbind(0))
+            masks.extend(batch["frame_mask"].unbind(0))
+            meta.extend(batch["meta"])
+        m = max(len(x) for x in xs)
+        x = torch.stack([F.pad(t, (0, 0, 0, m - len(t))) for t in xs])  # (V, M, d)
+        fm = torch.stack([F.pad(t, (0, m - len(t))) for t in masks])  # (V, M)
+        idf = data.load_idf_table(dcfg)
+        rows = []
+        for batch in data.query_batches(queries, tokenizer, dcfg.max_query_len, dcfg.eval_batch_size,
+                                        int(tokenizer.pad_token_id or 0), idf):  # fmt: skip
+            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            y = engine(encode_texts, batch).float()  # (B, N, d)
+            tm, toi = batch["attention_mask"], batch["toi_weight"]  # (B, N)
+            scores = taco_pair_scores(x, fm, y, tm, toi, self.cfg.taco.normalize)  # (B, V)
+            rows.append(self.rerank(engine, scores, x, fm, y, tm).cpu())
+        sim = torch.cat(rows)  # (Q, V)
+        index = {mt["video_id"]: i for i, mt in enumerate(meta)}
+        gt_rows = torch.tensor([index.get(q["video_id"], -1) for q in queries])  # (Q,)
+        top_s, top_v = sim.topk(min(TOP_PREDICTIONS, sim.shape[1]), dim=1)  # (Q, P)
+        preds = [{"query_id": q["query_id"], "video_id": q["video_id"],
+                  "predictions": [[meta[v]["video_id"], s] for v, s in zip(vs, ss)]}
+                 for q, vs, ss in zip(queries, top_v.tolist(), top_s.tolist())]  # fmt: skip
+        info = {"videos": len(meta), "videos_subsampled": sum(mt["frames"] > dcfg.max_frames for mt in meta)}
+        out: dict[str, Any] = {"predictions": preds, "vr_scores": sim[:64], "gt_rows": gt_rows, "queries": queries,
+                               "info": info}  # fmt: skip
+        if with_gt:
+            out["metrics"] = retrieval_metrics(sim, gt_rows)
+        engine.train(was_training)
+        return out
+
+
+def retrieval_metrics(sim: Tensor, gt_rows: Tensor) -> dict[str, float]:
+    """R@1/5/10 (percent), MedR, MeanR of the ground-truth video; queries without their video rank V + 1."""
+    have = gt_rows >= 0  # (Q,)
+    ranks = torch.full(gt_rows.shape, sim.shape[1] + 1, dtype=torch.long)  # (Q,)
+    ranks[have] = metrics.gt_ranks(sim[have], gt_rows[have])
+    return metrics.recall_at(ranks)

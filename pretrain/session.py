@@ -1,0 +1,126 @@
+"""What every training entry point shares: seeding, the engine with its resume, the signal
+handling, and the run's ending. pretrain/train.py and the finetune recipes (finetune/recipe.py)
+both go through it, so a finetune job checkpoints, resumes and requeues exactly as pretraining.
+
+A config here is any tree with `run` (output_dir, seed, max_steps, ...), `runtime`, `optim`,
+`checkpoint`, `tracking` and `data.batch_size` (PretrainConfig, finetune's configs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from pretrain import checkpoint, runtime
+from pretrain.config import ConfigError
+from pretrain.loop import PREEMPTED_EXIT, NonFiniteLoss, Preempted, Trainer, TrainState
+
+log = logging.getLogger(__name__)
+
+_EARLY_STOP = {"requested": False}  # a SIGUSR1 that arrives before the Trainer exists
+
+
+def install_early_stop() -> None:
+    """First thing an entry point does: Slurm's warning signal may come before the Trainer exists."""
+    signal.signal(signal.SIGUSR1, lambda *_: _EARLY_STOP.update(requested=True))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def truncate_metrics(run_dir: str, step: int) -> None:
+    """Drop metrics.jsonl lines past the resumed step: the log never repeats a step."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            keep = [line for line in f if json.loads(line)["step"] <= step]
+        with open(path, "w") as f:
+            f.writelines(keep)
+
+
+class Resumable:
+    """The engine of a run, built to resume from the run dir's latest complete checkpoint."""
+
+    def __init__(self, model: torch.nn.Module, cfg: Any, rank: int, world: int):
+        self.run_dir = cfg.run.output_dir
+        self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
+        self.mirror = checkpoint.mirror_for(cfg.checkpoint)
+        if self.mirror and cfg.checkpoint.resume == "auto" and not checkpoint.complete_tags(self.ckpt_dir):
+            if rank == 0:  # a fresh run dir: continue from the mirror's latest checkpoint, if it has one
+                self.mirror.pull_latest(self.ckpt_dir)
+            runtime.barrier()
+        self.resume = checkpoint.find_resume(cfg.checkpoint, self.ckpt_dir)
+        self.same_world = self.resume is None or checkpoint.saved_world_size(*self.resume) == world
+        self.engine = runtime.build_engine(model, cfg.runtime, cfg.optim, cfg.data.batch_size, cfg.run.max_steps,
+                                           world, load_universal=not self.same_world)  # fmt: skip
+
+    def restore(self, loader: Any, rank: int, world: int) -> TrainState:
+        """Load the checkpoint (if any) into the engine and loader; the train state to continue from."""
+        if self.resume is None:
+            return TrainState()
+        src_dir, tag = self.resume
+        if not self.same_world:
+            tag = checkpoint.prepare_universal(src_dir, tag, rank)
+        runtime.load(self.engine, src_dir, tag)
+        saved = checkpoint.load_train_state(src_dir, tag, rank, self.same_world)
+        state = TrainState(**{k: v for k, v in saved.items() if k in TrainState.__dataclass_fields__})
+        loader.load_state_dict(state.loader, strict=self.same_world)  # another world size: same epoch fraction
+        if rank == 0:
+            truncate_metrics(self.run_dir, state.step)
+        log.info("resumed from %s/%s at step %d (world size %d)", src_dir, tag, state.step, world)
+        return state
+
+
+    def export(self, cfg: Any, step: int, tokenizer: Any, rank: int) -> None:
+        """The consolidated export of the final step (and its upload to the mirror)."""
+        out_dir = os.path.join(self.run_dir, "export")
+        checkpoint.export(self.engine, self.ckpt_dir, checkpoint.tag_for(step), out_dir, config_yaml(cfg), tokenizer,
+                          cfg.runtime.zero_stage, rank)  # fmt: skip
+        if self.mirror and rank == 0:
+            self.mirror.push_export(out_dir)
+
+
+def config_yaml(cfg: Any) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def fit(trainer: Trainer, tracker: Any) -> TrainState:
+    """Train with Slurm's warning signal handled; the MLflow run ends FAILED or KILLED on the way out."""
+    trainer.stop_requested = _EARLY_STOP["requested"]
+    signal.signal(signal.SIGUSR1, trainer.request_stop)  # Slurm's warning before the time limit
+    try:
+        return trainer.fit()
+    except NonFiniteLoss:
+        tracker.end("FAILED")
+        raise
+    except Preempted:
+        tracker.end("KILLED")  # a resumed job sets it running again
+        raise
+
+
+def run_entry(main: Callable[[], Any]) -> None:
+    """`if __name__ == "__main__"` of an entry point: a config error exits 2 with one line, a
+    preemption exits PREEMPTED_EXIT (the sbatch scripts requeue on it)."""
+    try:
+        main()
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except Preempted as e:
+        log.warning("%s", e)
+        raise SystemExit(PREEMPTED_EXIT) from None
