@@ -26,8 +26,10 @@ from torch import nn
 from pretrain.distributed import rank_info
 
 log = logging.getLogger(__name__)
-# DeepSpeed 0.19 calls torch's reduce_scatter_tensor, deprecated in torch 2.13: one warning per call.
+# DeepSpeed 0.19 calls torch's reduce_scatter_tensor and all_gather_into_tensor, deprecated in torch 2.13:
+# one warning per call.
 warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.*", category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
 
 
 @dataclass

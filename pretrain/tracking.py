@@ -28,6 +28,7 @@ class TrackingConfig:
     experiment: str = "vlpretrain"
     run_name: str | None = None
     system_metrics: bool = True
+    parent_run_id: str | None = None  # nest this run under another (the main job's, an ablation's)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -73,7 +74,8 @@ class Tracker:
         mlflow.set_tracking_uri(self.uri)
         if run_id is None:
             self._set_experiment()
-            run = mlflow.start_run(run_name=self.cfg.run_name, log_system_metrics=self.cfg.system_metrics)
+            tags = {"mlflow.parentRunId": self.cfg.parent_run_id} if self.cfg.parent_run_id else None
+            run = mlflow.start_run(run_name=self.cfg.run_name, log_system_metrics=self.cfg.system_metrics, tags=tags)
             self._log_params(flatten(params))
             path = os.path.join(self.run_dir, "config.yaml")
             with open(path, "w") as f:
