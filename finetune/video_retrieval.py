@@ -99,7 +99,7 @@ class VideoRetrievalTask:
         x = torch.stack([F.pad(t, (0, 0, 0, m - len(t))) for t in xs])  # (V, M, d)
         fm = torch.stack([F.pad(t, (0, m - len(t))) for t in masks])  # (V, M)
         idf = data.load_idf_table(dcfg)
-        rows = []
+        rows, dual = [], []
         for batch in data.query_batches(queries, tokenizer, dcfg.max_query_len, dcfg.eval_batch_size,
                                         int(tokenizer.pad_token_id or 0), idf):  # fmt: skip
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -107,6 +107,7 @@ class VideoRetrievalTask:
             tm, toi = batch["attention_mask"], batch["toi_weight"]  # (B, N)
             scores = taco_pair_scores(x, fm, y, tm, toi, self.cfg.taco.normalize)  # (B, V)
             rows.append(self.rerank(engine, scores, x, fm, y, tm).cpu())
+            dual.append(scores.cpu())
         sim = torch.cat(rows)  # (Q, V)
         index = {mt["video_id"]: i for i, mt in enumerate(meta)}
         gt_rows = torch.tensor([index.get(q["video_id"], -1) for q in queries])  # (Q,)
@@ -115,8 +116,8 @@ class VideoRetrievalTask:
                   "predictions": [[meta[v]["video_id"], s] for v, s in zip(vs, ss)]}
                  for q, vs, ss in zip(queries, top_v.tolist(), top_s.tolist())]  # fmt: skip
         info = {"videos": len(meta), "videos_subsampled": sum(mt["frames"] > dcfg.max_frames for mt in meta)}
-        out: dict[str, Any] = {"predictions": preds, "vr_scores": sim[:64], "gt_rows": gt_rows, "queries": queries,
-                               "info": info}  # fmt: skip
+        out: dict[str, Any] = {"predictions": preds, "vr_scores": torch.cat(dual)[:64], "gt_rows": gt_rows,
+                               "queries": queries, "info": info}  # fmt: skip
         if with_gt:
             out["metrics"] = retrieval_metrics(sim, gt_rows)
         engine.train(was_training)

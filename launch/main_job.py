@@ -6,10 +6,18 @@
 1. a synthetic corpus in the real public formats        -> <workdir>/raw
 2. its HowTo100M part -> clip shards (finetune videos excluded) -> <workdir>/shards/howto100m
 3. the five finetune sets -> per-split shards + gt/      -> <workdir>/shards/<dataset>
+4. pretraining, all five objectives, DeepSpeed on `pretrain.ranks` CPU ranks, the last
+   `pretrain.held_out_shards` HowTo100M shards held out   -> <workdir>/runs/pretrain
+5. zero-shot text-to-video retrieval on the held-out clips: pretrained vs random init
+                                                          -> <workdir>/runs/zeroshot.json
+6. finetuning of each `finetune.recipes` (TVR, MSR-VTT) from the pretrained export and from
+   scratch, once per seed, `finetune.parallel` runs at a time   -> <workdir>/runs/finetune/
+7. the report: a results table (mean +- std over seeds), loss curves, plots
+                                                          -> <workdir>/report/
+Every run logs to one MLflow store, <workdir>/mlflow.db, nested under one "main job" run.
 
-Each stage is skipped when its output is complete, and resumed when it was interrupted;
-`start_over=true` deletes the workdir first. Pretraining, finetuning, evaluation and MLflow
-join as stages when those parts land.
+Each stage is skipped when its output is complete, and resumed when it was interrupted (a
+training run from its latest checkpoint); `start_over=true` deletes the workdir first.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -29,9 +37,32 @@ from omegaconf.errors import OmegaConfBaseException
 
 from data_prep import activitynet, didemo, how2r, howto100m, msrvtt, synthetic, tvr
 from data_prep.errors import DataPrepError
+from launch import pipeline, report
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "main_job.yaml"
 DONE = ".stage_done"
+STAGES = ("data", "pretrain", "zeroshot", "finetune", "report")
+
+
+@dataclass
+class PretrainStage:
+    steps: int = 60
+    ranks: int = 2
+    threads: int = 1  # per rank
+    held_out_shards: int = 2  # the last HowTo100M shards: zero-shot retrieval, never trained on
+    seed: int = 0
+    config: str = "configs/pretrain/tiny_cpu.yaml"
+    overrides: list[str] = field(default_factory=list)  # key=value for pretrain/train.py
+
+
+@dataclass
+class FinetuneStage:
+    recipes: list[str] = field(default_factory=lambda: ["tvr", "msrvtt"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    steps: int = 40
+    parallel: int = 2  # runs at once, one thread each
+    overrides: list[str] = field(default_factory=list)  # for every recipe
+    recipe_overrides: dict[str, list[str]] = field(default_factory=dict)  # per recipe, after `overrides`
 
 
 @dataclass
@@ -45,6 +76,9 @@ class MainJobConfig:
     workers: int = 2
     tagger: str = "auto"
     start_over: bool = False
+    until: str = "report"  # the last stage to run: data | pretrain | zeroshot | finetune | report
+    pretrain: PretrainStage = field(default_factory=PretrainStage)
+    finetune: FinetuneStage = field(default_factory=FinetuneStage)
 
 
 def load_config(path: Path, overrides: list[str]) -> MainJobConfig:
@@ -55,7 +89,13 @@ def load_config(path: Path, overrides: list[str]) -> MainJobConfig:
         )
     except OmegaConfBaseException as e:
         raise SystemExit(f"config error ({path}): {e}") from None
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    cfg = OmegaConf.to_object(cfg)
+    if cfg.until not in STAGES:
+        raise SystemExit(f"config error ({path}): until={cfg.until!r} is not one of {STAGES}")
+    unknown = sorted(set(cfg.finetune.recipes) - {"tvr", "didemo", "how2r", "msrvtt", "activitynet"})
+    if unknown:
+        raise SystemExit(f"config error ({path}): finetune.recipes has unknown recipes {unknown}")
+    return cfg  # type: ignore[return-value]
 
 
 def run_stage(n: int, total: int, name: str, out: Path, fn: Callable[[], None]) -> None:
@@ -137,6 +177,105 @@ def summary(shards: Path) -> str:
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(r, widths)) for r in rows)
 
 
+def tracking(work: Path, name: str, parent: str | None) -> list[str]:
+    """Overrides that put a run in the main job's MLflow store, nested under its run."""
+    return [f"tracking.uri=sqlite:///{work / 'mlflow.db'}", "tracking.experiment=main-job",
+            f"tracking.run_name={name}", "tracking.system_metrics=false",
+            *([f"tracking.parent_run_id={parent}"] if parent else [])]  # fmt: skip
+
+
+def held_out_split(folder: Path, n: int) -> tuple[list[str], str]:
+    """(training shard paths, a brace pattern of the last n shards) of a shard folder."""
+    shards = sorted(folder.glob("shard-*.tar"))
+    if not 0 < n < len(shards):
+        raise ValueError(f"pretrain.held_out_shards={n}: {folder} has {len(shards)} shards (raise videos)")
+    first, last = shards[-n].stem.split("-")[1], shards[-1].stem.split("-")[1]
+    return [str(p) for p in shards[:-n]], str(folder / f"shard-{{{first}..{last}}}.tar")
+
+
+def pretrain_run(cfg: MainJobConfig, work: Path, parent: str | None) -> pipeline.Run:
+    folder = work / "shards" / "howto100m"
+    train, held_out = held_out_split(folder, cfg.pretrain.held_out_shards)
+    overrides = [*cfg.pretrain.overrides, f"run.max_steps={cfg.pretrain.steps}", f"run.seed={cfg.pretrain.seed}",
+                 f"data.train=[{','.join(train)}]", f"data.toi_df={folder / 'toi_df.json'}",
+                 f"eval.held_out={held_out}", *tracking(work, "pretrain", parent)]  # fmt: skip
+    return pipeline.Run("pretrain", "pretrain/train.py", cfg.pretrain.config, work / "runs" / "pretrain", overrides,
+                        cfg.pretrain.ranks, cfg.pretrain.threads)  # fmt: skip
+
+
+INITS = ("pretrained", "scratch")
+
+
+def finetune_runs(cfg: MainJobConfig, work: Path, parent: str | None) -> list[pipeline.Run]:
+    runs = []
+    export = work / "runs" / "pretrain" / "export"
+    toi_df = work / "shards" / "howto100m" / "toi_df.json"  # TACo's IDF weights from the pretraining corpus
+    for recipe in cfg.finetune.recipes:
+        for init in INITS:
+            for seed in cfg.finetune.seeds:
+                name = f"{recipe}-{init}-seed{seed}"
+                overrides = [*cfg.finetune.overrides, *cfg.finetune.recipe_overrides.get(recipe, []),
+                             f"data.root={work / 'shards' / recipe}", f"run.max_steps={cfg.finetune.steps}",
+                             f"run.seed={seed}", f"data.seed={seed}", f"data.toi_df={toi_df}",
+                             *([f"init.checkpoint={export}"] if init == "pretrained" else []),
+                             *tracking(work, name, parent)]  # fmt: skip
+                runs.append(pipeline.Run(name, f"finetune/{recipe}.py", f"configs/finetune/{recipe}.yaml",
+                                         work / "runs" / "finetune" / name, overrides))  # fmt: skip
+    return runs
+
+
+def zero_shot_stage(cfg: MainJobConfig, work: Path, out: Path) -> None:
+    run_dir = work / "runs" / "pretrain"
+    _, held_out = held_out_split(work / "shards" / "howto100m", cfg.pretrain.held_out_shards)
+    model_cfg = run_dir / "export" / "config.yaml"
+    pretrained = pipeline.zero_shot(run_dir / "export", model_cfg, [held_out])
+    randoms = [pipeline.zero_shot(None, model_cfg, [held_out], seed=s) for s in cfg.finetune.seeds]
+    random = {k: sum(r[k] for r in randoms) / len(randoms) for k in randoms[0]}
+    clips = sum(json.loads((work / "shards" / "howto100m" / "sizes.json").read_text())[Path(p).name]
+                for p in sorted((work / "shards" / "howto100m").glob("shard-*.tar"))[-cfg.pretrain.held_out_shards:])
+    result = {"clips": clips, "pretrained": pretrained, "random": random, "random_per_seed": randoms}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "zeroshot.json").write_text(json.dumps(result, indent=1))
+    print(f"  zero-shot R@10 on {clips} held-out clips: pretrained {pretrained['zeroshot_t2v_R@10']:.1f}, "
+          f"random init {random['zeroshot_t2v_R@10']:.1f}", flush=True)
+
+
+def collect_finetune(cfg: MainJobConfig, work: Path) -> dict[str, dict[str, list[dict]]]:
+    """recipe -> init -> the final eval metrics of each seed's run."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    for run in finetune_runs(cfg, work, None):
+        recipe, init = run.name.split("-")[:2]
+        results = pipeline.read_json(run.run_dir / "results.json")
+        out.setdefault(recipe, {}).setdefault(init, []).append(results["metrics"])
+    return out
+
+
+def report_stage(cfg: MainJobConfig, work: Path, out: Path, tracker) -> None:
+    zs = pipeline.read_json(work / "runs" / "zeroshot" / "zeroshot.json")
+    heat = sorted((work / "runs" / "finetune").glob("tvr-pretrained-seed*/eval/*/step_*/similarity.png"))
+    header = (f"# Main job report\n\n{cfg.videos} synthetic HowTo100M videos (seed {cfg.seed}); pretraining "
+              f"{cfg.pretrain.steps} steps on {cfg.pretrain.ranks} ranks; finetuning {cfg.finetune.steps} steps, "
+              f"seeds {list(cfg.finetune.seeds)}.")  # fmt: skip
+    markdown, summary = report.write(out, zs, collect_finetune(cfg, work), pipeline.pretrain_losses(
+        work / "runs" / "pretrain"), heat[0] if heat else None, header)  # fmt: skip
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    tracker.log_artifact(str(out), "report")
+    print("\n" + markdown)
+
+
+def main_run(cfg: MainJobConfig, work: Path):
+    """The main job's MLflow run (continued on a re-run), the parent of every training run."""
+    from pretrain.tracking import Tracker, TrackingConfig
+
+    tcfg = TrackingConfig(uri=f"sqlite:///{work / 'mlflow.db'}", experiment="main-job", run_name="main job",
+                          system_metrics=False)  # fmt: skip
+    tracker = Tracker(tcfg, str(work), 0)
+    id_file = work / "mlflow_run_id"
+    saved = id_file.read_text().strip() if id_file.exists() else None
+    id_file.write_text(tracker.start(OmegaConf.to_container(OmegaConf.structured(cfg)), OmegaConf.to_yaml(cfg), saved))
+    return tracker
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m launch.main_job", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,12 +297,41 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         for i, (name, out, fn) in enumerate(stages, 1):
-            run_stage(i, len(stages), name, out, fn)
+            run_stage(i, len(stages) + STAGES.index(cfg.until), name, out, fn)
     except DataPrepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"\nmain job done in {time.time() - t0:.0f}s; outputs under {work}\n")
-    print(summary(shards))
+    print(summary(shards), flush=True)
+    if cfg.until == "data":
+        return 0
+    runs = work / "runs"
+    tracker = main_run(cfg, work)
+    jobs = finetune_runs(cfg, work, tracker.run_id)
+    later = [
+        ("pretrain", f"pretraining ({cfg.pretrain.ranks} ranks, {cfg.pretrain.steps} steps)", runs / "pretrain",
+         lambda: pretrain_run(cfg, work, tracker.run_id).execute()),
+        ("zeroshot", "zero-shot retrieval", runs / "zeroshot", lambda: zero_shot_stage(cfg, work, runs / "zeroshot")),
+        ("finetune", f"finetuning ({len(jobs)} runs, {cfg.finetune.parallel} at a time)", runs / "finetune",
+         lambda: pipeline.run_all(jobs, cfg.finetune.parallel)),
+        ("report", "report", work / "report", lambda: report_stage(cfg, work, work / "report", tracker)),
+    ]  # fmt: skip
+    total = len(stages) + STAGES.index(cfg.until)
+    try:
+        for i, (key, name, out, fn) in enumerate(later, len(stages) + 1):
+            run_stage(i, total, name, out, fn)
+            if key == cfg.until:
+                break
+    except RuntimeError as e:
+        tracker.end("FAILED")
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    tracker.end()
+    store = work / "mlflow.db"
+    print(f"main job done in {time.time() - t0:.0f}s; outputs under {work}")
+    if (work / "report" / "report.md").exists():
+        print(f"report: {work / 'report' / 'report.md'}")
+    print(f"MLflow store: sqlite:///{store}")
+    print(f"browse it:    mlflow ui --backend-store-uri sqlite:///{store} --port 5000")
     return 0
 
 

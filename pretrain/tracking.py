@@ -71,7 +71,14 @@ class Tracker:
         import mlflow
 
         os.makedirs(self.run_dir, exist_ok=True)
+        before = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
+        # MLflow also exports the URI to the environment for subprocesses; a driver (the main job)
+        # tracking in process must not send the runs it starts to its own store that way.
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
         if run_id is None:
             self._set_experiment()
             tags = {"mlflow.parentRunId": self.cfg.parent_run_id} if self.cfg.parent_run_id else None

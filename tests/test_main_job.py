@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from launch import main_job
 
 DATASETS = {
@@ -18,7 +20,7 @@ DATASETS = {
 
 
 def _run(workdir: Path, capsys, *extra: str) -> str:
-    code = main_job.main([f"workdir={workdir}", "videos=12", "tagger=heuristic", "workers=1", *extra])
+    code = main_job.main([f"workdir={workdir}", "videos=12", "tagger=heuristic", "workers=1", "until=data", *extra])
     out = capsys.readouterr().out
     assert code == 0, out
     return out
@@ -58,3 +60,48 @@ def test_main_job_finishes_an_interrupted_stage(tmp_path: Path, capsys) -> None:
     out = _run(tmp_path, capsys)
     assert "tvr -> shards ->" in out
     assert (stage / "train" / "manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_short_main_job_runs_every_stage(tmp_path: Path, capsys) -> None:
+    """README command 1 with its default corpus and pretraining, finetuning shortened to 3 steps and one
+    seed: pretraining helps zero-shot retrieval; every stage leaves its outputs; a re-run reuses them."""
+    out = _run(tmp_path, capsys, "until=report", "videos=96", "tagger=auto", "pretrain.steps=60", "finetune.steps=3",
+               "finetune.seeds=[0]")  # fmt: skip
+    runs = tmp_path / "runs"
+    steps = [json.loads(line)["step"] for line in (runs / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 61)) and (runs / "pretrain" / "export" / "model.safetensors").exists()
+
+    zs = json.loads((runs / "zeroshot" / "zeroshot.json").read_text())
+    assert zs["clips"] >= 10
+    assert zs["pretrained"]["zeroshot_t2v_R@10"] > zs["random"]["zeroshot_t2v_R@10"], zs
+
+    for recipe, keys in (("tvr", {"VCMR", "SVMR", "VR"}), ("msrvtt", {"R@1", "R@5", "R@10", "MedR", "MeanR"})):
+        for init in ("pretrained", "scratch"):
+            results = json.loads((runs / "finetune" / f"{recipe}-{init}-seed0" / "results.json").read_text())
+            assert keys <= set(results["metrics"]) and results["steps"] == 3, (recipe, init)
+            assert json.loads(Path(results["files"]["metrics"]).read_text()) == results["metrics"]
+    assert (runs / "finetune" / "tvr-pretrained-seed0" / "tvr_submission.zip").exists()
+
+    report = (tmp_path / "report" / "report.md").read_text()
+    for heading in ("Zero-shot", "tvr: finetuned", "msrvtt: finetuned", "pretrained - scratch", "chance"):
+        assert heading in report, heading
+    for png in ("pretrain_losses.png", "tvr_variants.png", "msrvtt_variants.png", "similarity.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 1000, png
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert set(summary["finetune"]) == {"tvr", "msrvtt"}
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    found = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    parent = [r for r in found if r.info.run_name == "main job"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert sorted(r.info.run_name for r in children) == sorted(
+        ["pretrain"] + [f"{r}-{i}-seed0" for r in ("tvr", "msrvtt") for i in ("pretrained", "scratch")])
+    assert "mlflow ui --backend-store-uri sqlite:///" in out and "report.md" in out
+
+    again = _run(tmp_path, capsys, "until=report", "videos=96", "tagger=auto", "pretrain.steps=60", "finetune.steps=3",
+                 "finetune.seeds=[0]")  # fmt: skip
+    assert "report: done already" in again and "pretraining (2 ranks, 60 steps): done already" in again

@@ -1,0 +1,443 @@
+"""Ablations in the shape of the papers' tables: FEEL Table 5 (which pretraining objectives) and
+TACo Table 3 (which losses, cascade or random negatives), each variant pretrained and finetuned.
+
+    python -m launch.ablate --suite feel|taco [--config configs/ablate.yaml] [key=value ...]
+    python -m launch.ablate --suite taco --slurm [key=value ...]    # one Slurm job chain per variant
+    python -m launch.ablate --suite taco --collect [key=value ...]  # the table + MLflow from the run dirs
+
+Each variant: pretraining (pretrain/train.py, the variant's objective overrides on top of
+`pretrain`) -> its export finetuned by every `finetune.recipes`, once per seed -> zero-shot
+text-to-video retrieval of the export on the held-out HowTo100M shards. The data are the main
+job's shards, made by its data stages when missing. Locally the variants run in turn
+(`finetune.parallel` finetunes at a time); a finished run is reused on a re-run. With --slurm
+each variant is a pretraining job and finetuning jobs after it (afterok), and one collect job
+after all of them runs this module with --collect.
+
+Under <workdir>: <suite>/<variant>/{pretrain, finetune/<recipe>-seed<s>, zeroshot.json},
+ablation_<suite>.md (the table) and mlflow.db: the run "ablation <suite>", one nested run per
+variant (its table row as metrics, its settings as params and tags), and the variant's training
+runs nested under that. The run ids are kept in <suite>/mlflow_runs.json: a re-run continues them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from data_prep.errors import DataPrepError
+from launch import main_job, pipeline, report
+from launch.main_job import FinetuneStage, PretrainStage
+from pretrain.tracking import Tracker, TrackingConfig
+
+DEFAULT_CONFIG = pipeline.REPO / "configs" / "ablate.yaml"
+IDS = "mlflow_runs.json"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a paper's ablation table."""
+
+    label: str  # the row as the paper names it
+    key: str  # its folder and MLflow run name
+    overrides: tuple[str, ...]  # key=value for pretrain/train.py, after `pretrain.overrides`
+
+
+TACO = "objectives.enabled=[taco]"
+SUITES: dict[str, tuple[Variant, ...]] = {
+    "feel": (  # FEEL Table 5: objectives added one at a time
+        Variant("MLM+MFM", "mlm-mfm", ("objectives.enabled=[mlm,mfm_nce]",)),
+        Variant("+GMR", "gmr", ("objectives.enabled=[mlm,mfm_nce,gmr]",)),
+        Variant("+GMR+CS", "gmr-cs", ("objectives.enabled=[mlm,mfm_nce,gmr,self_contrast]",)),
+    ),
+    "taco": (  # TACo Table 3: a lambda of 0 switches its loss off; cascade=false: random L3 negatives
+        Variant("L1", "l1", (TACO, "objectives.taco.lambda2=0", "objectives.taco.lambda3=0")),
+        Variant("L3", "l3", (TACO, "objectives.taco.lambda1=0", "objectives.taco.lambda2=0",
+                             "objectives.taco.cascade=false")),
+        Variant("L1+L3", "l1-l3", (TACO, "objectives.taco.lambda2=0", "objectives.taco.cascade=false")),
+        Variant("+cascade", "cascade", (TACO, "objectives.taco.lambda2=0", "objectives.taco.cascade=true")),
+        Variant("+L2", "full", (TACO, "objectives.taco.cascade=true")),
+    ),
+}  # fmt: skip
+TITLES = {"feel": "FEEL Table 5: pretraining objectives", "taco": "TACo Table 3: losses and cascade sampling"}
+RECIPE_TITLES = {"tvr": "TVR", "msrvtt": "MSR-VTT", "didemo": "DiDeMo", "how2r": "How2R", "activitynet": "ActivityNet"}
+# The papers' columns; any other recipe shows every column of report.METRICS.
+PAPER_COLUMNS = {"tvr": ("VCMR 0.5-r1", "VCMR 0.7-r1", "VR r1"), "msrvtt": ("R@1", "R@5", "R@10")}
+ZERO_SHOT = "zero-shot R@10"
+
+
+@dataclass
+class SlurmJobs:
+    """sbatch options (resources, partition, account, time limit): no hyperparameters here."""
+
+    sbatch: list[str] = field(default_factory=list)  # every job of the suite
+    pretrain: list[str] = field(default_factory=list)  # the pretraining jobs, after `sbatch`
+    finetune: list[str] = field(default_factory=list)
+    collect: list[str] = field(default_factory=list)
+
+
+@dataclass
+class AblateConfig:
+    """configs/ablate.yaml; `pretrain` and `finetune` start from the main job's sections."""
+
+    workdir: str = "runs/ablate"
+    main_job: str = "configs/main_job.yaml"  # the main job's config: its shards and training defaults
+    main_overrides: list[str] = field(default_factory=list)  # key=value for it (workdir=..., videos=...)
+    shards: str | None = None  # None: <main job workdir>/shards, made by its data stages when missing
+    experiment: str = "ablation"
+    tracking_uri: str | None = None  # None: sqlite:///<workdir>/mlflow.db (a server on a multi-node cluster)
+    variants: list[str] = field(default_factory=list)  # keys of the suite's variants to run; empty: all
+    pretrain: PretrainStage = field(default_factory=PretrainStage)  # defaults: the main job's section
+    finetune: FinetuneStage = field(default_factory=FinetuneStage)  # defaults: the main job's section
+    slurm: SlurmJobs = field(default_factory=SlurmJobs)
+
+
+def repo_file(path: str | Path) -> Path:
+    """A config path as given, else relative to the repository (as the sbatch scripts find configs)."""
+    p = Path(path)
+    return p.resolve() if p.exists() else pipeline.REPO / p
+
+
+def main_config(cfg: AblateConfig) -> main_job.MainJobConfig:
+    return main_job.load_config(repo_file(cfg.main_job), list(cfg.main_overrides))
+
+
+def load_config(path: Path, overrides: list[str]) -> AblateConfig:
+    """Schema <- the main job's pretrain/finetune sections <- YAML <- key=value; an unknown key is an
+    error naming it. The ablation thus trains like the main job except for what its YAML changes."""
+    try:
+        own = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides))
+        schema = OmegaConf.structured(AblateConfig)
+        main = main_config(OmegaConf.to_object(OmegaConf.merge(schema, own)))  # type: ignore[arg-type]
+        inherited = OmegaConf.structured(main)
+        cfg = OmegaConf.merge(schema, {"pretrain": inherited.pretrain, "finetune": inherited.finetune}, own)
+    except OmegaConfBaseException as e:
+        raise SystemExit(f"config error ({path}): {e}") from None
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def validate(cfg: AblateConfig, suite: str) -> None:
+    """Unknown variant keys or recipes are errors that list the known ones."""
+    keys = [v.key for v in SUITES[suite]]
+    for key in cfg.variants:
+        if key not in keys:
+            raise SystemExit(f"config error: variants: no variant {key!r} in suite {suite!r} (variants: {keys})")
+    for recipe in cfg.finetune.recipes:
+        if recipe not in report.METRICS:
+            raise SystemExit(f"config error: finetune.recipes: unknown {recipe!r} (recipes: {list(report.METRICS)})")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One invocation: the config, the suite, where the data are and where everything goes."""
+
+    cfg: AblateConfig
+    suite: str
+    work: Path  # <workdir>, absolute
+    shards: Path  # holds howto100m/ and one folder per finetune recipe
+
+    @property
+    def variants(self) -> list[Variant]:
+        return [v for v in SUITES[self.suite] if not self.cfg.variants or v.key in self.cfg.variants]
+
+    @property
+    def suite_dir(self) -> Path:
+        return self.work / self.suite
+
+    @property
+    def table_path(self) -> Path:
+        return self.work / f"ablation_{self.suite}.md"
+
+    @property
+    def uri(self) -> str:
+        return self.cfg.tracking_uri or f"sqlite:///{self.work / 'mlflow.db'}"
+
+    def dir(self, v: Variant) -> Path:
+        return self.suite_dir / v.key
+
+    def tracking(self, name: str, parent: str | None) -> list[str]:
+        """Overrides that put a training run in the ablation's store, nested under `parent`."""
+        return [f"tracking.uri={self.uri}", f"tracking.experiment={self.cfg.experiment}",
+                f"tracking.run_name={name}", "tracking.system_metrics=false",
+                *([f"tracking.parent_run_id={parent}"] if parent else [])]  # fmt: skip
+
+    def held_out(self) -> tuple[list[str], str]:
+        """(training shards, the held-out shards' pattern), split as the main job splits them."""
+        return main_job.held_out_split(self.shards / "howto100m", self.cfg.pretrain.held_out_shards)
+
+
+def make_plan(cfg: AblateConfig, suite: str) -> Plan:
+    shards = Path(cfg.shards) if cfg.shards else Path(main_config(cfg).workdir) / "shards"
+    return Plan(cfg, suite, Path(cfg.workdir).resolve(), shards.resolve())
+
+
+def make_shards(plan: Plan) -> None:
+    """The main job's data stages that the ablation needs, each skipped when the main job (or an
+    earlier ablation) finished it: the corpus, HowTo100M and the finetune recipes' sets."""
+    if plan.cfg.shards:  # given explicitly: used as it is
+        return
+    main = main_config(plan.cfg)
+    raw, shards = plan.shards.parent / "raw", plan.shards
+    stages: list[tuple[str, Path, Callable[[], None]]] = [
+        ("synthetic corpus", raw, partial(main_job.make_corpus, main, raw)),
+        ("HowTo100M -> shards", shards / "howto100m",
+         partial(main_job.shard_howto100m, main, raw, shards / "howto100m")),
+        *[(f"{r} -> shards", shards / r, partial(main_job.shard_finetune_set, main, r, raw / r, shards / r))
+          for r in plan.cfg.finetune.recipes],
+    ]  # fmt: skip
+    for i, (name, out, fn) in enumerate(stages, 1):
+        main_job.run_stage(i, len(stages), name, out, fn)
+
+
+def pretrain_run(plan: Plan, v: Variant, parent: str | None) -> pipeline.Run:
+    """The main job's pretraining with the variant's objective overrides last (they win)."""
+    p, folder = plan.cfg.pretrain, plan.shards / "howto100m"
+    train, held_out = plan.held_out()
+    overrides = [*p.overrides, *v.overrides, f"run.max_steps={p.steps}", f"run.seed={p.seed}",
+                 f"data.train=[{','.join(train)}]", f"data.toi_df={folder / 'toi_df.json'}",
+                 f"eval.held_out={held_out}", *plan.tracking(f"{v.key}/pretrain", parent)]  # fmt: skip
+    return pipeline.Run(f"{v.key}/pretrain", "pretrain/train.py", p.config, plan.dir(v) / "pretrain", overrides,
+                        p.ranks, p.threads)  # fmt: skip
+
+
+def finetune_dir(plan: Plan, v: Variant, recipe: str, seed: int) -> Path:
+    return plan.dir(v) / "finetune" / f"{recipe}-seed{seed}"
+
+
+def finetune_runs(plan: Plan, v: Variant, parent: str | None) -> list[pipeline.Run]:
+    """Every recipe x seed, initialised from the variant's export."""
+    f, export = plan.cfg.finetune, plan.dir(v) / "pretrain" / "export"
+    runs = []
+    for recipe in f.recipes:
+        for seed in f.seeds:
+            name = f"{v.key}/{recipe}-seed{seed}"
+            overrides = [*f.overrides, *f.recipe_overrides.get(recipe, []), f"data.root={plan.shards / recipe}",
+                         f"run.max_steps={f.steps}", f"run.seed={seed}", f"data.seed={seed}",
+                         f"data.toi_df={plan.shards / 'howto100m' / 'toi_df.json'}", f"init.checkpoint={export}",
+                         *plan.tracking(name, parent)]  # fmt: skip
+            runs.append(pipeline.Run(name, f"finetune/{recipe}.py", f"configs/finetune/{recipe}.yaml",
+                                     finetune_dir(plan, v, recipe, seed), overrides))  # fmt: skip
+    return runs
+
+
+def zero_shot(plan: Plan, v: Variant) -> dict[str, float]:
+    """Zero-shot retrieval of the variant's export on the held-out shards, kept in zeroshot.json."""
+    path = plan.dir(v) / "zeroshot.json"
+    if not path.exists():
+        export = plan.dir(v) / "pretrain" / "export"
+        if not (export / "model.safetensors").exists():
+            raise RuntimeError(f"{v.key}: no pretraining export at {export}")
+        path.write_text(json.dumps(pipeline.zero_shot(export, export / "config.yaml", [plan.held_out()[1]]), indent=1))
+    return pipeline.read_json(path)
+
+
+def recipe_columns(recipe: str) -> list[tuple[str, tuple[str, ...]]]:
+    """(column header, path in metrics.json) of a recipe's columns."""
+    wanted = PAPER_COLUMNS.get(recipe)
+    return [(f"{RECIPE_TITLES[recipe]} {label}", path) for label, path, _ in report.METRICS[recipe]
+            if wanted is None or label in wanted]  # fmt: skip
+
+
+def columns(plan: Plan) -> list[str]:
+    return [ZERO_SHOT, *(header for r in plan.cfg.finetune.recipes for header, _ in recipe_columns(r))]
+
+
+def variant_results(plan: Plan, v: Variant) -> dict[str, tuple[float, float]]:
+    """Column -> (mean, sample std over seeds) from the variant's finished run directories."""
+    out = {ZERO_SHOT: (zero_shot(plan, v)["zeroshot_t2v_R@10"], 0.0)}
+    for recipe in plan.cfg.finetune.recipes:
+        runs = []
+        for seed in plan.cfg.finetune.seeds:
+            path = finetune_dir(plan, v, recipe, seed) / "results.json"
+            if not path.exists():
+                raise RuntimeError(f"{v.key}: finetuning run not finished, no {path}")
+            runs.append(pipeline.read_json(path)["metrics"])
+        for header, metric_path in recipe_columns(recipe):
+            out[header] = report.mean_std([report.metric(r, metric_path) for r in runs])
+    return out
+
+
+def markdown(plan: Plan, results: dict[Variant, dict[str, tuple[float, float]]]) -> str:
+    """The table: one row per variant, mean ± std over seeds where there are several."""
+    seeds, p, f = len(plan.cfg.finetune.seeds), plan.cfg.pretrain, plan.cfg.finetune
+    cell = lambda col, m, s: f"{m:.2f} ± {s:.2f}" if seeds > 1 and col != ZERO_SHOT else f"{m:.2f}"
+    rows = [["variant", *columns(plan)]]
+    rows += [[v.label, *(cell(c, *res[c]) for c in columns(plan))] for v, res in results.items()]
+    return (f"# Ablation: {TITLES[plan.suite]}\n\nEach variant pretrained {p.steps} steps ({p.config}) on "
+            f"{plan.shards / 'howto100m'}, then finetuned {f.steps} steps from its export, seeds "
+            f"{list(f.seeds)}{' (mean ± sample std)' if seeds > 1 else ''}. Zero-shot: text-to-video R@10 on the "
+            f"{p.held_out_shards} held-out shards. Numbers as the runs gave them, nothing tuned.\n\n"
+            f"{report.table(rows)}\n")  # fmt: skip
+
+
+def tracker(plan: Plan, name: str, run_dir: Path, parent: str | None = None) -> Tracker:
+    tcfg = TrackingConfig(uri=plan.uri, experiment=plan.cfg.experiment, run_name=name, system_metrics=False,
+                          parent_run_id=parent)  # fmt: skip
+    return Tracker(tcfg, str(run_dir), 0)
+
+
+def create_run(plan: Plan, name: str, run_dir: Path, params: dict[str, Any], tags: dict[str, str],
+               parent: str | None) -> str:  # fmt: skip
+    """A new MLflow run with its params and tags, left RUNNING: runs nest under it before it has results."""
+    t = tracker(plan, name, run_dir, parent)
+    run_id = t.start(params, OmegaConf.to_yaml(params))
+    t.set_tags(tags)
+    t.end("RUNNING")
+    assert run_id is not None
+    return run_id
+
+
+def variant_params(plan: Plan, v: Variant) -> dict[str, Any]:
+    p, f = plan.cfg.pretrain, plan.cfg.finetune
+    return {"suite": plan.suite, "variant": v.label, "overrides": " ".join(v.overrides), "pretrain_steps": p.steps,
+            "pretrain_config": p.config, "finetune_steps": f.steps, "recipes": ",".join(f.recipes),
+            "seeds": ",".join(map(str, f.seeds))}  # fmt: skip
+
+
+def run_ids(plan: Plan) -> dict[str, str]:
+    """{suite: parent run id, variant key: its run id}: read from mlflow_runs.json, the missing created."""
+    path = plan.suite_dir / IDS
+    ids: dict[str, str] = pipeline.read_json(path) if path.exists() else {}
+    if plan.suite not in ids:
+        params = OmegaConf.to_container(OmegaConf.structured(plan.cfg))
+        ids[plan.suite] = create_run(plan, f"ablation {plan.suite}", plan.suite_dir, {"suite": plan.suite, **params},
+                                     {"ablation.suite": plan.suite}, None)  # fmt: skip
+    for v in plan.variants:
+        if v.key not in ids:
+            tags = {"ablation.suite": plan.suite, "ablation.variant": v.label, "ablation.key": v.key}
+            ids[v.key] = create_run(plan, v.label, plan.dir(v), variant_params(plan, v), tags, ids[plan.suite])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(ids, indent=1))
+    return ids
+
+
+def finish_runs(plan: Plan, ids: dict[str, str], status: str,
+                results: dict[Variant, dict[str, tuple[float, float]]] | None = None) -> None:  # fmt: skip
+    """Close the variant runs (with their row as metrics) and the parent run (with the table)."""
+    for v in plan.variants:
+        t = tracker(plan, v.label, plan.dir(v))
+        t.start({}, "", ids[v.key])
+        for col, (mean, std) in (results or {}).get(v, {}).items():
+            t.log_metrics({col: mean, f"{col} std": std}, step=0)
+        t.end(status)
+    t = tracker(plan, f"ablation {plan.suite}", plan.suite_dir)
+    t.start({}, "", ids[plan.suite])
+    if results is not None:
+        t.log_artifact(str(plan.table_path))
+    t.end(status)
+
+
+def collect(plan: Plan, ids: dict[str, str]) -> str:
+    """The table from the finished run directories, written and logged; the runs closed FINISHED."""
+    results = {v: variant_results(plan, v) for v in plan.variants}
+    text = markdown(plan, results)
+    plan.table_path.write_text(text)
+    finish_runs(plan, ids, "FINISHED", results)
+    return text
+
+
+def run_local(plan: Plan, ids: dict[str, str]) -> None:
+    """The variants in turn: pretraining, its finetunes (`finetune.parallel` at a time), zero-shot."""
+    for i, v in enumerate(plan.variants, 1):
+        pipeline.say(f"[{i}/{len(plan.variants)}] {v.label}: {' '.join(v.overrides)}")
+        pretrain_run(plan, v, ids[v.key]).execute()
+        pipeline.run_all(finetune_runs(plan, v, ids[v.key]), plan.cfg.finetune.parallel)
+        zs = zero_shot(plan, v)
+        pipeline.say(f"  [{v.key}] zero-shot R@10 {zs['zeroshot_t2v_R@10']:.1f}")
+
+
+def sbatch(options: list[str], script: str, args: list[str]) -> str:
+    """Submit a job; its id."""
+    cmd = ["sbatch", "--parsable", *options, str(pipeline.REPO / "launch" / script), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"sbatch failed ({proc.returncode}): {proc.stderr.strip()}\n{' '.join(cmd)}")
+    return proc.stdout.strip().split(";")[0]  # "id" or "id;cluster"
+
+
+def job_options(plan: Plan, name: str, extra: list[str], after: list[str]) -> list[str]:
+    """Name, dependency and the config's options; a job whose dependency failed leaves the queue."""
+    dependency = [f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"] if after else []
+    return [f"--job-name=abl-{plan.suite}-{name}", *dependency, *plan.cfg.slurm.sbatch, *extra]
+
+
+def submit_run(plan: Plan, run: pipeline.Run, script: str, args: list[str], extra: list[str],
+               after: list[str]) -> str:  # fmt: skip
+    """sbatch the run's launch script with the run's config and overrides; its job id."""
+    options = job_options(plan, run.name.replace("/", "-"), extra, after)
+    return sbatch(options, script, [*args, run.config, f"run.output_dir={run.run_dir}", *run.overrides])
+
+
+def submit_variant(plan: Plan, v: Variant, parent: str) -> list[str]:
+    """The variant's chain: pretraining, then each finetune after it (afterok); finished runs are not
+    submitted again. Returns the job ids."""
+    slurm, pre = plan.cfg.slurm, pretrain_run(plan, v, parent)
+    after = [] if pre.done else [submit_run(plan, pre, "pretrain_howto100m.sh", [], slurm.pretrain, [])]
+    finetunes = [submit_run(plan, run, "finetune.sh", [Path(run.script).stem], slurm.finetune, after)
+                 for run in finetune_runs(plan, v, parent) if not run.done]  # fmt: skip
+    print(f"{v.label}: pretrain job {' '.join(after) or '(done)'}; finetune jobs {' '.join(finetunes) or '(done)'}")
+    return after + finetunes
+
+
+def submit(plan: Plan, ids: dict[str, str], collect_args: list[str]) -> None:
+    """Every variant's job chain, then the collect job after all of them."""
+    Path("logs").mkdir(exist_ok=True)  # the scripts' --output=logs/%x-%j.out; Slurm does not create it
+    jobs = [job for v in plan.variants for job in submit_variant(plan, v, ids[v.key])]
+    job = sbatch(job_options(plan, "collect", plan.cfg.slurm.collect, jobs), "ablate_collect.sh", collect_args)
+    print(f"collect job {job} (after {' '.join(jobs) or 'nothing'}): table -> {plan.table_path}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m launch.ablate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--suite", required=True, choices=sorted(SUITES))
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--slurm", action="store_true", help="submit one job chain per variant and a collect job")
+    mode.add_argument("--collect", action="store_true", help="only build the table and MLflow runs from the run dirs")
+    p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    validate(cfg, args.suite)
+    plan, t0 = make_plan(cfg, args.suite), time.time()
+    try:
+        if not args.collect:
+            make_shards(plan)
+    except DataPrepError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ids = run_ids(plan)
+    try:
+        if args.slurm:
+            submit(plan, ids, ["--suite", args.suite, "--config", str(args.config.resolve()), "--collect",
+                               *args.overrides])  # fmt: skip
+            return 0
+        if not args.collect:
+            run_local(plan, ids)
+        text = collect(plan, ids)
+    except RuntimeError as e:
+        if not args.slurm:
+            finish_runs(plan, ids, "FAILED")
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"\n{text}\nablation {args.suite} done in {time.time() - t0:.0f}s; table {plan.table_path}")
+    print(f"MLflow: mlflow ui --backend-store-uri {plan.uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
