@@ -32,8 +32,8 @@ from finetune.video_retrieval import VideoRetrievalConfig, VideoRetrievalTask
 from pretrain import checkpoint, config, runtime, session
 from pretrain.config import ConfigError
 from pretrain.loop import Trainer, TrainState
-from pretrain.model import ModelConfig, build_model, load_tokenizer, resolve
-from pretrain.runtime import OptimConfig, RuntimeConfig, ds_config, grad_accum_steps
+from pretrain.model import ModelConfig, build_model, load_tokenizer
+from pretrain.runtime import OptimConfig, RuntimeConfig
 from pretrain.tracking import Tracker, TrackingConfig
 
 log = logging.getLogger("finetune")
@@ -93,13 +93,9 @@ def validate(cfg: FinetuneConfig, world: int) -> None:
     """Checks beyond types, before any work: task options, batch arithmetic, paths, feature dims."""
     try:
         cfg.task.validate()
-        model = resolve(cfg.model)
-        grad_accum_steps(cfg.runtime, cfg.data.batch_size, world)
-        ds_config(cfg.runtime, cfg.optim, cfg.data.batch_size, 1)  # stage, precision, buckets
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if cfg.run.max_steps < 1:
-        raise ConfigError(f"run.max_steps must be >= 1, got {cfg.run.max_steps}")
+    model = config.validate_run(cfg, world)
     if not cfg.data.root:
         raise ConfigError("data.root is empty: give the folder written by data_prep (e.g. shards/tvr)")
     splits = [("data.train_split", cfg.data.train_split), ("data.eval_split", cfg.data.eval_split)]

@@ -101,17 +101,27 @@ def _shard_manifest(url: str, s3_endpoint: str | None) -> dict | None:
         return json.load(f)
 
 
-def validate(cfg: PretrainConfig, world: int) -> None:
-    """Checks that need more than types: names, divisibility, paths, feature dims."""
+def validate_run(cfg, world: int) -> ModelConfig:
+    """What every training entry point checks (pretraining, finetuning): the model preset, the batch
+    arithmetic, the DeepSpeed section (stage, precision, buckets), the step count. Returns the model."""
     try:
-        validate_objectives(cfg.objectives)
         model = resolve(cfg.model)
         grad_accum_steps(cfg.runtime, cfg.data.batch_size, world)
-        ds_config(cfg.runtime, cfg.optim, cfg.data.batch_size, 1)  # stage, precision, buckets
+        ds_config(cfg.runtime, cfg.optim, cfg.data.batch_size, 1)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if cfg.run.max_steps < 1:
         raise ConfigError(f"run.max_steps must be >= 1, got {cfg.run.max_steps}")
+    return model
+
+
+def validate(cfg: PretrainConfig, world: int) -> None:
+    """Checks that need more than types: names, divisibility, paths, feature dims."""
+    try:
+        validate_objectives(cfg.objectives)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    model = validate_run(cfg, world)
     train = [cfg.data.train] if isinstance(cfg.data.train, str) else list(cfg.data.train)
     if not any(train):
         raise ConfigError("data.train is empty: give a shard folder, a list of them, or shard paths")

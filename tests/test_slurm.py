@@ -137,16 +137,7 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm_node, shards, tmp
     job_id, _ = _sbatch(submit, *CPU_NODE, *_train_args(shards, run_dir, "run.max_steps=8", "checkpoint.every=0",
                                                        "eval.every=0"))
     log = submit / "logs" / f"vlp-pretrain-{job_id}.out"
-    try:
-        deadline = time.monotonic() + 240
-        while len(_metrics_steps(run_dir)) < 2:  # preempt after step 2, well before step 8
-            assert _job(job_id).get("JobState") in ("PENDING", "RUNNING"), log.read_text()[-6000:]
-            assert time.monotonic() < deadline, "no training step in time"
-            time.sleep(0.3)
-        subprocess.run(["scancel", "--signal=USR1", "--batch", str(job_id)], check=True)
-        job = _wait_done(job_id, log)
-    finally:
-        subprocess.run(["scancel", str(job_id)], capture_output=True)
+    job = _preempt_after(job_id, run_dir, log, steps=2)  # after step 2, well before step 8
     text = log.read_text()
     assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1" and job["ExitCode"] == "0:0", text[-6000:]
 
@@ -167,6 +158,21 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm_node, shards, tmp
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the requeued run continued it
     assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")) == list(range(1, 9))
     assert (run_dir / "export" / "model.safetensors").exists()
+
+
+def _preempt_after(job_id: int, run_dir: Path, log: Path, steps: int) -> dict[str, str]:
+    """USR1 to the batch shell once `steps` steps are logged (what --signal=B:USR1@N sends); the job's
+    last record once it has ended. The job is cancelled on the way out whatever happens."""
+    try:
+        deadline = time.monotonic() + 240
+        while len(_metrics_steps(run_dir)) < steps:
+            assert _job(job_id).get("JobState") in ("PENDING", "RUNNING"), log.read_text()[-6000:]
+            assert time.monotonic() < deadline, "no training step in time"
+            time.sleep(0.3)
+        subprocess.run(["scancel", "--signal=USR1", "--batch", str(job_id)], check=True)
+        return _wait_done(job_id, log)
+    finally:
+        subprocess.run(["scancel", str(job_id)], capture_output=True)
 
 
 def _wait_done(job_id: int, log: Path, timeout: float = 300) -> dict[str, str]:
@@ -198,16 +204,7 @@ def test_finetune_job_preempted_requeues_and_finishes(slurm_node, finetune_sets,
                         f"run.output_dir={run_dir}", *FINETUNE_TINY, "run.max_steps=5", "task.rerank=3",
                         "data.max_frames=8")  # fmt: skip
     log = submit / "logs" / f"vlp-finetune-{job_id}.out"
-    try:
-        deadline = time.monotonic() + 240
-        while len(_metrics_steps(run_dir)) < 1:
-            assert _job(job_id).get("JobState") in ("PENDING", "RUNNING"), log.read_text()[-6000:]
-            assert time.monotonic() < deadline, "no finetune step in time"
-            time.sleep(0.3)
-        subprocess.run(["scancel", "--signal=USR1", "--batch", str(job_id)], check=True)
-        job = _wait_done(job_id, log)
-    finally:
-        subprocess.run(["scancel", str(job_id)], capture_output=True)
+    job = _preempt_after(job_id, run_dir, log, steps=1)
     text = log.read_text()
     assert job["JobState"] == "COMPLETED" and job["Restarts"] == "1", text[-6000:]
     first, _, second = text.partition("SLURM_RESTART_COUNT=1")
