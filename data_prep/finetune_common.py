@@ -1,17 +1,19 @@
-"""What the five finetune-set converters (TVR, DiDeMo, How2R, MSR-VTT, ActivityNet) share.
+"""What the finetune-set converters (TVR, DiDeMo, How2R, How2QA, MSR-VTT, ActivityNet) share.
 
 A dataset module only parses its public files into `Dataset` -> `Split` -> `Video` -> `Query`
-records and calls `convert`. Everything after parsing is here, identical for all five:
+records and calls `convert`. Everything after parsing is here, identical for all of them:
 
-1. durations: from the annotations, or (DiDeMo, MSR-VTT) the length of the features, read once
-   before planning so that every query is checked against the duration the sample will carry;
-2. query validation: a query with empty text or a span outside `0 <= st < ed <= duration +
+1. durations: from the annotations, or (DiDeMo, MSR-VTT, How2QA) the length of the features
+   (How2QA: of the clip's window, cut at the features' end), read once before planning so that
+   every query is checked against the duration the sample will carry;
+2. query validation: a query with empty text, a problem its parser found (How2QA: a malformed
+   row, duplicate answers) or a span outside `0 <= st < duration`, `st < ed <= duration +
    tolerance` is dropped and written to `<split>/rejected_queries.jsonl` (never silently);
 3. one sample per video per split through `sharding` (one WorkItem per video, `build_video`),
    plus `<split>/queries.jsonl`, the split's evaluation queries (TVR's test queries name no
    video, so they can only live there);
 4. `gt/`: the official annotation files byte for byte, ground truth the dataset generates
-   (How2R), and `video2idx.json` in TVR's format `{split: {video_id: [duration, idx]}}`.
+   (How2R, How2QA), and `video2idx.json` in TVR's format `{split: {video_id: [duration, idx]}}`.
 
 Output layout (see docs/finetune_sets.md):
 
@@ -50,10 +52,12 @@ REJECTED_QUERIES_FILE = "rejected_queries.jsonl"
 
 # Why a query is dropped (the `reason` of rejected_queries.jsonl).
 QUERY_REJECT_REASONS = (
-    "empty_text",  # no words
+    "empty_text",  # no words (How2QA: also an empty answer)
     "negative_start",  # a span starts before 0
     "empty_span",  # a span with start >= end
-    "past_end",  # a span ends after the video's duration + tolerance
+    "past_end",  # a span starts at or after the video's end, or ends after its duration + tolerance
+    "malformed_row",  # How2QA: a CSV row without its 7 fields or with an unreadable window
+    "duplicate_answers",  # How2QA: the correct answer is also one of the wrong ones
 )
 
 Span = tuple[float, float]
@@ -70,6 +74,7 @@ class Query:
     text: str
     spans: tuple[Span, ...] | None = ()  # () no ground truth (test); None the whole video (video retrieval)
     extras: dict[str, Any] = field(default_factory=dict)  # dataset fields kept in the sample (TVR type, ...)
+    problem: tuple[str, str] | None = None  # (reason, detail) its parser found: dropped whatever the spans
 
 
 @dataclass(frozen=True)
@@ -78,11 +83,11 @@ class Video:
 
     video_id: str
     queries: tuple[Query, ...] = ()
-    duration: float | None = None  # seconds; None: the features' length, capped at max_duration
+    duration: float | None = None  # seconds; None: the features' length (in the window), capped at max_duration
     max_duration: float | None = None
     subtitles: tuple[Segment, ...] = ()  # seconds relative to the video
     feature_id: str | None = None  # the feature file's id when it is not video_id (How2R: the YouTube video)
-    window: Span | None = None  # the seconds of that file that make this video (How2R clip); needs duration
+    window: Span | None = None  # the seconds of that file that make this video (How2R, How2QA clip)
     extras: dict[str, Any] = field(default_factory=dict)  # video-level fields of the sample's meta
 
     @property
@@ -100,7 +105,8 @@ class Split:
     name: str
     videos: list[Video]
     train: bool = False
-    loose_queries: list[Query] = field(default_factory=list)  # queries that name no video (TVR test_public)
+    # queries that name no video: TVR's test_public, How2QA's rows too malformed to name one (with their problem)
+    loose_queries: list[Query] = field(default_factory=list)
     granularity: float = 0.0  # spans come in units of this many seconds (DiDeMo: 5 s chunks), see span_limit
 
 
@@ -112,7 +118,7 @@ class Dataset:
     splits: list[Split]
     inputs: list[str | None]  # every input file read (None: an option not given); hashed into the manifests
     gt_files: list[str]  # official files copied byte for byte into gt/
-    gt_extra: dict[str, bytes] = field(default_factory=dict)  # generated ground truth (How2R)
+    gt_extra: dict[str, bytes] = field(default_factory=dict)  # generated ground truth (How2R, How2QA)
     video2idx: dict[str, dict[str, list]] | None = None  # the official one (TVR); else 0.. by sorted id
 
 
@@ -275,8 +281,10 @@ def span_limit(duration: float | None, tolerance: float, granularity: float = 0.
     return duration + tolerance
 
 
-def query_problem(query: Query, limit: float) -> tuple[str, str] | None:
+def query_problem(query: Query, duration: float | None, limit: float) -> tuple[str, str] | None:
     """Why a query cannot be used (reason, detail), or None; see QUERY_REJECT_REASONS."""
+    if query.problem:
+        return query.problem
     if not query.text.strip():
         return "empty_text", "the text has no words"
     for st, ed in query.spans or ():
@@ -284,6 +292,8 @@ def query_problem(query: Query, limit: float) -> tuple[str, str] | None:
             return "negative_start", f"span [{st}, {ed}] starts before 0"
         if st >= ed:
             return "empty_span", f"span [{st}, {ed}]: start >= end"
+        if duration is not None and st >= duration:
+            return "past_end", f"span [{st}, {ed}] starts at or after the video's end, {duration} s"
         if ed > limit:
             return "past_end", f"span [{st}, {ed}] ends after {limit} s (the video's end + tolerance)"
     return None
@@ -297,7 +307,7 @@ def split_queries(
     for q in queries:
         if q.spans is None:
             q = replace(q, spans=((0.0, duration),))
-        problem = query_problem(q, limit)
+        problem = query_problem(q, duration, limit)
         if problem:
             dropped.append({"query_id": q.query_id, "video_id": video_id, "reason": problem[0], "detail": problem[1]})
         else:
@@ -306,13 +316,19 @@ def split_queries(
 
 
 def feature_duration(video: Video, reader: FeatureReader) -> float | Rejected:
-    """The duration of a video whose annotations give none: its features' length, capped."""
+    """The duration of a video whose annotations give none: its features' length, capped; for a
+    window of the file, the window cut at the features' end (How2QA's last clip of a video)."""
     try:
         feats, _ = reader.read(video.features)  # (T, D)
     except Rejected as r:
         return r
-    duration = round(len(feats) * reader.interval, 3)
-    return min(duration, video.max_duration) if video.max_duration else duration
+    end = round(len(feats) * reader.interval, 3)
+    if video.window is not None:
+        st, ed = video.window
+        if end <= st:
+            return Rejected("unreadable_features", f"features end at {end} s, before the window {video.window}")
+        return round(min(ed, end) - st, 3)
+    return min(end, video.max_duration) if video.max_duration else end
 
 
 def resolve_durations(videos: list[Video], reader: FeatureReader, workers: int) -> dict[str, float | Rejected | None]:

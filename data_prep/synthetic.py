@@ -2,8 +2,8 @@
 
 Why: the real corpora are terabytes and licence-gated, but converters, loaders and training
 need to be exercised end to end on a CPU in seconds. This module writes HowTo100M, TVR,
-DiDeMo, How2R, MSR-VTT and ActivityNet Captions files byte-for-byte in their public layouts,
-generated from one hidden world so that "did pretraining learn anything" is measurable:
+DiDeMo, How2R, How2QA, MSR-VTT and ActivityNet Captions files byte-for-byte in their public
+layouts, generated from one hidden world so that "did pretraining learn anything" is measurable:
 
 - concepts (nouns, verbs) have fixed random prototypes in a small latent space;
 - each video is a timeline of events (one noun + one verb visible for 4-15 s), plus a
@@ -11,7 +11,9 @@ generated from one hidden world so that "did pretraining learn anything" is meas
 - frame features are projections of the visible concepts' prototypes plus noise; appearance
   layouts mostly see nouns, motion layouts mostly see verbs;
 - narration mentions ~70% of the events near their time, mixed with unrelated chatter;
-- downstream queries describe one event, and the moment is that event's span.
+- downstream queries describe one event, and the moment is that event's span;
+- How2QA asks what an event's verb acts on: the answer is its noun, one wrong answer a noun
+  shown in the same clip outside the span (only the time tells them apart), two are absent.
 
 The ground truth goes to `planted.json`. Same seed -> byte-identical files. See
 docs/synthetic_corpus.md for the formats, the scaling rule and how to use the ground truth.
@@ -150,6 +152,13 @@ HOW2R_DESC = (
     "someone is {ving} the {noun} with both hands",
     "after that, the woman {verbs} the {noun}",
 )
+HOW2QA_QUESTIONS = (  # what the event's verb acts on: its noun is the answer
+    "what does the person {verb}?",
+    "what is the man {ving}?",
+    "in this part, what does the woman {verb}?",
+    "what is someone {ving} here?",
+)
+HOW2QA_CLIP = 60  # seconds: HERO's How2 clips are windows [60w, 60w+60) of the YouTube video
 MSRVTT_DESC = (
     "{who} is {ving} the {noun}",
     "{who} {verbs} {a_noun}",
@@ -504,6 +513,17 @@ def _split_labels(n: int, names: Sequence[str], fracs: Sequence[float]) -> list[
     return labels
 
 
+def _split_by_weight(weights: Sequence[int], names: Sequence[str], fracs: Sequence[float]) -> list[str]:
+    """Contiguous split labels with about `fracs` of the total weight each: an item goes where the
+    middle of its weight falls; `_split_labels` when that would leave a split empty."""
+    total, done, labels = sum(weights), 0, []
+    bounds = np.cumsum(fracs)[:-1] * total
+    for w in weights:
+        labels.append(names[int(np.searchsorted(bounds, done + w / 2, side="right"))])
+        done += w
+    return labels if set(labels) == set(names) else _split_labels(len(weights), names, fracs)
+
+
 # ---------------------------------------------------------------- datasets
 
 
@@ -667,11 +687,17 @@ def _clips(video: Video) -> list[tuple[int, int, list[Event]]]:
     return out[:3]
 
 
-def _write_how2r(root: Path, seed: int, n_clips: int, howto: list[Video], taken: set[str]) -> tuple[dict, dict]:
-    """How2R clips from YouTube videos; a few are HowTo100M videos (real How2R overlaps it)."""
+def _howto_overlap(howto: list[Video]) -> list[Video]:
+    """The HowTo100M videos How2R (and How2QA) also cut clips from, spread over the list."""
     candidates = [v for v in howto if _clips(v)]
     n_overlap = min(len(candidates), max(1, round(3 * len(howto) / DEFAULT_VIDEOS)))
-    overlap = [candidates[i * len(candidates) // n_overlap] for i in range(n_overlap)]
+    return [candidates[i * len(candidates) // n_overlap] for i in range(n_overlap)]
+
+
+def _write_how2r(root: Path, seed: int, n_clips: int, howto: list[Video], taken: set[str]) -> tuple[dict, dict]:
+    """How2R clips from YouTube videos; a few are HowTo100M videos (real How2R overlaps it)."""
+    overlap = _howto_overlap(howto)
+    n_overlap = len(overlap)
     extras: list[Video] = []
     ids_rng = _rng(seed, "how2r", "ids")
     while len(extras) + n_overlap < 3 or sum(len(_clips(v)) for v in extras + overlap) < n_clips:
@@ -716,6 +742,105 @@ def _write_how2r(root: Path, seed: int, n_clips: int, howto: list[Video], taken:
         "videos": {v.vid: _planted(v, with_lines=True) for v in sources},
     }
     return planted, {"videos": len(sources), "clips": len(clips_planted), "queries": desc_id}
+
+
+class _Question(NamedTuple):
+    """A planted How2QA question on one event, and its wrong answers."""
+
+    window: tuple[int, int]  # the clip: the 60 s grid window(s) holding the event
+    event: Event
+    in_clip: str  # a noun shown in the clip outside the event's span
+    absent: tuple[str, str]  # nouns not shown in the clip, the video's domain first
+    same_verb: bool  # in_clip is shown with the question's verb: only the span tells them apart
+
+
+def _nouns_shown(video: Video, st: float, ed: float) -> dict[str, set[str]]:
+    """Nouns visible somewhere in [st, ed) -> the verbs of their events there (none for the background)."""
+    out: dict[str, set[str]] = {}
+    for s, e in video.background_spans:
+        if s < ed and e > st:
+            out.setdefault(video.background, set())
+    for ev in video.events:
+        if ev.start < ed and ev.end > st:
+            out.setdefault(ev.noun, set()).add(ev.verb)
+    return out
+
+
+def _questions(rng: np.random.Generator, video: Video) -> list[_Question]:
+    """≤3 questions per clip, on the events whose clip shows another noun outside their span; at
+    most one event per video crosses a grid line (its clip is two windows long)."""
+    out: list[_Question] = []
+    wide = False
+    for ev in video.events:
+        a = int(ev.start // HOW2QA_CLIP) * HOW2QA_CLIP
+        window = (a, max(a + HOW2QA_CLIP, math.ceil(ev.end / HOW2QA_CLIP) * HOW2QA_CLIP))
+        shown = _nouns_shown(video, a, min(window[1], video.duration))
+        outside = [n for n in shown if n not in _nouns_shown(video, ev.start, ev.end)]
+        crosses = window[1] - a > HOW2QA_CLIP
+        if not outside or sum(q.window == window for q in out) == 3 or (crosses and wide):
+            continue
+        wide |= crosses
+        same_verb = [n for n in outside if ev.verb in shown[n]]
+        domain = [n for n in DOMAINS[video.domain][2] if n not in shown]
+        others = [n for n in NOUNS if n not in shown and n not in domain]
+        absent = [domain[i] for i in rng.permutation(len(domain))] + [others[i] for i in rng.permutation(len(others))]
+        out.append(_Question(window, ev, _pick(rng, same_verb or outside), (absent[0], absent[1]), bool(same_verb)))
+    return out
+
+
+def _write_how2qa(root: Path, seed: int, n_clips: int, howto: list[Video], taken: set[str]) -> tuple[dict, dict]:
+    """How2QA: 4-way questions on events of 60 s clips of YouTube videos, a few of them How2R's
+    HowTo100M videos (the only ones the main job leaves out of pretraining).
+
+    The correct answer is the noun shown during the question's span; one wrong answer is a noun
+    shown in the same clip outside the span, two are nouns the clip does not show. Two extra
+    train rows are bad: one repeats its correct answer as a wrong one, one has an unquoted comma.
+    """
+    ask = lambda v: _questions(_rng(seed, "how2qa", "questions", v.vid), v)
+    overlap = [(v, qs) for v in _howto_overlap(howto) if (qs := ask(v))]
+    extras: list[tuple[Video, list[_Question]]] = []
+    ids_rng = _rng(seed, "how2qa", "ids")
+    while len(extras) + len(overlap) < 3 or sum(len({q.window for q in qs}) for _, qs in extras + overlap) < n_clips:
+        video = _narrated_video(seed, _youtube_ids(ids_rng, 1, taken)[0], (180.0, 300.0))
+        if qs := ask(video):
+            extras.append((video, qs))
+    sources = extras + overlap  # overlaps last, so they land in val/test
+    rng = _rng(seed, "how2qa", "rows")
+    rows: dict[str, list] = {"train": [], "val": [], "test": []}
+    truth: dict[str, list] = {s: [] for s in rows}
+    clips = {}
+    labels = _split_by_weight([len(qs) for _, qs in sources], list(rows), (0.6, 0.25, 0.15))
+    for (video, qs), split in zip(sources, labels, strict=True):
+        for q in qs:
+            ev, clip = q.event, f"{video.vid}_{q.window[0]}_{q.window[1]}"
+            clips[clip] = split
+            wrong = [f"the {n}" for n in (q.in_clip, *q.absent)]
+            wrong = [wrong[i] for i in rng.permutation(3)]
+            question = _fill(_pick(rng, HOW2QA_QUESTIONS), ev)
+            truth[split].append({"row": len(rows[split]), "clip": clip, "span": [ev.start, ev.end], "verb": ev.verb,
+                                 "answer": ev.noun, "in_clip": q.in_clip, "absent": list(q.absent),
+                                 "same_verb": q.same_verb, "reject": None})  # fmt: skip
+            rows[split].append([video.vid, f"[{ev.start}:{ev.end}]", *wrong, question, f"the {ev.noun}"])
+    first, second = rows["train"][0], rows["train"][1 % len(rows["train"])]
+    bad = [
+        ("duplicate_answers", truth["train"][0]["clip"], [*first[:4], first[6].upper(), *first[5:]]),
+        ("malformed_row", None, [*second[:5], "in this part", " " + second[5].replace(",", ""), second[6]]),
+    ]
+    for reason, clip, row in bad:
+        truth["train"].append({"row": len(rows["train"]), "clip": clip, "reject": reason})
+        rows["train"].append(row)
+    for split, split_rows in rows.items():
+        _write_csv(root / f"how2qa_{split}.csv", None, split_rows)
+    _write_asr_and_features(root, seed, [v for v, _ in sources], extractor=False)
+    planted = {
+        "clip_length": HOW2QA_CLIP,
+        "overlap_with_howto100m": [v.vid for v, _ in overlap],
+        "clips": clips,
+        "questions": truth,
+        "videos": {v.vid: _planted(v, with_lines=True) for v, _ in sources},
+    }
+    counts = {split: len(split_rows) for split, split_rows in rows.items()}
+    return planted, {"videos": len(sources), "clips": len(clips), **counts, "bad_rows": len(bad)}
 
 
 def _write_msrvtt(root: Path, seed: int, n: int, taken: set[str]) -> tuple[dict, dict]:
@@ -828,6 +953,7 @@ def generate(out_dir: Path, videos: int = DEFAULT_VIDEOS, seed: int = 0) -> dict
         "tvr": _write_tvr(out / "tvr", seed, _scaled(40, videos, 3)),
         "didemo": _write_didemo(out / "didemo", seed, _scaled(30, videos, 3)),
         "how2r": _write_how2r(out / "how2r", seed, _scaled(30, videos, 3), howto, taken),
+        "how2qa": _write_how2qa(out / "how2qa", seed, _scaled(40, videos, 3), howto, taken),
         "msrvtt": _write_msrvtt(out / "msrvtt", seed, _scaled(40, videos, 4), taken),
         "activitynet": _write_activitynet(out / "activitynet", seed, _scaled(30, videos, 2), taken),
     }

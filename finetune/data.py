@@ -45,7 +45,16 @@ from pretrain.loader import (
 
 log = logging.getLogger(__name__)
 
-RNG_QUERY, RNG_SPAN, RNG_WINDOW = 10, 11, 12  # per-sample generator purposes (pretraining uses 0-2)
+RNG_QUERY, RNG_SPAN, RNG_WINDOW, RNG_CONTEXT, RNG_WORDS = 10, 11, 12, 13, 14  # per-sample generator purposes
+
+
+@dataclass(frozen=True)
+class RowOptions:
+    """What a task needs in a training row beyond (query, frames, span)."""
+
+    context_sentences: int = 0  # SS-MESM: up to this many other queries of the video (context_ids)
+    word_mask_ratio: float = 0.0  # FW-MESM: this fraction of the query's words masked (word_mask)
+    answers: bool = False  # How2QA: the candidate answers (answer_ids) and the correct one's index
 
 
 @dataclass
@@ -110,6 +119,7 @@ class QueryVideoProcessor:
     uniform: bool  # video retrieval: sample frames uniformly; moment retrieval: keep the time grid
     seed: int
     training: bool
+    options: RowOptions = RowOptions()
 
     def __call__(self, raw: RawSample, epoch: int) -> dict[str, Any]:
         meta, feats = raw.meta, features(raw)  # (T, D)
@@ -136,7 +146,28 @@ class QueryVideoProcessor:
         lo = self.window(len(feats), i, j, sample_rng(self.seed, epoch, raw.key, RNG_WINDOW))
         row["frames"] = feats[lo : lo + self.max_frames]  # (M, D)
         row["span"] = torch.tensor([i - lo, min(j, lo + self.max_frames - 1) - lo])  # (2,) inclusive frames
+        self.add_options(row, raw.key, epoch, query, [q for q in meta["queries"] if q is not query])
         return row
+
+    def add_options(self, row: dict[str, Any], key: str, epoch: int, query: dict, others: list[dict]) -> None:
+        """The RowOptions fields, each drawn by (seed, epoch, video) like the query."""
+        opts = self.options
+        if opts.word_mask_ratio:
+            real = int(row["input_ids"].shape[0]) - 2  # words between [CLS] and [SEP]
+            n = max(1, round(opts.word_mask_ratio * real)) if real > 0 else 0
+            chosen = sample_rng(self.seed, epoch, key, RNG_WORDS).permutation(real)[:n] + 1
+            mask = torch.zeros(row["input_ids"].shape, dtype=torch.bool)  # (N,)
+            mask[torch.from_numpy(chosen)] = True
+            row["word_mask"] = mask
+        if opts.context_sentences:
+            rng = sample_rng(self.seed, epoch, key, RNG_CONTEXT)
+            picked = sorted(rng.permutation(len(others))[: opts.context_sentences].tolist())
+            row["context_ids"] = [torch.from_numpy(text.encode(others[i]["text"], others[i].get("toi", []),
+                                  self.tokenizer, self.max_query_len).input_ids) for i in picked]  # fmt: skip
+        if opts.answers:
+            row["answer_ids"] = [torch.from_numpy(text.encode(a, [], self.tokenizer, self.max_query_len).input_ids)
+                                 for a in query["answers"]]  # fmt: skip
+            row["answer_idx"] = int(query["answer_idx"])
 
     def window(self, t: int, i: int, j: int, rng: np.random.Generator) -> int:
         """First frame of a random max_frames window holding frames i..j (as much of them as fits)."""
@@ -190,17 +221,34 @@ def collate_rows(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, An
         out["frames"], out["frame_mask"] = frames, mask
     if "span" in first:
         out["span"] = torch.stack([s["span"] for s in samples])  # (B, 2)
+    if "word_mask" in first:
+        out["word_mask"] = pad_ids([s["word_mask"].long() for s in samples], 0)[0].bool()  # (B, N)
+    if "context_ids" in first:  # (B, K, Nc) ids, (B, K, Nc) mask; a row with fewer sentences has empty ones
+        k = max(1, max(len(s["context_ids"]) for s in samples))
+        empty = torch.full((1,), pad_id, dtype=torch.long)
+        seqs = [c for s in samples for c in s["context_ids"] + [empty] * (k - len(s["context_ids"]))]
+        ids, mask = pad_ids(seqs, pad_id)  # (B*K, Nc)
+        for r, s in enumerate(samples):
+            mask[r * k + len(s["context_ids"]) : (r + 1) * k] = False
+        out["context_ids"], out["context_mask"] = ids.view(len(samples), k, -1), mask.view(len(samples), k, -1)
+    if "answer_ids" in first:  # (B, A, Na) candidates; answer_idx (B,)
+        a = len(first["answer_ids"])
+        if any(len(s["answer_ids"]) != a for s in samples):
+            raise ValueError("every question of a batch must have the same number of candidate answers")
+        ids, mask = pad_ids([x for s in samples for x in s["answer_ids"]], pad_id)  # (B*A, Na)
+        out["answer_ids"], out["answer_mask"] = ids.view(len(samples), a, -1), mask.view(len(samples), a, -1)
+        out["answer_idx"] = torch.tensor([s["answer_idx"] for s in samples])
     return out
 
 
 def build_loader(cfg: FinetuneDataConfig, split: str, tokenizer: Any, rank: int, world: int, training: bool,
-                 uniform: bool) -> VideoTextLoader:  # fmt: skip
+                 uniform: bool, options: RowOptions = RowOptions()) -> VideoTextLoader:  # fmt: skip
     """The training loader of a split (this rank's share), or its videos once (evaluation, one rank)."""
     batch = cfg.batch_size if training else cfg.eval_batch_size
     lcfg = cfg.loader_config(split, batch)
     corpus = resolve_shards(lcfg.train, cfg.s3_endpoint, retry_policy(lcfg))
     proc = QueryVideoProcessor(tokenizer, load_idf_table(cfg), cfg.max_query_len, cfg.max_sub_len, cfg.max_frames,
-                               uniform, cfg.seed, training)  # fmt: skip
+                               uniform, cfg.seed, training, options)  # fmt: skip
     if training:
         return VideoTextLoader(lcfg, corpus, rank, world, True, tokenizer, proc)
     return VideoTextLoader(lcfg, corpus, 0, 1, False, tokenizer, proc)

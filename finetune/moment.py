@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from finetune import data, moment_eval
+from finetune.alignment import AlignConfig, frames_in_span, global_alignment_loss, segment_alignment_loss
+from finetune.mesm import Mesm, MesmConfig, enc_loss, fw_loss, segment_features, sentence_features, ss_loss
 from finetune.moment_search import Corpus, SearchConfig, search_corpus, search_single
 from pretrain.distributed import gather_no_grad, gather_with_grad, local_rows
 
@@ -39,6 +41,8 @@ class MomentConfig:
     span_weight: float = 1.0  # weight of the start + end cross-entropy
     conv_kernel: int = 5  # frames seen by the start/end convolution
     search: SearchConfig = field(default_factory=SearchConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)  # multi-level alignment (finetune/alignment.py)
+    mesm: MesmConfig = field(default_factory=MesmConfig)  # MESM's aligner and losses (finetune/mesm.py)
 
     def validate(self) -> None:
         if not self.temperature > 0:
@@ -48,11 +52,14 @@ class MomentConfig:
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise ValueError(f"task.conv_kernel must be odd and >= 1, got {self.conv_kernel}")
         self.search.validate()
+        self.align.validate()
+        self.mesm.validate()
 
 
 class MomentHead(nn.Module):
-    def __init__(self, d: int, kernel: int):
+    def __init__(self, d: int, kernel: int, mesm: Mesm | None = None):
         super().__init__()
+        self.mesm = mesm  # MESM's aligner: the span head reads its output
         self.query_vr = nn.Linear(d, d)
         self.query_span = nn.Linear(d, d)
         self.st_conv = nn.Conv1d(1, 1, kernel, padding=kernel // 2)
@@ -66,7 +73,9 @@ class MomentHead(nn.Module):
 
 
 def build_head(backbone: nn.Module, cfg: MomentConfig) -> MomentHead:
-    return MomentHead(backbone.config.hidden, cfg.conv_kernel)
+    mc = backbone.config
+    mesm = Mesm(mc.hidden, mc.heads, mc.ffn, mc.dropout, cfg.mesm) if cfg.mesm.enabled else None
+    return MomentHead(mc.hidden, cfg.conv_kernel, mesm)
 
 
 def encode_videos(model: nn.Module, batch: dict) -> Tensor:
@@ -83,8 +92,19 @@ def encode_videos(model: nn.Module, batch: dict) -> Tensor:
 
 def encode_queries(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
     """(q_vr L2-normalised, q_span), each (B, d), from the query's [CLS]."""
-    q = model.backbone.embed_text(batch["input_ids"], batch["attention_mask"])[:, 0]  # (B, d)
+    return project_queries(model, model.backbone.embed_text(batch["input_ids"], batch["attention_mask"]))
+
+
+def project_queries(model: nn.Module, q_tok: Tensor) -> tuple[Tensor, Tensor]:
+    """(q_vr, q_span) from the query's token encodings q_tok (B, N, d)."""
+    q = q_tok[:, 0]  # (B, d) [CLS]
     return F.normalize(model.head.query_vr(q), dim=-1), model.head.query_span(q)
+
+
+def encode_query_tokens(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+    """(q_vr, q_span, q_tok (B, N, d)): the projections and the token encodings MESM reads."""
+    q_tok = model.backbone.embed_text(batch["input_ids"], batch["attention_mask"])  # (B, N, d)
+    return (*project_queries(model, q_tok), q_tok)
 
 
 def video_scores(q_vr: Tensor, ctx_n: Tensor, frame_mask: Tensor) -> Tensor:
@@ -103,11 +123,45 @@ def masked_ce(logits: Tensor, mask: Tensor, target: Tensor) -> Tensor:
     return F.cross_entropy(logits.masked_fill(~mask, float("-inf")), target)
 
 
+def inner_words(q_mask: Tensor) -> Tensor:
+    """(B, N) the words between [CLS] and [SEP] of each query."""
+    t = torch.arange(q_mask.shape[1], device=q_mask.device)[None]  # (1, N)
+    return (t >= 1) & (t <= q_mask.sum(1, keepdim=True) - 2)
+
+
+def mesm_forward(model: nn.Module, batch: dict, ctx: Tensor, q_tok: Tensor,
+                 cfg: MesmConfig) -> tuple[Tensor, dict[str, Tensor]]:  # fmt: skip
+    """MESM in training: the aligned feature F (B, M, d) and its losses (eq. 2, 5, 6) that are on."""
+    mesm, bb = model.head.mesm, model.backbone
+    frame_mask, q_mask, span = batch["frame_mask"], batch["attention_mask"], batch["span"]  # (B, M), (B, N), (B, 2)
+    losses: dict[str, Tensor] = {}
+    f_v_enh = mesm.enhance_video(ctx, q_tok, q_mask)  # (B, M, d)
+    if cfg.fw:
+        recon = mesm.reconstruct_words(q_tok, batch["word_mask"], ctx, frame_mask)  # (B, N, d)
+        losses["fw"] = fw_loss(bb.mlm_logits(recon), batch["input_ids"], inner_words(q_mask))
+    q_enh, q_enh_mask = q_tok, q_mask
+    if cfg.ss:
+        ids, cmask = batch["context_ids"], batch["context_mask"]  # (B, K, Nc) each
+        b, k, n = ids.shape
+        c_tok = bb.embed_text(ids.view(b * k, n), cmask.view(b * k, n)).view(b, k, n, -1)  # (B, K, Nc, d)
+        gen = mesm.generate_token(sentence_features(c_tok, cmask), cmask.any(-1), ctx, frame_mask)  # (B, d)
+        q_enh = torch.cat([gen[:, None], q_tok], 1)  # (B, 1+N, d) F_q^enh
+        q_enh_mask = torch.cat([q_mask[:, :1], q_mask], 1)  # (B, 1+N)
+        index: dict[str, int] = {}
+        videos = torch.tensor([index.setdefault(k, len(index)) for k in batch["keys"]], device=ctx.device)  # (B,)
+        losses["ss"] = ss_loss(q_enh, q_enh_mask, segment_features(ctx, span), span, videos, cfg.gamma, cfg.tau)
+    aligned = mesm.align(f_v_enh, q_enh, q_enh_mask) * frame_mask[..., None]  # (B, M, d)
+    if cfg.enc:
+        losses["enc"] = enc_loss(mesm.saliency_logits(aligned), span, frame_mask)
+    return aligned, losses
+
+
 def moment_loss(model: nn.Module, batch: dict, cfg: MomentConfig) -> tuple[Tensor, dict[str, float]]:
-    """VR InfoNCE over all ranks (both directions) + start/end cross-entropy in the positive video."""
+    """VR InfoNCE over all ranks (both directions) + start/end cross-entropy in the positive video,
+    plus the multi-level alignment and MESM losses that are on."""
     frame_mask = batch["frame_mask"]  # (B, M)
     ctx = encode_videos(model, batch)  # (B, M, d)
-    q_vr, q_span = encode_queries(model, batch)  # (B, d), (B, d)
+    q_vr, q_span, q_tok = encode_query_tokens(model, batch)  # (B, d), (B, d), (B, N, d)
     ctx_all, q_all = gather_with_grad(ctx), gather_with_grad(q_vr)  # (K_g, M_g, d), (K_g, d)
     mask_all = gather_no_grad(frame_mask, pad_value=False)  # (K_g, M_g)
     rows = local_rows(q_all.shape[0], q_vr.shape[0])
@@ -115,11 +169,25 @@ def moment_loss(model: nn.Module, batch: dict, cfg: MomentConfig) -> tuple[Tenso
     q2v = video_scores(q_vr, F.normalize(ctx_all, dim=-1), mask_all) / cfg.temperature  # (B, K_g)
     v2q = video_scores(q_all, F.normalize(ctx, dim=-1), frame_mask).T / cfg.temperature  # (B, K_g)
     vr_loss = 0.5 * (F.cross_entropy(q2v, targets) + F.cross_entropy(v2q, targets))
-    st, ed = model.head.span_logits(frame_similarity(q_span, ctx))  # (B, M) each
+    extra: dict[str, Tensor] = {}
+    frames = ctx
+    if cfg.mesm.enabled:
+        frames, mesm_losses = mesm_forward(model, batch, ctx, q_tok, cfg.mesm)  # (B, M, d)
+        extra.update({f"mesm_{k}": (getattr(cfg.mesm, k), v) for k, v in mesm_losses.items()})
+    st, ed = model.head.span_logits(frame_similarity(q_span, frames))  # (B, M) each
     span = batch["span"]  # (B, 2)
     span_loss = masked_ce(st, frame_mask, span[:, 0]) + masked_ce(ed, frame_mask, span[:, 1])
-    loss = vr_loss + cfg.span_weight * span_loss
+    if cfg.align.glob:  # E_L: the query's [CLS]; E_V: the mean of the video encoding
+        e_v = (ctx * frame_mask[..., None]).sum(1) / frame_mask.sum(1, keepdim=True).clamp(min=1)  # (B, d)
+        extra["align_glob"] = (cfg.align.glob, global_alignment_loss(q_tok[:, 0], e_v, cfg.align.margin))
+    if cfg.align.seg:  # section 4.4: the ground-truth moment is the true segment, no false language sample
+        true_frames = frames_in_span(span, ctx.shape[1])  # (B, M)
+        no_answer = torch.zeros(len(span), dtype=torch.long, device=ctx.device)
+        extra["align_seg"] = (cfg.align.seg, segment_alignment_loss(q_tok[:, :1], ctx, frame_mask, true_frames,
+                                                                      no_answer, cfg.align.margin))  # fmt: skip
+    loss = vr_loss + cfg.span_weight * span_loss + sum(w * v for w, v in extra.values())
     logs = {"vr_loss": float(vr_loss.detach()), "span_loss": float(span_loss.detach()), "loss": float(loss.detach())}
+    logs.update({f"{k}_loss": float(v.detach()) for k, (_, v) in extra.items()})
     return loss, logs
 
 
@@ -154,14 +222,37 @@ def encode_corpus(engine: Any, loader: Any, device: torch.device) -> EncodedCorp
 
 
 @torch.no_grad()
-def encode_query_set(engine: Any, batches: Any, device: torch.device) -> tuple[Tensor, Tensor]:
-    q_vr, q_span = [], []
+def encode_query_set(engine: Any, batches: Any, device: torch.device,
+                     tokens: bool = False) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:  # fmt: skip
+    """(q_vr (Q, d), q_span (Q, d), and with `tokens` the token encodings (Q, N, d) and mask (Q, N))."""
+    q_vr, q_span, q_tok, q_mask = [], [], [], []
     for batch in batches:
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        a, b = engine(encode_queries, batch)
+        a, b, t = engine(encode_query_tokens, batch)
         q_vr.append(a.float())
         q_span.append(b.float())
-    return torch.cat(q_vr), torch.cat(q_span)  # (Q, d), (Q, d)
+        if tokens:
+            q_tok.extend(t.float().unbind(0))
+            q_mask.extend(batch["attention_mask"].unbind(0))
+    if not tokens:
+        return torch.cat(q_vr), torch.cat(q_span), None, None
+    n = max(len(t) for t in q_tok)
+    tok = torch.stack([F.pad(t, (0, 0, 0, n - len(t))) for t in q_tok])  # (Q, N, d)
+    mask = torch.stack([F.pad(m, (0, n - len(m))) for m in q_mask])  # (Q, N)
+    return torch.cat(q_vr), torch.cat(q_span), tok, mask
+
+
+def mesm_pairs(model: nn.Module, pairs: dict) -> Tensor:
+    """MESM at inference for (query, video) pairs: the aligned feature F (P, M, d). The query's
+    other sentences are unknown in a corpus, so SS-MESM's token comes from the [MASK] alone."""
+    mesm, dtype = model.head.mesm, model.backbone.dtype
+    ctx, q_tok = pairs["ctx"].to(dtype), pairs["q_tok"].to(dtype)  # (P, M, d), (P, N, d)
+    frame_mask, q_mask = pairs["frame_mask"], pairs["q_mask"]  # (P, M), (P, N)
+    f_v_enh = mesm.enhance_video(ctx, q_tok, q_mask)  # (P, M, d)
+    if mesm.ss is not None:
+        gen = mesm.generate_token(None, None, ctx, frame_mask)  # (P, d)
+        q_tok, q_mask = torch.cat([gen[:, None], q_tok], 1), torch.cat([q_mask[:, :1], q_mask], 1)
+    return mesm.align(f_v_enh, q_tok, q_mask) * frame_mask[..., None]  # (P, M, d)
 
 
 def search_corpus_of(encoded: EncodedCorpus, video2idx: dict[str, int]) -> Corpus:
@@ -191,6 +282,13 @@ class MomentTask:
 
     cfg: MomentConfig
     uniform_frames: bool = False  # the time grid is kept
+    chunk: int = 256  # (query, video) pairs per MESM forward at inference
+
+    @property
+    def row_options(self) -> data.RowOptions:
+        mesm = self.cfg.mesm
+        return data.RowOptions(context_sentences=mesm.context_sentences if mesm.ss else 0,
+                               word_mask_ratio=mesm.mask_ratio if mesm.fw else 0.0)  # fmt: skip
 
     def build_head(self, backbone: nn.Module) -> nn.Module:
         return build_head(backbone, self.cfg)
@@ -216,7 +314,8 @@ class MomentTask:
                         split, cut, len(encoded.meta), dcfg.max_frames)  # fmt: skip
         batches = data.query_batches(queries, tokenizer, dcfg.max_query_len, dcfg.eval_batch_size,
                                      int(tokenizer.pad_token_id or 0))  # fmt: skip
-        q_vr, q_span = encode_query_set(engine, batches, device)
+        mesm_on = self.cfg.mesm.enabled
+        q_vr, q_span, q_tok, q_mask = encode_query_set(engine, batches, device, tokens=mesm_on)
         corpus = search_corpus_of(encoded, video2idx)
         ctx, mask = encoded.ctx, encoded.frame_mask  # (V, M, d), (V, M)
         ctx_n = F.normalize(ctx, dim=-1)  # (V, M, d)
@@ -226,9 +325,19 @@ class MomentTask:
             return video_scores(q_vr[q0:q1], ctx_n, mask) / self.cfg.temperature  # (Qc, V)
 
         def span_logits(q_rows: Tensor, v_rows: Tensor) -> tuple[Tensor, Tensor]:
-            x = (q_span[q_rows] @ ctx.view(v * m, d).T).view(-1, v, m) / math.sqrt(d)  # (Qc, V, M)
-            x = x.gather(1, v_rows[..., None].expand(-1, -1, m))  # (Qc, K, M)
-            return engine(lambda model, _: model.head.span_logits(x), {})
+            if mesm_on:  # the span head reads MESM's F of each (query, candidate video) pair
+                qi, vi = q_rows[:, None].expand_as(v_rows).flatten(), v_rows.flatten()  # (P,)
+                x = torch.cat([mesm_similarity(qi[i : i + self.chunk], vi[i : i + self.chunk])
+                               for i in range(0, len(qi), self.chunk)]).view(*v_rows.shape, m)  # fmt: skip
+            else:
+                x = (q_span[q_rows] @ ctx.view(v * m, d).T).view(-1, v, m) / math.sqrt(d)  # (Qc, V, M)
+                x = x.gather(1, v_rows[..., None].expand(-1, -1, m))  # (Qc, K, M)
+            return engine(lambda model, _: model.head.span_logits(x.to(model.backbone.dtype)), {})
+
+        def mesm_similarity(qi: Tensor, vi: Tensor) -> Tensor:
+            pairs = {"ctx": ctx[vi], "frame_mask": mask[vi], "q_tok": q_tok[qi], "q_mask": q_mask[qi]}
+            aligned = engine(mesm_pairs, pairs).float()  # (P, M, d)
+            return frame_similarity(q_span[qi], aligned)  # (P, M)
 
         vcmr, vr = search_corpus(vr_scores, span_logits, len(queries), corpus, self.cfg.search)
         sub: dict[str, Any] = {"video2idx": video2idx}

@@ -1,14 +1,14 @@
 """The finetune recipe shared by every entry script in finetune/ (tvr.py, didemo.py, how2r.py,
-msrvtt.py, activitynet.py): the dataset names a task, the task brings its head, loss and
+msrvtt.py, activitynet.py, how2qa.py): the dataset names a task, the task brings its head, loss and
 evaluation, and everything else is pretraining's (pretrain/session.py: engine, resume,
 preemption; pretrain/loop.py: the one training loop; MLflow tracking; checkpoints).
 
 Outputs under run.output_dir, besides checkpoints/, metrics.jsonl and the MLflow store:
 
-    eval/<split>/step_<N>/metrics.json     the official metrics (TVR's keys; R@K/MedR/MeanR)
+    eval/<split>/step_<N>/metrics.json     the official metrics (TVR's keys; R@K/MedR/MeanR; accuracy)
                           eval_info.json   counts: queries, videos, videos cut to max_frames, ...
                           <name>_<split>_submission.json   moment tasks: TVR's submission format
-                          predictions.json                 retrieval tasks: the best videos per query
+                          predictions.json                 retrieval: the best videos per query; QA: the scores
                           recall_at_k.png, similarity.png
     results.json                           the final evaluation's metrics and file paths
     <name>_submission.zip                  eval.codalab_zip: TVR's Codalab layout (val + test_public)
@@ -28,6 +28,7 @@ import torch
 from finetune import data, moment_eval, plots
 from finetune.model import InitConfig, TaskModel, load_backbone, resolve_checkpoint
 from finetune.moment import MomentConfig, MomentTask
+from finetune.qa import QAConfig, QATask
 from finetune.video_retrieval import VideoRetrievalConfig, VideoRetrievalTask
 from pretrain import checkpoint, config, runtime, session
 from pretrain.config import ConfigError
@@ -79,6 +80,11 @@ class RetrievalFinetuneConfig(FinetuneConfig):
     task: VideoRetrievalConfig = field(default_factory=VideoRetrievalConfig)
 
 
+@dataclass
+class QAFinetuneConfig(FinetuneConfig):
+    task: QAConfig = field(default_factory=QAConfig)
+
+
 # recipe name -> (config schema, task); the entry scripts only name their recipe
 RECIPES: dict[str, tuple[type, type]] = {
     "tvr": (MomentFinetuneConfig, MomentTask),
@@ -86,6 +92,7 @@ RECIPES: dict[str, tuple[type, type]] = {
     "how2r": (MomentFinetuneConfig, MomentTask),
     "msrvtt": (RetrievalFinetuneConfig, VideoRetrievalTask),
     "activitynet": (RetrievalFinetuneConfig, VideoRetrievalTask),
+    "how2qa": (QAFinetuneConfig, QATask),
 }
 
 
@@ -147,7 +154,8 @@ def finetune(name: str, cfg: FinetuneConfig, task: Any, rank: int, world: int) -
         load_backbone(backbone, cfg.init.checkpoint)
     run = session.Resumable(TaskModel(backbone, task.build_head(backbone)), cfg, rank, world)
     session.seed_everything(cfg.run.seed + rank)  # dropout differs across ranks
-    loader = data.build_loader(cfg.data, cfg.data.train_split, tokenizer, rank, world, True, task.uniform_frames)
+    loader = data.build_loader(cfg.data, cfg.data.train_split, tokenizer, rank, world, True, task.uniform_frames,
+                               task.row_options)  # fmt: skip
     state = run.restore(loader, rank, world)
     tracker = Tracker(cfg.tracking, run_dir, rank)
     state.mlflow_run_id = tracker.start(config.to_dict(cfg), config.to_yaml(cfg), state.mlflow_run_id)
@@ -212,7 +220,8 @@ class Reporter:
             files["predictions"] = os.path.join(folder, "predictions.json")
             dump(files["predictions"], out["predictions"])
         if "metrics" in out:
-            files.update(self.plots(out, folder))
+            title = f"{self.name} {split}"
+            files.update(self.task.plots(out, folder, title) if hasattr(self.task, "plots") else self.plots(out, folder))
         for path in files.values():
             self.tracker.log_artifact(path, os.path.relpath(folder, self.cfg.run.output_dir))
         return files

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from finetune import data
+from finetune.alignment import AlignConfig, global_alignment_loss
 from pretrain import metrics
 from pretrain.objectives.taco import Taco, TacoConfig, taco_pair_scores
 
@@ -29,10 +30,12 @@ TOP_PREDICTIONS = 100  # ranked videos written per query
 class VideoRetrievalConfig:
     taco: TacoConfig = field(default_factory=TacoConfig)
     rerank: int = 16  # best candidates per query re-scored with the fusion score (0: dual encoder only)
+    align: AlignConfig = field(default_factory=AlignConfig)  # multi-level alignment: the global level only
 
     def validate(self) -> None:
         if self.rerank < 0:
             raise ValueError(f"task.rerank must be >= 0, got {self.rerank}")
+        self.align.validate(segment_applicable=False)
 
 
 def encode_videos(model: nn.Module, batch: dict) -> Tensor:
@@ -52,6 +55,7 @@ class VideoRetrievalTask:
     cfg: VideoRetrievalConfig
     uniform_frames: bool = True  # frames sampled evenly over the video
     chunk: int = 64  # query-video pairs per fusion forward
+    row_options: data.RowOptions = data.RowOptions()
 
     def __post_init__(self) -> None:
         self.taco = Taco(self.cfg.taco)
@@ -60,7 +64,14 @@ class VideoRetrievalTask:
         return nn.Module()  # TACo's heads (the fusion score) are the backbone's
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
-        losses = self.taco(model.backbone, batch)
+        bb, frame_mask = model.backbone, batch["frame_mask"]  # (B, M)
+        x = bb.embed_video(batch["frames"], frame_mask)  # (B, M, d)
+        y = bb.embed_text(batch["input_ids"], batch["attention_mask"])  # (B, N, d)
+        losses = self.taco.from_embeddings(bb, batch, x, y)
+        if self.cfg.align.glob:  # E_L: the caption's [CLS], E_V: the mean frame (TACo's sentence-level pair)
+            e_v = (x * frame_mask[..., None]).sum(1) / frame_mask.sum(1, keepdim=True).clamp(min=1)  # (B, d)
+            losses["align_glob_loss"] = self.cfg.align.glob * global_alignment_loss(y[:, 0], e_v,
+                                                                                   self.cfg.align.margin)  # fmt: skip
         total = sum(losses.values())
         return total, {**{k: float(v.detach()) for k, v in losses.items()}, "loss": float(total.detach())}
 

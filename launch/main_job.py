@@ -5,7 +5,7 @@
 
 1. a synthetic corpus in the real public formats        -> <workdir>/raw
 2. its HowTo100M part -> clip shards (finetune videos excluded) -> <workdir>/shards/howto100m
-3. the five finetune sets -> per-split shards + gt/      -> <workdir>/shards/<dataset>
+3. the six finetune sets -> per-split shards + gt/       -> <workdir>/shards/<dataset>
 4. pretraining, all five objectives, DeepSpeed on `pretrain.ranks` CPU ranks, the last
    `pretrain.held_out_shards` HowTo100M shards held out   -> <workdir>/runs/pretrain
 5. zero-shot text-to-video retrieval on the held-out clips: pretrained vs random init
@@ -35,7 +35,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from data_prep import activitynet, didemo, how2r, howto100m, msrvtt, synthetic, tvr
+from data_prep import activitynet, didemo, how2qa, how2r, howto100m, msrvtt, synthetic, tvr
 from data_prep.errors import DataPrepError
 from launch import pipeline, report
 
@@ -92,7 +92,7 @@ def load_config(path: Path, overrides: list[str]) -> MainJobConfig:
     cfg = OmegaConf.to_object(cfg)
     if cfg.until not in STAGES:
         raise SystemExit(f"config error ({path}): until={cfg.until!r} is not one of {STAGES}")
-    unknown = sorted(set(cfg.finetune.recipes) - {"tvr", "didemo", "how2r", "msrvtt", "activitynet"})
+    unknown = sorted(set(cfg.finetune.recipes) - {"tvr", "didemo", "how2r", "how2qa", "msrvtt", "activitynet"})
     if unknown:
         raise SystemExit(f"config error ({path}): finetune.recipes has unknown recipes {unknown}")
     return cfg  # type: ignore[return-value]
@@ -113,9 +113,10 @@ def run_stage(n: int, total: int, name: str, out: Path, fn: Callable[[], None]) 
 
 
 def how2r_youtube_ids(how2r_dir: Path) -> list[str]:
-    """YouTube ids of How2R's clips: left out of pretraining (How2R comes from HowTo100M)."""
+    """YouTube ids of How2R's (or How2QA's) clips, in the CSVs' first column: left out of
+    pretraining (both come from HowTo100M)."""
     ids = set()
-    for path in sorted(how2r_dir.glob("how2r_*.csv")):
+    for path in sorted(how2r_dir.glob("how2*_*.csv")):
         with open(path, newline="", encoding="utf-8") as f:
             ids.update(row[0] for row in csv.reader(f) if row)
     return sorted(ids)
@@ -130,7 +131,8 @@ def make_corpus(cfg: MainJobConfig, raw: Path) -> None:
 def shard_howto100m(cfg: MainJobConfig, raw: Path, out: Path) -> None:
     exclude = out.parent / "howto100m_exclude.txt"
     exclude.parent.mkdir(parents=True, exist_ok=True)
-    exclude.write_text("".join(f"{v}\n" for v in how2r_youtube_ids(raw / "how2r")))
+    ids = sorted({*how2r_youtube_ids(raw / "how2r"), *how2r_youtube_ids(raw / "how2qa")})
+    exclude.write_text("".join(f"{v}\n" for v in ids))
     src = raw / "howto100m"
     howto100m.main([
         "--captions", str(src / "raw_caption.json"), "--csv", str(src / "HowTo100M_v1.csv"),
@@ -148,13 +150,16 @@ def finetune_argv(name: str, src: Path) -> list[str]:
         "didemo": ["--annotations", str(src)],
         "how2r": ["--train", str(src / "how2r_train.csv"), "--val", str(src / "how2r_val.csv"),
                   "--test", str(src / "how2r_test.csv"), "--captions", str(src / "raw_caption.json")],
+        "how2qa": ["--train", str(src / "how2qa_train.csv"), "--val", str(src / "how2qa_val.csv"),
+                   "--test", str(src / "how2qa_test.csv"), "--captions", str(src / "raw_caption.json")],
         "msrvtt": ["--annotations", str(src)],
         "activitynet": ["--annotations", str(src)],
     }
     return [*args[name], "--features", str(src / "features")]
 
 
-CONVERTERS = {"tvr": tvr, "didemo": didemo, "how2r": how2r, "msrvtt": msrvtt, "activitynet": activitynet}
+CONVERTERS = {"tvr": tvr, "didemo": didemo, "how2r": how2r, "how2qa": how2qa, "msrvtt": msrvtt,
+              "activitynet": activitynet}  # fmt: skip
 
 
 def shard_finetune_set(cfg: MainJobConfig, name: str, src: Path, out: Path) -> None:

@@ -217,6 +217,13 @@ def test_init_mismatch_names_the_tensors(pretrained, tmp_path) -> None:
 
 MOMENT = {"tvr": ("val", "test_public"), "didemo": ("val", None), "how2r": ("val", None)}
 RETRIEVAL = {"msrvtt": "test_1ka", "activitynet": "val_1"}
+# issue 7's options, each trained through a real entry script: MESM (every loss) on DiDeMo, multi-level
+# alignment (both levels) on How2R and (global only) on MSR-VTT; TVR and ActivityNet run without options
+OPTIONS = {"didemo": ("task.mesm.fw=1", "task.mesm.ss=1", "task.mesm.enc=1", "task.mesm.fw_layers=1",
+                      "task.mesm.ss_layers=1", "task.mesm.ma_layers=1"),
+           "how2r": ("task.align.glob=1", "task.align.seg=1"), "msrvtt": ("task.align.glob=1",)}
+OPTION_LOSSES = {"didemo": ("mesm_fw_loss", "mesm_ss_loss", "mesm_enc_loss"),
+                 "how2r": ("align_glob_loss", "align_seg_loss"), "msrvtt": ("align_glob_loss",)}  # fmt: skip
 
 
 @pytest.mark.slow
@@ -226,11 +233,12 @@ def test_moment_recipe_two_ranks(recipe, sets, pretrained, tmp_path) -> None:
     run_dir = tmp_path / recipe
     init = [f"init.checkpoint={pretrained / 'export'}"] if recipe == "tvr" else []
     proc = _finetune(recipe, 2, run_dir, f"data.root={sets / recipe}", "run.max_steps=2",
-                     "task.search.top_videos=4", *init)  # fmt: skip
+                     "task.search.top_videos=4", *init, *OPTIONS.get(recipe, ()))  # fmt: skip
     if init:
         assert "initialised" in proc.stderr
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["vr_loss"] + r["span_loss"]) for r in rows)
+    assert all(math.isfinite(r[k]) for r in rows for k in OPTION_LOSSES.get(recipe, ()))
     results = json.loads((run_dir / "results.json").read_text())
     folder = run_dir / "eval" / split / "step_00000002"
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -276,9 +284,10 @@ def test_retrieval_recipe_two_ranks(recipe, sets, tmp_path) -> None:
     split = RETRIEVAL[recipe]
     run_dir = tmp_path / recipe
     _finetune(recipe, 2, run_dir, f"data.root={sets / recipe}", "run.max_steps=2", "task.rerank=3",
-              "data.max_frames=8")  # fmt: skip
+              "data.max_frames=8", *OPTIONS.get(recipe, ()))  # fmt: skip
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["taco_l3_loss"]) for r in rows)
+    assert all(math.isfinite(r[k]) for r in rows for k in OPTION_LOSSES.get(recipe, ()))
     folder = run_dir / "eval" / split / "step_00000002"
     metrics = json.loads((folder / "metrics.json").read_text())
     assert set(metrics) == RETRIEVAL_KEYS and 0 <= metrics["R@1"] <= metrics["R@5"] <= metrics["R@10"] <= 100
@@ -289,6 +298,29 @@ def test_retrieval_recipe_two_ranks(recipe, sets, tmp_path) -> None:
     assert metrics["R@1"] == pytest.approx(100 * np.mean([r <= 1 for r in ranks]))  # the file agrees with the metrics
     assert metrics["MeanR"] == pytest.approx(np.mean(ranks))
     assert (folder / "similarity.png").exists() and (folder / "recall_at_k.png").exists()
+
+
+@pytest.mark.slow
+def test_how2qa_recipe_two_ranks_reports_accuracy(sets, pretrained, tmp_path) -> None:
+    run_dir = tmp_path / "how2qa"
+    _finetune("how2qa", 2, run_dir, f"data.root={sets / 'how2qa'}", "run.max_steps=3", "data.test_split=test",
+              f"init.checkpoint={pretrained / 'export'}", "task.align.glob=1")  # fmt: skip
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(math.isfinite(r["qa_loss"] + r["align_seg_loss"] + r["align_glob_loss"]) for r in rows)
+    folder = run_dir / "eval" / "val" / "step_00000003"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    predictions = json.loads((folder / "predictions.json").read_text())
+    queries = [json.loads(line) for line in (sets / "how2qa" / "val" / "queries.jsonl").read_text().splitlines()]
+    assert [p["query_id"] for p in predictions] == [q["query_id"] for q in queries]
+    assert all(len(p["scores"]) == 4 and p["prediction"] == int(np.argmax(p["scores"])) for p in predictions)
+    correct = [p["prediction"] == q["answer_idx"] for p, q in zip(predictions, queries)]
+    assert metrics == {"accuracy": round(100 * float(np.mean(correct)), 2), "questions": len(queries),
+                       "answered": len(queries)}  # fmt: skip
+    assert (folder / "similarity.png").stat().st_size > 1000
+    assert (run_dir / "eval" / "test" / "step_00000003" / "predictions.json").exists()
+    runs = _mlflow_runs(run_dir)
+    assert len(runs) == 1 and runs[0].data.metrics["val/accuracy"] == metrics["accuracy"]
 
 
 def test_config_errors_exit_2_naming_the_key(sets, tmp_path) -> None:
@@ -303,4 +335,6 @@ def test_config_errors_exit_2_naming_the_key(sets, tmp_path) -> None:
     for overrides, message in cases:
         proc = _finetune("tvr", 1, tmp_path / "bad", *overrides, expect=2)
         assert "config error" in proc.stderr and message in proc.stderr, (overrides, proc.stderr[-800:])
+    proc = _finetune("msrvtt", 1, tmp_path / "bad", f"data.root={sets / 'msrvtt'}", "task.align.seg=1", expect=2)
+    assert "config error" in proc.stderr and "task.align.seg must be 0 for video retrieval" in proc.stderr
     assert not (tmp_path / "bad").exists()

@@ -14,6 +14,7 @@ DATASETS = {
     "tvr": ["train", "val", "test_public"],
     "didemo": ["train", "val", "test"],
     "how2r": ["train", "val", "test"],
+    "how2qa": ["train", "val", "test"],
     "msrvtt": ["train_9k", "train_7k", "test_1ka"],
     "activitynet": ["train", "val_1", "val_2"],
 }

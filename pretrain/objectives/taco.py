@@ -278,6 +278,11 @@ class Taco:
         frame_mask, text_mask = batch["frame_mask"], batch["attention_mask"]  # (B, M), (B, N)
         x = model.embed_video(batch["frames"], frame_mask)  # (B, M, d)
         y = model.embed_text(batch["input_ids"], text_mask)  # (B, N, d)
+        return self.from_embeddings(model, batch, x, y)
+
+    def from_embeddings(self, model: VideoTextModel, batch: Batch, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """The losses from this rank's video tokens x (B, M, d) and text tokens y (B, N, d)."""
+        frame_mask, text_mask = batch["frame_mask"], batch["attention_mask"]  # (B, M), (B, N)
         x_all, y_all = gather_with_grad(x), gather_with_grad(y)  # (K_g, M, d), (K_g, N, d)
         frame_mask_all = gather_no_grad(frame_mask, pad_value=False)  # (K_g, M)
         text_mask_all = gather_no_grad(text_mask, pad_value=False)  # (K_g, N)
