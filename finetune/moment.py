@@ -31,6 +31,7 @@ from finetune.alignment import AlignConfig, frames_in_span, global_alignment_los
 from finetune.mesm import Mesm, MesmConfig, enc_loss, fw_loss, segment_features, sentence_features, ss_loss
 from finetune.moment_search import Corpus, SearchConfig, search_corpus, search_single
 from pretrain.distributed import gather_no_grad, gather_with_grad, local_rows
+from pretrain.objectives.gmr import masked_mean
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ class MomentConfig:
     temperature: float = 0.05  # tau of the VR InfoNCE; inference divides the VR scores by it too
     span_weight: float = 1.0  # weight of the start + end cross-entropy
     conv_kernel: int = 5  # frames seen by the start/end convolution
+    # query_vr starts as the identity (q_vr = the backbone's own [CLS], so the VR cosine starts in the space
+    # pretraining built) or random (a fresh nn.Linear, scrambling it). query_span stays random: tied to the same
+    # [CLS], the VR loss shapes the span head's similarity curve too (docs/evidence.md, issue 6)
+    vr_query_init: str = "identity"
     search: SearchConfig = field(default_factory=SearchConfig)
     align: AlignConfig = field(default_factory=AlignConfig)  # multi-level alignment (finetune/alignment.py)
     mesm: MesmConfig = field(default_factory=MesmConfig)  # MESM's aligner and losses (finetune/mesm.py)
@@ -51,17 +56,22 @@ class MomentConfig:
             raise ValueError(f"task.span_weight must be >= 0, got {self.span_weight}")
         if self.conv_kernel < 1 or self.conv_kernel % 2 == 0:
             raise ValueError(f"task.conv_kernel must be odd and >= 1, got {self.conv_kernel}")
+        if self.vr_query_init not in ("identity", "random"):
+            raise ValueError(f"task.vr_query_init must be identity or random, got {self.vr_query_init!r}")
         self.search.validate()
         self.align.validate()
         self.mesm.validate()
 
 
 class MomentHead(nn.Module):
-    def __init__(self, d: int, kernel: int, mesm: Mesm | None = None):
+    def __init__(self, d: int, kernel: int, mesm: Mesm | None = None, vr_query_init: str = "identity"):
         super().__init__()
         self.mesm = mesm  # MESM's aligner: the span head reads its output
         self.query_vr = nn.Linear(d, d)
         self.query_span = nn.Linear(d, d)
+        if vr_query_init == "identity":  # MomentConfig.vr_query_init
+            nn.init.eye_(self.query_vr.weight)
+            nn.init.zeros_(self.query_vr.bias)
         self.st_conv = nn.Conv1d(1, 1, kernel, padding=kernel // 2)
         self.ed_conv = nn.Conv1d(1, 1, kernel, padding=kernel // 2)
 
@@ -75,7 +85,7 @@ class MomentHead(nn.Module):
 def build_head(backbone: nn.Module, cfg: MomentConfig) -> MomentHead:
     mc = backbone.config
     mesm = Mesm(mc.hidden, mc.heads, mc.ffn, mc.dropout, cfg.mesm) if cfg.mesm.enabled else None
-    return MomentHead(mc.hidden, cfg.conv_kernel, mesm)
+    return MomentHead(mc.hidden, cfg.conv_kernel, mesm, cfg.vr_query_init)
 
 
 def encode_videos(model: nn.Module, batch: dict) -> Tensor:
@@ -178,7 +188,7 @@ def moment_loss(model: nn.Module, batch: dict, cfg: MomentConfig) -> tuple[Tenso
     span = batch["span"]  # (B, 2)
     span_loss = masked_ce(st, frame_mask, span[:, 0]) + masked_ce(ed, frame_mask, span[:, 1])
     if cfg.align.glob:  # E_L: the query's [CLS]; E_V: the mean of the video encoding
-        e_v = (ctx * frame_mask[..., None]).sum(1) / frame_mask.sum(1, keepdim=True).clamp(min=1)  # (B, d)
+        e_v = masked_mean(ctx, frame_mask)  # (B, d)
         extra["align_glob"] = (cfg.align.glob, global_alignment_loss(q_tok[:, 0], e_v, cfg.align.margin))
     if cfg.align.seg:  # section 4.4: the ground-truth moment is the true segment, no false language sample
         true_frames = frames_in_span(span, ctx.shape[1])  # (B, M)

@@ -33,6 +33,7 @@ from finetune import data, plots
 from finetune.alignment import AlignConfig, frames_in_span, global_alignment_loss, segment_alignment_loss
 from finetune.moment import encode_corpus, encode_videos
 from pretrain import text
+from pretrain.objectives.gmr import masked_mean
 
 
 @dataclass
@@ -75,7 +76,7 @@ def qa_loss(model: nn.Module, batch: dict, cfg: QAConfig) -> tuple[Tensor, dict[
     task_loss = F.cross_entropy(logits.float(), target)
     loss, logs = task_loss, {"qa_loss": float(task_loss.detach())}
     if cfg.align.glob:
-        e_v = (ctx * frame_mask[..., None]).sum(1) / frame_mask.sum(1, keepdim=True).clamp(min=1)  # (B, d)
+        e_v = masked_mean(ctx, frame_mask)  # (B, d)
         true_lang = lang[torch.arange(len(target)), target]  # (B, d)
         glob = global_alignment_loss(true_lang, e_v, cfg.align.margin)
         loss, logs["align_glob_loss"] = loss + cfg.align.glob * glob, float(glob.detach())
@@ -150,9 +151,9 @@ class QATask:
             for i, scores in zip(rows, logits.float().tolist()):
                 preds[i]["prediction"], preds[i]["scores"] = int(torch.tensor(scores).argmax()), scores
             sims.extend(sim.float().unbind(0))
+        info = {"videos": len(encoded.meta), "videos_cut": sum(m["frames"] > dcfg.max_frames for m in encoded.meta)}
         out: dict[str, Any] = {"predictions": preds, "gt_rows": gt_rows, "queries": queries, "similarity": sims[:4],
-                               "info": {"videos": len(encoded.meta),
-                                        "videos_cut": sum(m["frames"] > dcfg.max_frames for m in encoded.meta)}}  # fmt: skip
+                               "info": info}  # fmt: skip
         if with_gt:
             out["metrics"] = accuracy(preds, queries)
         engine.train(was_training)

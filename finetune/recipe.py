@@ -220,8 +220,8 @@ class Reporter:
             files["predictions"] = os.path.join(folder, "predictions.json")
             dump(files["predictions"], out["predictions"])
         if "metrics" in out:
-            title = f"{self.name} {split}"
-            files.update(self.task.plots(out, folder, title) if hasattr(self.task, "plots") else self.plots(out, folder))
+            task_plots = getattr(self.task, "plots", None)  # a task's own plots, else recall and similarity
+            files.update(task_plots(out, folder, f"{self.name} {split}") if task_plots else self.plots(out, folder))
         for path in files.values():
             self.tracker.log_artifact(path, os.path.relpath(folder, self.cfg.run.output_dir))
         return files

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from finetune import data
 from finetune.alignment import AlignConfig, global_alignment_loss
 from pretrain import metrics
+from pretrain.objectives.gmr import masked_mean
 from pretrain.objectives.taco import Taco, TacoConfig, taco_pair_scores
 
 TOP_PREDICTIONS = 100  # ranked videos written per query
@@ -69,7 +70,7 @@ class VideoRetrievalTask:
         y = bb.embed_text(batch["input_ids"], batch["attention_mask"])  # (B, N, d)
         losses = self.taco.from_embeddings(bb, batch, x, y)
         if self.cfg.align.glob:  # E_L: the caption's [CLS], E_V: the mean frame (TACo's sentence-level pair)
-            e_v = (x * frame_mask[..., None]).sum(1) / frame_mask.sum(1, keepdim=True).clamp(min=1)  # (B, d)
+            e_v = masked_mean(x, frame_mask)  # (B, d)
             losses["align_glob_loss"] = self.cfg.align.glob * global_alignment_loss(y[:, 0], e_v,
                                                                                    self.cfg.align.margin)  # fmt: skip
         total = sum(losses.values())

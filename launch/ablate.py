@@ -1,22 +1,37 @@
-"""Ablations in the shape of the papers' tables: FEEL Table 5 (which pretraining objectives) and
-TACo Table 3 (which losses, cascade or random negatives), each variant pretrained and finetuned.
+"""Ablations in the shape of the papers' tables. Two kinds of suite:
 
-    python -m launch.ablate --suite feel|taco [--config configs/ablate.yaml] [key=value ...]
-    python -m launch.ablate --suite taco --slurm [key=value ...]    # one Slurm job chain per variant
+- pretraining suites, each variant pretrained and finetuned: FEEL Table 5 (`feel`: which
+  pretraining objectives) and TACo Table 3 (`taco`: which losses, cascade or random negatives);
+  they finetune the config's `finetune.recipes`;
+- finetune-only suites, whose variants share ONE pretraining (the main job's, `pretrain`, run once
+  per suite) and differ only in finetune overrides: the multi-level alignment paper's Tables 2
+  and 4 (`align`: no / global / segment / both alignment losses; How2QA and How2R) and MESM's main
+  ablation (`mesm`: XML head, MA + L_enc, +FW-MESM, +SS-MESM, both; DiDeMo and TVR). Their
+  recipes are the suite's own: `finetune.recipes` does not apply to them.
+
+    python -m launch.ablate --suite feel|taco|align|mesm [--config configs/ablate.yaml] [key=value ...]
+    python -m launch.ablate --suite taco --slurm [key=value ...]    # Slurm job chains
     python -m launch.ablate --suite taco --collect [key=value ...]  # the table + MLflow from the run dirs
 
-Each variant: pretraining (pretrain/train.py, the variant's objective overrides on top of
-`pretrain`) -> its export finetuned by every `finetune.recipes`, once per seed -> zero-shot
-text-to-video retrieval of the export on the held-out HowTo100M shards. The data are the main
-job's shards, made by its data stages when missing. Locally the variants run in turn
-(`finetune.parallel` finetunes at a time); a finished run is reused on a re-run. With --slurm
-each variant is a pretraining job and finetuning jobs after it (afterok), and one collect job
-after all of them runs this module with --collect.
+A pretraining suite's variant: pretraining (pretrain/train.py, the variant's objective overrides
+on top of `pretrain`) -> its export finetuned by every recipe, once per seed -> zero-shot
+text-to-video retrieval of the export on the held-out HowTo100M shards. A finetune-only suite:
+the one pretraining and its zero-shot retrieval, then per variant every recipe x seed finetuned
+from that export with the variant's finetune overrides (after `finetune.overrides` and
+`finetune.recipe_overrides`). The data are the main job's shards, made by its data stages when
+missing. Locally the variants run in turn (`finetune.parallel` finetunes at a time; for a
+finetune-only suite, after its pretraining, all variants' finetunes `finetune.parallel` at a
+time); a finished run is reused on a re-run. With --slurm each pretraining is a job and each finetune a job after
+the pretraining it starts from (afterok): per variant for a pretraining suite, one shared
+pretraining job for a finetune-only suite; one collect job after all of them runs this module
+with --collect.
 
-Under <workdir>: <suite>/<variant>/{pretrain, finetune/<recipe>-seed<s>, zeroshot.json},
-ablation_<suite>.md (the table) and mlflow.db: the run "ablation <suite>", one nested run per
-variant (its table row as metrics, its settings as params and tags), and the variant's training
-runs nested under that. The run ids are kept in <suite>/mlflow_runs.json: a re-run continues them.
+Under <workdir>: <suite>/<variant>/{pretrain, finetune/<recipe>-seed<s>, zeroshot.json} for a
+pretraining suite, <suite>/{pretrain, zeroshot.json} and <suite>/<variant>/finetune/<recipe>-seed<s>
+for a finetune-only one; ablation_<suite>.md (the table) and mlflow.db: the run "ablation <suite>",
+one nested run per variant (its table row as metrics, its settings as params and tags), and the
+variant's training runs nested under that; a shared pretraining run is nested under the suite's
+run. The run ids are kept in <suite>/mlflow_runs.json: a re-run continues them.
 """
 
 from __future__ import annotations
@@ -50,27 +65,71 @@ class Variant:
 
     label: str  # the row as the paper names it
     key: str  # its folder and MLflow run name
-    overrides: tuple[str, ...]  # key=value for pretrain/train.py, after `pretrain.overrides`
+    overrides: tuple[str, ...] = ()  # key=value for pretrain/train.py, after `pretrain.overrides`
+    finetune: tuple[str, ...] = ()  # key=value for every finetune recipe, after `finetune.(recipe_)overrides`
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A paper's ablation table: its rows, and whether each row pretrains or all share one pretraining."""
+
+    title: str
+    variants: tuple[Variant, ...]
+    finetune_only: bool = False  # True: one shared pretraining (`pretrain`), variants differ in finetuning only
+    recipes: tuple[str, ...] = ()  # the suite's own finetune recipes; (): the config's `finetune.recipes`
+    # recipe -> the paper's columns (labels of report.METRICS), over PAPER_COLUMNS
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        keys = [v.key for v in self.variants]
+        assert len(set(keys)) == len(keys) and "pretrain" not in keys, keys  # <suite>/pretrain is the shared one
+        assert not (self.finetune_only and any(v.overrides for v in self.variants)), "finetune-only: no pretraining"
+        assert self.recipes or not self.finetune_only, "a finetune-only suite names its recipes"
 
 
 TACO = "objectives.enabled=[taco]"
-SUITES: dict[str, tuple[Variant, ...]] = {
-    "feel": (  # FEEL Table 5: objectives added one at a time
+ALIGN = lambda glob, seg: (f"task.align.glob={glob}", f"task.align.seg={seg}")  # lambda1, lambda2 of eq. 1
+MESM = lambda fw, ss, enc: (f"task.mesm.fw={fw}", f"task.mesm.ss={ss}", f"task.mesm.enc={enc}")
+SUITES: dict[str, Suite] = {
+    # FEEL Table 5: objectives added one at a time
+    "feel": Suite("FEEL Table 5: pretraining objectives", (
         Variant("MLM+MFM", "mlm-mfm", ("objectives.enabled=[mlm,mfm_nce]",)),
         Variant("+GMR", "gmr", ("objectives.enabled=[mlm,mfm_nce,gmr]",)),
         Variant("+GMR+CS", "gmr-cs", ("objectives.enabled=[mlm,mfm_nce,gmr,self_contrast]",)),
-    ),
-    "taco": (  # TACo Table 3: a lambda of 0 switches its loss off; cascade=false: random L3 negatives
+    )),
+    # TACo Table 3: a lambda of 0 switches its loss off; cascade=false: random L3 negatives
+    "taco": Suite("TACo Table 3: losses and cascade sampling", (
         Variant("L1", "l1", (TACO, "objectives.taco.lambda2=0", "objectives.taco.lambda3=0")),
         Variant("L3", "l3", (TACO, "objectives.taco.lambda1=0", "objectives.taco.lambda2=0",
                              "objectives.taco.cascade=false")),
         Variant("L1+L3", "l1-l3", (TACO, "objectives.taco.lambda2=0", "objectives.taco.cascade=false")),
         Variant("+cascade", "cascade", (TACO, "objectives.taco.lambda2=0", "objectives.taco.cascade=true")),
         Variant("+L2", "full", (TACO, "objectives.taco.cascade=true")),
-    ),
+    )),
+    # Multi-level alignment, Table 2 (How2QA accuracy) and Table 4 (How2R, tIoU 0.5 / 0.7): eq. 1's
+    # lambda1 (global) and lambda2 (segment), each 0 (off) or 1; both set in every row, as How2QA's
+    # recipe defaults to its best setting (glob=0, seg=1).
+    "align": Suite("Multi-level alignment Tables 2 and 4: alignment losses", (
+        Variant("None", "none", finetune=ALIGN(0, 0)),
+        Variant("Global", "global", finetune=ALIGN(1, 0)),
+        Variant("Segment", "segment", finetune=ALIGN(0, 1)),
+        Variant("Global + Segment", "global-segment", finetune=ALIGN(1, 1)),
+    ), finetune_only=True, recipes=("how2qa", "how2r"),
+        columns={"how2qa": ("accuracy",), "how2r": ("VCMR 0.5-r1", "VCMR 0.7-r1")}),
+    # MESM's main ablation (Table 5 of mesm_modal_enhanced.txt; the spirit of its Tables 4/6): the moment
+    # head alone, then the Modality Aligner with L_enc, FW-MESM and SS-MESM on top; a weight > 0
+    # switches a part on (any > 0: the aligner), every weight set in every row.
+    "mesm": Suite("MESM main ablation: FW-MESM, SS-MESM and L_enc", (
+        Variant("XML head", "xml", finetune=MESM(0, 0, 0)),
+        Variant("MA + L_enc", "ma-enc", finetune=MESM(0, 0, 1)),
+        Variant("+FW-MESM", "fw", finetune=MESM(1, 0, 1)),
+        Variant("+SS-MESM", "ss", finetune=MESM(0, 1, 1)),
+        Variant("+FW+SS", "fw-ss", finetune=MESM(1, 1, 1)),
+    ), finetune_only=True, recipes=("didemo", "tvr"),
+        columns={"tvr": ("VCMR 0.5-r1", "VCMR 0.7-r1", "VR r1", "SVMR 0.5-r1")}),
 }  # fmt: skip
-TITLES = {"feel": "FEEL Table 5: pretraining objectives", "taco": "TACo Table 3: losses and cascade sampling"}
-RECIPE_TITLES = {"tvr": "TVR", "msrvtt": "MSR-VTT", "didemo": "DiDeMo", "how2r": "How2R", "activitynet": "ActivityNet"}
+RECIPE_TITLES = {"tvr": "TVR", "msrvtt": "MSR-VTT", "didemo": "DiDeMo", "how2r": "How2R", "activitynet": "ActivityNet",
+                 "how2qa": "How2QA"}  # fmt: skip
 # The papers' columns; any other recipe shows every column of report.METRICS.
 PAPER_COLUMNS = {"tvr": ("VCMR 0.5-r1", "VCMR 0.7-r1", "VR r1"), "msrvtt": ("R@1", "R@5", "R@10")}
 ZERO_SHOT = "zero-shot R@10"
@@ -126,15 +185,34 @@ def load_config(path: Path, overrides: list[str]) -> AblateConfig:
     return OmegaConf.to_object(cfg)  # type: ignore[return-value]
 
 
+def suite_recipes(cfg: AblateConfig, suite: str) -> list[str]:
+    """The finetune recipes of a suite: its own (finetune-only suites), else `finetune.recipes`."""
+    own = SUITES[suite].recipes
+    return list(own) if own else list(cfg.finetune.recipes)
+
+
 def validate(cfg: AblateConfig, suite: str) -> None:
     """Unknown variant keys or recipes are errors that list the known ones."""
-    keys = [v.key for v in SUITES[suite]]
+    keys = [v.key for v in SUITES[suite].variants]
     for key in cfg.variants:
         if key not in keys:
             raise SystemExit(f"config error: variants: no variant {key!r} in suite {suite!r} (variants: {keys})")
-    for recipe in cfg.finetune.recipes:
+    for recipe in suite_recipes(cfg, suite):
         if recipe not in report.METRICS:
             raise SystemExit(f"config error: finetune.recipes: unknown {recipe!r} (recipes: {list(report.METRICS)})")
+
+
+@dataclass(frozen=True)
+class Pretraining:
+    """A pretraining of the suite: a variant's own, or the one every variant of a finetune-only suite shares."""
+
+    name: str  # its MLflow run name: <variant>/pretrain, or pretrain when shared
+    folder: Path  # holds pretrain/ (the run, its export) and zeroshot.json
+    overrides: tuple[str, ...]  # after `pretrain.overrides`
+
+    @property
+    def export(self) -> Path:
+        return self.folder / "pretrain" / "export"
 
 
 @dataclass(frozen=True)
@@ -147,8 +225,16 @@ class Plan:
     shards: Path  # holds howto100m/ and one folder per finetune recipe
 
     @property
+    def spec(self) -> Suite:
+        return SUITES[self.suite]
+
+    @property
     def variants(self) -> list[Variant]:
-        return [v for v in SUITES[self.suite] if not self.cfg.variants or v.key in self.cfg.variants]
+        return [v for v in self.spec.variants if not self.cfg.variants or v.key in self.cfg.variants]
+
+    @property
+    def recipes(self) -> list[str]:
+        return suite_recipes(self.cfg, self.suite)
 
     @property
     def suite_dir(self) -> Path:
@@ -161,6 +247,15 @@ class Plan:
     @property
     def uri(self) -> str:
         return self.cfg.tracking_uri or f"sqlite:///{self.work / 'mlflow.db'}"
+
+    @property
+    def shared(self) -> Pretraining:
+        """The pretraining every variant of a finetune-only suite starts from: `pretrain` as it is."""
+        return Pretraining("pretrain", self.suite_dir, ())
+
+    def pretraining(self, v: Variant) -> Pretraining:
+        """The pretraining whose export the variant finetunes."""
+        return self.shared if self.spec.finetune_only else Pretraining(f"{v.key}/pretrain", self.dir(v), v.overrides)
 
     def dir(self, v: Variant) -> Path:
         return self.suite_dir / v.key
@@ -183,7 +278,7 @@ def make_plan(cfg: AblateConfig, suite: str) -> Plan:
 
 def make_shards(plan: Plan) -> None:
     """The main job's data stages that the ablation needs, each skipped when the main job (or an
-    earlier ablation) finished it: the corpus, HowTo100M and the finetune recipes' sets."""
+    earlier ablation) finished it: the corpus, HowTo100M and the suite's finetune recipes' sets."""
     if plan.cfg.shards:  # given explicitly: used as it is
         return
     main = main_config(plan.cfg)
@@ -193,21 +288,22 @@ def make_shards(plan: Plan) -> None:
         ("HowTo100M -> shards", shards / "howto100m",
          partial(main_job.shard_howto100m, main, raw, shards / "howto100m")),
         *[(f"{r} -> shards", shards / r, partial(main_job.shard_finetune_set, main, r, raw / r, shards / r))
-          for r in plan.cfg.finetune.recipes],
+          for r in plan.recipes],
     ]  # fmt: skip
     for i, (name, out, fn) in enumerate(stages, 1):
         main_job.run_stage(i, len(stages), name, out, fn)
 
 
-def pretrain_run(plan: Plan, v: Variant, parent: str | None) -> pipeline.Run:
-    """The main job's pretraining with the variant's objective overrides last (they win)."""
+def pretrain_run(plan: Plan, pre: Pretraining, parent: str | None) -> pipeline.Run:
+    """The main job's pretraining with the pretraining's own overrides last (they win): a variant's
+    objectives, none for the shared pretraining of a finetune-only suite."""
     p, folder = plan.cfg.pretrain, plan.shards / "howto100m"
     train, held_out = plan.held_out()
-    overrides = [*p.overrides, *v.overrides, f"run.max_steps={p.steps}", f"run.seed={p.seed}",
+    overrides = [*p.overrides, *pre.overrides, f"run.max_steps={p.steps}", f"run.seed={p.seed}",
                  f"data.train=[{','.join(train)}]", f"data.toi_df={folder / 'toi_df.json'}",
-                 f"eval.held_out={held_out}", *plan.tracking(f"{v.key}/pretrain", parent)]  # fmt: skip
-    return pipeline.Run(f"{v.key}/pretrain", "pretrain/train.py", p.config, plan.dir(v) / "pretrain", overrides,
-                        p.ranks, p.threads)  # fmt: skip
+                 f"eval.held_out={held_out}", *plan.tracking(pre.name, parent)]  # fmt: skip
+    return pipeline.Run(pre.name, "pretrain/train.py", p.config, pre.folder / "pretrain", overrides, p.ranks,
+                        p.threads)  # fmt: skip
 
 
 def finetune_dir(plan: Plan, v: Variant, recipe: str, seed: int) -> Path:
@@ -215,54 +311,59 @@ def finetune_dir(plan: Plan, v: Variant, recipe: str, seed: int) -> Path:
 
 
 def finetune_runs(plan: Plan, v: Variant, parent: str | None) -> list[pipeline.Run]:
-    """Every recipe x seed, initialised from the variant's export."""
-    f, export = plan.cfg.finetune, plan.dir(v) / "pretrain" / "export"
+    """Every recipe x seed, initialised from the export of the variant's pretraining, the variant's
+    finetune overrides after the config's (they win)."""
+    f, export = plan.cfg.finetune, plan.pretraining(v).export
     runs = []
-    for recipe in f.recipes:
+    for recipe in plan.recipes:
         for seed in f.seeds:
             name = f"{v.key}/{recipe}-seed{seed}"
-            overrides = [*f.overrides, *f.recipe_overrides.get(recipe, []), f"data.root={plan.shards / recipe}",
-                         f"run.max_steps={f.steps}", f"run.seed={seed}", f"data.seed={seed}",
-                         f"data.toi_df={plan.shards / 'howto100m' / 'toi_df.json'}", f"init.checkpoint={export}",
-                         *plan.tracking(name, parent)]  # fmt: skip
+            overrides = [*f.overrides, *f.recipe_overrides.get(recipe, []), *v.finetune,
+                         f"data.root={plan.shards / recipe}", f"run.max_steps={f.steps}", f"run.seed={seed}",
+                         f"data.seed={seed}", f"data.toi_df={plan.shards / 'howto100m' / 'toi_df.json'}",
+                         f"init.checkpoint={export}", *plan.tracking(name, parent)]  # fmt: skip
             runs.append(pipeline.Run(name, f"finetune/{recipe}.py", f"configs/finetune/{recipe}.yaml",
                                      finetune_dir(plan, v, recipe, seed), overrides))  # fmt: skip
     return runs
 
 
-def zero_shot(plan: Plan, v: Variant) -> dict[str, float]:
-    """Zero-shot retrieval of the variant's export on the held-out shards, kept in zeroshot.json."""
-    path = plan.dir(v) / "zeroshot.json"
+def zero_shot(plan: Plan, pre: Pretraining) -> dict[str, float]:
+    """Zero-shot retrieval of a pretraining's export on the held-out shards, kept in zeroshot.json."""
+    path = pre.folder / "zeroshot.json"
     if not path.exists():
-        export = plan.dir(v) / "pretrain" / "export"
-        if not (export / "model.safetensors").exists():
-            raise RuntimeError(f"{v.key}: no pretraining export at {export}")
-        path.write_text(json.dumps(pipeline.zero_shot(export, export / "config.yaml", [plan.held_out()[1]]), indent=1))
+        if not (pre.export / "model.safetensors").exists():
+            raise RuntimeError(f"{pre.name}: no pretraining export at {pre.export}")
+        path.write_text(json.dumps(pipeline.zero_shot(pre.export, pre.export / "config.yaml", [plan.held_out()[1]]),
+                                   indent=1))  # fmt: skip
     return pipeline.read_json(path)
 
 
-def recipe_columns(recipe: str) -> list[tuple[str, tuple[str, ...]]]:
+def recipe_columns(plan: Plan, recipe: str) -> list[tuple[str, tuple[str, ...]]]:
     """(column header, path in metrics.json) of a recipe's columns."""
-    wanted = PAPER_COLUMNS.get(recipe)
+    wanted = plan.spec.columns.get(recipe, PAPER_COLUMNS.get(recipe))
     return [(f"{RECIPE_TITLES[recipe]} {label}", path) for label, path, _ in report.METRICS[recipe]
             if wanted is None or label in wanted]  # fmt: skip
 
 
 def columns(plan: Plan) -> list[str]:
-    return [ZERO_SHOT, *(header for r in plan.cfg.finetune.recipes for header, _ in recipe_columns(r))]
+    """The table's columns: a finetune-only suite's rows share one pretraining, so no zero-shot column."""
+    finetuned = [header for r in plan.recipes for header, _ in recipe_columns(plan, r)]
+    return finetuned if plan.spec.finetune_only else [ZERO_SHOT, *finetuned]
 
 
 def variant_results(plan: Plan, v: Variant) -> dict[str, tuple[float, float]]:
     """Column -> (mean, sample std over seeds) from the variant's finished run directories."""
-    out = {ZERO_SHOT: (zero_shot(plan, v)["zeroshot_t2v_R@10"], 0.0)}
-    for recipe in plan.cfg.finetune.recipes:
+    out: dict[str, tuple[float, float]] = {}
+    if not plan.spec.finetune_only:  # the variant's own pretraining
+        out[ZERO_SHOT] = (zero_shot(plan, plan.pretraining(v))["zeroshot_t2v_R@10"], 0.0)
+    for recipe in plan.recipes:
         runs = []
         for seed in plan.cfg.finetune.seeds:
             path = finetune_dir(plan, v, recipe, seed) / "results.json"
             if not path.exists():
                 raise RuntimeError(f"{v.key}: finetuning run not finished, no {path}")
             runs.append(pipeline.read_json(path)["metrics"])
-        for header, metric_path in recipe_columns(recipe):
+        for header, metric_path in recipe_columns(plan, recipe):
             out[header] = report.mean_std([report.metric(r, metric_path) for r in runs])
     return out
 
@@ -273,11 +374,21 @@ def markdown(plan: Plan, results: dict[Variant, dict[str, tuple[float, float]]])
     cell = lambda col, m, s: f"{m:.2f} ± {s:.2f}" if seeds > 1 and col != ZERO_SHOT else f"{m:.2f}"
     rows = [["variant", *columns(plan)]]
     rows += [[v.label, *(cell(c, *res[c]) for c in columns(plan))] for v, res in results.items()]
-    return (f"# Ablation: {TITLES[plan.suite]}\n\nEach variant pretrained {p.steps} steps ({p.config}) on "
-            f"{plan.shards / 'howto100m'}, then finetuned {f.steps} steps from its export, seeds "
-            f"{list(f.seeds)}{' (mean ± sample std)' if seeds > 1 else ''}. Zero-shot: text-to-video R@10 on the "
-            f"{p.held_out_shards} held-out shards. Numbers as the runs gave them, nothing tuned.\n\n"
-            f"{report.table(rows)}\n")  # fmt: skip
+    std = " (mean ± sample std)" if seeds > 1 else ""
+    if not plan.spec.finetune_only:
+        return (f"# Ablation: {plan.spec.title}\n\nEach variant pretrained {p.steps} steps ({p.config}) on "
+                f"{plan.shards / 'howto100m'}, then finetuned {f.steps} steps from its export, seeds "
+                f"{list(f.seeds)}{std}. Zero-shot: text-to-video R@10 on the "
+                f"{p.held_out_shards} held-out shards. Numbers as the runs gave them, nothing tuned.\n\n"
+                f"{report.table(rows)}\n")  # fmt: skip
+    zs = zero_shot(plan, plan.shared)["zeroshot_t2v_R@10"]
+    overrides = "\n".join(f"- {v.label}: `{' '.join(v.finetune)}`" for v in results)
+    return (f"# Ablation: {plan.spec.title}\n\nEvery row shares one pretraining, {p.steps} steps ({p.config}) on "
+            f"{plan.shards / 'howto100m'} ({plan.shared.folder / 'pretrain'}; zero-shot text-to-video R@10 "
+            f"{zs:.2f} on the {p.held_out_shards} held-out shards); each row finetuned {f.steps} steps from its "
+            f"export with the row's finetune overrides, seeds {list(f.seeds)}{std}. Numbers as the runs gave "
+            f"them, nothing tuned.\n\n{report.table(rows)}\n\nEach row's finetune overrides (after "
+            f"`finetune.overrides` and `finetune.recipe_overrides`):\n\n{overrides}\n")  # fmt: skip
 
 
 def tracker(plan: Plan, name: str, run_dir: Path, parent: str | None = None) -> Tracker:
@@ -299,9 +410,11 @@ def create_run(plan: Plan, name: str, run_dir: Path, params: dict[str, Any], tag
 
 def variant_params(plan: Plan, v: Variant) -> dict[str, Any]:
     p, f = plan.cfg.pretrain, plan.cfg.finetune
-    return {"suite": plan.suite, "variant": v.label, "overrides": " ".join(v.overrides), "pretrain_steps": p.steps,
-            "pretrain_config": p.config, "finetune_steps": f.steps, "recipes": ",".join(f.recipes),
-            "seeds": ",".join(map(str, f.seeds))}  # fmt: skip
+    own = {"overrides": " ".join(v.overrides)} if v.overrides else {}  # the pretraining's
+    own |= {"finetune_overrides": " ".join(v.finetune)} if v.finetune else {}
+    return {"suite": plan.suite, "variant": v.label, **own, "pretrain_steps": p.steps, "pretrain_config": p.config,
+            "pretraining": "shared" if plan.spec.finetune_only else "own", "finetune_steps": f.steps,
+            "recipes": ",".join(plan.recipes), "seeds": ",".join(map(str, f.seeds))}  # fmt: skip
 
 
 def run_ids(plan: Plan) -> dict[str, str]:
@@ -323,7 +436,8 @@ def run_ids(plan: Plan) -> dict[str, str]:
 
 def finish_runs(plan: Plan, ids: dict[str, str], status: str,
                 results: dict[Variant, dict[str, tuple[float, float]]] | None = None) -> None:  # fmt: skip
-    """Close the variant runs (with their row as metrics) and the parent run (with the table)."""
+    """Close the variant runs (with their row as metrics) and the parent run (with the table, and
+    the shared pretraining's zero-shot R@10 for a finetune-only suite)."""
     for v in plan.variants:
         t = tracker(plan, v.label, plan.dir(v))
         t.start({}, "", ids[v.key])
@@ -333,6 +447,8 @@ def finish_runs(plan: Plan, ids: dict[str, str], status: str,
     t = tracker(plan, f"ablation {plan.suite}", plan.suite_dir)
     t.start({}, "", ids[plan.suite])
     if results is not None:
+        if plan.spec.finetune_only:
+            t.log_metrics({ZERO_SHOT: zero_shot(plan, plan.shared)["zeroshot_t2v_R@10"]}, step=0)
         t.log_artifact(str(plan.table_path))
     t.end(status)
 
@@ -346,14 +462,30 @@ def collect(plan: Plan, ids: dict[str, str]) -> str:
     return text
 
 
+def say_zero_shot(plan: Plan, pre: Pretraining, label: str) -> None:
+    pipeline.say(f"  [{label}] zero-shot R@10 {zero_shot(plan, pre)['zeroshot_t2v_R@10']:.1f}")
+
+
 def run_local(plan: Plan, ids: dict[str, str]) -> None:
-    """The variants in turn: pretraining, its finetunes (`finetune.parallel` at a time), zero-shot."""
+    """Pretraining suites: the variants in turn, each its pretraining, its finetunes (`finetune.parallel`
+    at a time) and zero-shot. Finetune-only suites: the shared pretraining and its zero-shot, then every
+    variant's finetunes, `finetune.parallel` at a time."""
+    n = len(plan.variants)
+    if plan.spec.finetune_only:
+        pipeline.say(f"shared pretraining: {plan.shared.folder / 'pretrain'}")
+        pretrain_run(plan, plan.shared, ids[plan.suite]).execute()
+        say_zero_shot(plan, plan.shared, plan.shared.name)
+        for i, v in enumerate(plan.variants, 1):
+            pipeline.say(f"[{i}/{n}] {v.label}: {' '.join(v.finetune)}")
+        runs = [run for v in plan.variants for run in finetune_runs(plan, v, ids[v.key])]
+        pipeline.say(f"{len(runs)} finetunes of its export, {plan.cfg.finetune.parallel} at a time")
+        pipeline.run_all(runs, plan.cfg.finetune.parallel)
+        return
     for i, v in enumerate(plan.variants, 1):
-        pipeline.say(f"[{i}/{len(plan.variants)}] {v.label}: {' '.join(v.overrides)}")
-        pretrain_run(plan, v, ids[v.key]).execute()
+        pipeline.say(f"[{i}/{n}] {v.label}: {' '.join(v.overrides)}")
+        pretrain_run(plan, plan.pretraining(v), ids[v.key]).execute()
         pipeline.run_all(finetune_runs(plan, v, ids[v.key]), plan.cfg.finetune.parallel)
-        zs = zero_shot(plan, v)
-        pipeline.say(f"  [{v.key}] zero-shot R@10 {zs['zeroshot_t2v_R@10']:.1f}")
+        say_zero_shot(plan, plan.pretraining(v), v.key)
 
 
 def sbatch(options: list[str], script: str, args: list[str]) -> str:
@@ -378,21 +510,34 @@ def submit_run(plan: Plan, run: pipeline.Run, script: str, args: list[str], extr
     return sbatch(options, script, [*args, run.config, f"run.output_dir={run.run_dir}", *run.overrides])
 
 
-def submit_variant(plan: Plan, v: Variant, parent: str) -> list[str]:
-    """The variant's chain: pretraining, then each finetune after it (afterok); finished runs are not
-    submitted again. Returns the job ids."""
-    slurm, pre = plan.cfg.slurm, pretrain_run(plan, v, parent)
-    after = [] if pre.done else [submit_run(plan, pre, "pretrain_howto100m.sh", [], slurm.pretrain, [])]
-    finetunes = [submit_run(plan, run, "finetune.sh", [Path(run.script).stem], slurm.finetune, after)
-                 for run in finetune_runs(plan, v, parent) if not run.done]  # fmt: skip
-    print(f"{v.label}: pretrain job {' '.join(after) or '(done)'}; finetune jobs {' '.join(finetunes) or '(done)'}")
-    return after + finetunes
+def submit_pretraining(plan: Plan, pre: Pretraining, parent: str) -> list[str]:
+    """The pretraining job, or none when its run finished: the job ids to wait for."""
+    run = pretrain_run(plan, pre, parent)
+    return [] if run.done else [submit_run(plan, run, "pretrain_howto100m.sh", [], plan.cfg.slurm.pretrain, [])]
+
+
+def submit_finetunes(plan: Plan, v: Variant, parent: str, after: list[str]) -> list[str]:
+    """The variant's unfinished finetunes, each after `after` (afterok); their job ids."""
+    return [submit_run(plan, run, "finetune.sh", [Path(run.script).stem], plan.cfg.slurm.finetune, after)
+            for run in finetune_runs(plan, v, parent) if not run.done]  # fmt: skip
 
 
 def submit(plan: Plan, ids: dict[str, str], collect_args: list[str]) -> None:
-    """Every variant's job chain, then the collect job after all of them."""
+    """The job chains: per variant a pretraining job and its finetunes after it, or for a finetune-only
+    suite one shared pretraining job and every variant's finetunes after it; then the collect job
+    after all of them. Finished runs are not submitted again."""
     Path("logs").mkdir(exist_ok=True)  # the scripts' --output=logs/%x-%j.out; Slurm does not create it
-    jobs = [job for v in plan.variants for job in submit_variant(plan, v, ids[v.key])]
+    shared = plan.spec.finetune_only
+    shared_job = submit_pretraining(plan, plan.shared, ids[plan.suite]) if shared else []
+    if shared:
+        print(f"shared pretraining: job {' '.join(shared_job) or '(done)'}")
+    jobs = list(shared_job)
+    for v in plan.variants:
+        pre = shared_job if shared else submit_pretraining(plan, plan.pretraining(v), ids[v.key])
+        finetunes = submit_finetunes(plan, v, ids[v.key], pre)
+        jobs += finetunes if shared else pre + finetunes
+        own = "" if shared else f"pretrain job {' '.join(pre) or '(done)'}; "
+        print(f"{v.label}: {own}finetune jobs {' '.join(finetunes) or '(done)'}")
     job = sbatch(job_options(plan, "collect", plan.cfg.slurm.collect, jobs), "ablate_collect.sh", collect_args)
     print(f"collect job {job} (after {' '.join(jobs) or 'nothing'}): table -> {plan.table_path}")
 
@@ -403,7 +548,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--suite", required=True, choices=sorted(SUITES))
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--slurm", action="store_true", help="submit one job chain per variant and a collect job")
+    mode.add_argument("--slurm", action="store_true", help="submit the training job chains and a collect job")
     mode.add_argument("--collect", action="store_true", help="only build the table and MLflow runs from the run dirs")
     p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     return p.parse_args(argv)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The last job of an ablation on Slurm: `python -m launch.ablate --suite SUITE --slurm` submits it
 # after every pretraining and finetuning job of the suite (--dependency=afterok:...). It computes
-# each variant's zero-shot retrieval, writes the table and closes the MLflow runs.
+# each variant's zero-shot retrieval (a finetune-only suite's shared pretraining's, once), writes
+# the table and closes the MLflow runs.
 #
 #   sbatch --dependency=afterok:JOBS launch/ablate_collect.sh --suite feel --config configs/ablate.yaml \
 #       --collect [key=value ...]

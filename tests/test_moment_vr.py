@@ -1,0 +1,73 @@
+"""The moment head's VR query projection (task.vr_query_init): identity-initialised, the VR score of
+a finetune run starts as the backbone's own [CLS]-frame cosine, so the alignment pretraining built
+is there from step 0; `random` is the previous behaviour (a fresh random map). The span query
+projection stays random either way."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from finetune.model import TaskModel
+from finetune.moment import MomentConfig, MomentHead, build_head, encode_queries, video_scores
+from pretrain.model import ModelConfig
+
+
+class _Aligned(torch.nn.Module):
+    """A backbone whose text space is already aligned with its videos: the [CLS] of query i is the
+    basis vector e_i, and video i shows e_i in one frame among frames of unrelated directions."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.config = ModelConfig(hidden=d)
+
+    def embed_text(self, ids, mask):
+        return F.one_hot(ids, self.config.hidden).float()  # (B, N, d): token k -> e_k, [CLS] = e_{ids[:, 0]}
+
+
+def _aligned_corpus(n: int, d: int, m: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """ctx (n, m, d): video i's frame i % m is e_i, its other frames directions orthogonal to every query."""
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.zeros(n, m, d)
+    ctx[:, :, n:] = torch.randn(n, m, d - n, generator=g)  # unrelated content outside the query dims
+    for i in range(n):
+        ctx[i, i % m] = F.one_hot(torch.tensor(i), d).float()
+    return ctx, torch.ones(n, m, dtype=torch.bool)
+
+
+def _vr_r1(head: MomentHead, n: int, d: int) -> float:
+    model = TaskModel(_Aligned(d), head)
+    batch = {"input_ids": torch.arange(n)[:, None].repeat(1, 3), "attention_mask": torch.ones(n, 3, dtype=torch.bool)}
+    with torch.no_grad():
+        q_vr, _ = encode_queries(model, batch)  # (n, d)
+        ctx, mask = _aligned_corpus(n, d)
+        scores = video_scores(q_vr, F.normalize(ctx, dim=-1), mask)  # (n, n)
+    return (scores.argmax(1) == torch.arange(n)).float().mean().item()
+
+
+def test_identity_init_keeps_the_backbone_alignment() -> None:
+    torch.manual_seed(0)
+    n, d = 12, 32
+    head = build_head(_Aligned(d), MomentConfig())  # the default: identity
+    assert torch.equal(head.query_vr.weight, torch.eye(d)) and torch.equal(head.query_vr.bias, torch.zeros(d))
+    assert not torch.allclose(head.query_span.weight, torch.eye(d), atol=0.1)  # the span query: untouched
+    model = TaskModel(_Aligned(d), head)
+    ids = torch.arange(4)[:, None]
+    q_vr, _ = encode_queries(model, {"input_ids": ids, "attention_mask": torch.ones(4, 1, dtype=torch.bool)})
+    assert torch.allclose(q_vr, F.one_hot(ids[:, 0], d).float())  # q_vr = normalize([CLS]) = [CLS] here
+    assert _vr_r1(head, n, d) == 1.0  # every query finds its video at step 0
+
+
+def test_random_init_is_the_previous_head_and_loses_the_alignment() -> None:
+    torch.manual_seed(0)
+    n, d = 12, 32
+    head = build_head(_Aligned(d), MomentConfig(vr_query_init="random"))
+    assert not torch.allclose(head.query_vr.weight, torch.eye(d), atol=0.1)
+    assert _vr_r1(head, n, d) < 0.5  # a random projection scrambles the shared space
+
+
+def test_vr_query_init_is_checked() -> None:
+    with pytest.raises(ValueError, match="task.vr_query_init"):
+        MomentConfig(vr_query_init="eye").validate()
+    MomentConfig(vr_query_init="random").validate()
