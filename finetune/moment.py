@@ -158,7 +158,7 @@ def mesm_forward(model: nn.Module, batch: dict, ctx: Tensor, q_tok: Tensor,
         q_enh = torch.cat([gen[:, None], q_tok], 1)  # (B, 1+N, d) F_q^enh
         q_enh_mask = torch.cat([q_mask[:, :1], q_mask], 1)  # (B, 1+N)
         index: dict[str, int] = {}
-        videos = torch.tensor([index.setdefault(k, len(index)) for k in batch["keys"]], device=ctx.device)  # (B,)
+        videos = torch.tensor([index.setdefault(key, len(index)) for key in batch["keys"]], device=ctx.device)  # (B,)
         losses["ss"] = ss_loss(q_enh, q_enh_mask, segment_features(ctx, span), span, videos, cfg.gamma, cfg.tau)
     aligned = mesm.align(f_v_enh, q_enh, q_enh_mask) * frame_mask[..., None]  # (B, M, d)
     if cfg.enc:

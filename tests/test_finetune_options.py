@@ -115,7 +115,7 @@ def test_moment_loss_is_the_task_loss_plus_the_weighted_terms(backbone) -> None:
     l_seg = segment_alignment_loss(q_tok[:, :1], ctx, fm, frames_in_span(span, M), torch.zeros(B, dtype=torch.long),
                                    0.3)  # fmt: skip
     want = logs["vr_loss"] + 0.5 * l_span + 0.5 * l_fw + 0.3 * l_ss + 0.2 * l_enc + 0.7 * l_glob + 0.4 * l_seg
-    assert float(loss) == pytest.approx(float(want), abs=1e-4)
+    assert float(loss.detach()) == pytest.approx(float(want.detach()), abs=1e-4)
     for key, value in {"mesm_fw_loss": l_fw, "mesm_ss_loss": l_ss, "mesm_enc_loss": l_enc,
                        "align_glob_loss": l_glob, "align_seg_loss": l_seg}.items():  # fmt: skip
         assert logs[key] == pytest.approx(float(value), abs=1e-5), key
