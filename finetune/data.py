@@ -271,8 +271,11 @@ def read_json(url: str, endpoint: str | None = None, lines: bool = False) -> Any
 
 
 def load_queries(cfg: FinetuneDataConfig, split: str) -> list[dict]:
-    """The split's queries.jsonl: {query_id, video_id, text, spans, toi, ...extras}."""
-    return read_json(f"{cfg.split_dir(split)}/queries.jsonl", cfg.s3_endpoint, lines=True)
+    """The split's queries.jsonl: {query_id, video_id, text, spans, toi, ...extras}; an empty one is an error."""
+    queries = read_json(f"{cfg.split_dir(split)}/queries.jsonl", cfg.s3_endpoint, lines=True)
+    if not queries:
+        raise ValueError(f"{cfg.split_dir(split)}/queries.jsonl holds no query")
+    return queries
 
 
 def load_video2idx(cfg: FinetuneDataConfig, split: str) -> dict[str, int]:

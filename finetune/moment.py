@@ -310,12 +310,8 @@ class MomentTask:
     def predict(self, engine: Any, dcfg: data.FinetuneDataConfig, split: str, tokenizer: Any,
                 device: torch.device, with_gt: bool) -> dict[str, Any]:  # fmt: skip
         """{'submission': TVR-format dict, 'metrics': official metrics (with_gt), 'vr_scores', 'gt_rows'}."""
-        was_training = engine.training
-        engine.eval()
         video2idx = data.load_video2idx(dcfg, split)
         queries = data.load_queries(dcfg, split)
-        if not queries:
-            raise ValueError(f"{dcfg.split_dir(split)}/queries.jsonl holds no query")
         loader = data.build_loader(dcfg, split, tokenizer, 0, 1, False, uniform=False)
         encoded = encode_corpus(engine, loader, device)
         cut = sum(m["frames"] > dcfg.max_frames for m in encoded.meta)
@@ -369,5 +365,4 @@ class MomentTask:
         if with_gt:
             durations = {m["video_id"]: m["duration"] for m in encoded.meta}
             out["metrics"] = moment_eval.evaluate(sub, ground_truth(queries), durations=durations)
-        engine.train(was_training)
         return out

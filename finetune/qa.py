@@ -129,11 +129,7 @@ class QATask:
     def predict(self, engine: Any, dcfg: data.FinetuneDataConfig, split: str, tokenizer: Any,
                 device: torch.device, with_gt: bool) -> dict[str, Any]:  # fmt: skip
         """{'predictions': per question the scores and the chosen candidate, 'metrics': accuracy}."""
-        was_training = engine.training
-        engine.eval()
         queries = data.load_queries(dcfg, split)
-        if not queries:
-            raise ValueError(f"{dcfg.split_dir(split)}/queries.jsonl holds no question")
         encoded = encode_corpus(engine, data.build_loader(dcfg, split, tokenizer, 0, 1, False, uniform=False), device)
         index = encoded.index
         gt_rows = torch.tensor([index.get(q["video_id"], -1) for q in queries])  # (Q,) -1: clip rejected
@@ -156,7 +152,6 @@ class QATask:
                                "info": info}  # fmt: skip
         if with_gt:
             out["metrics"] = accuracy(preds, queries)
-        engine.train(was_training)
         return out
 
     def plots(self, out: dict[str, Any], folder: str, title: str) -> dict[str, str]:

@@ -191,9 +191,18 @@ class Reporter:
             os.makedirs(path, exist_ok=True)
         return path
 
+    def predict(self, split: str, with_gt: bool) -> dict[str, Any]:
+        """The task's predictions on a split, the engine in eval mode meanwhile (dropout off)."""
+        was_training = self.engine.training
+        self.engine.eval()
+        try:
+            return self.task.predict(self.engine, self.cfg.data, split, self.tokenizer, self.device, with_gt)
+        finally:
+            self.engine.train(was_training)
+
     def evaluate(self, step: int) -> dict[str, float]:
         split = self.cfg.data.eval_split
-        out = self.task.predict(self.engine, self.cfg.data, split, self.tokenizer, self.device, with_gt=True)
+        out = self.predict(split, with_gt=True)
         folder = self.out_dir("eval", split, f"step_{step:08d}")
         files = self.write(out, split, folder) if self.rank == 0 else {}
         self.last = {"step": step, "split": split, "metrics": out["metrics"], "files": files}
@@ -246,7 +255,7 @@ class Reporter:
         results = {"recipe": self.name, "steps": state.step, **self.last}
         test = self.cfg.data.test_split
         if test:
-            out = self.task.predict(self.engine, self.cfg.data, test, self.tokenizer, self.device, with_gt=False)
+            out = self.predict(test, with_gt=False)
             folder = self.out_dir("eval", test, f"step_{state.step:08d}")
             if self.rank == 0:
                 results["test_files"] = self.write(out, test, folder)

@@ -96,11 +96,7 @@ class VideoRetrievalTask:
     def predict(self, engine: Any, dcfg: data.FinetuneDataConfig, split: str, tokenizer: Any,
                 device: torch.device, with_gt: bool) -> dict[str, Any]:  # fmt: skip
         """{'predictions': per query its best videos, 'metrics': R@K/MedR/MeanR, 'vr_scores', 'gt_rows'}."""
-        was_training = engine.training
-        engine.eval()
         queries = data.load_queries(dcfg, split)
-        if not queries:
-            raise ValueError(f"{dcfg.split_dir(split)}/queries.jsonl holds no query")
         xs, masks, meta = [], [], []
         for batch in data.build_loader(dcfg, split, tokenizer, 0, 1, False, uniform=True):
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -132,7 +128,6 @@ class VideoRetrievalTask:
                                "queries": queries, "info": info}  # fmt: skip
         if with_gt:
             out["metrics"] = retrieval_metrics(sim, gt_rows)
-        engine.train(was_training)
         return out
 
 

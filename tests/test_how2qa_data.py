@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import read_jsonl, read_samples, sha256_file
+from test_finetune_converters import hero, write_hero
 
 from data_prep import how2qa, how2r, synthetic
 from data_prep.errors import DataPrepError
@@ -39,18 +40,6 @@ def samples_by_id(folder: Path) -> dict[str, dict[str, Any]]:
         assert s["feat.npy"].dtype == np.float16
         out[s["json"]["video_id"]] = {**s["json"], "features": s["feat.npy"]}
     return out
-
-
-def hero(path: Path) -> np.ndarray:
-    with np.load(path) as npz:
-        return npz["features"]
-
-
-def write_hero(path: Path, frames: int, dim: int = 8) -> np.ndarray:
-    feats = np.random.default_rng(frames).normal(size=(frames, dim)).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, features=feats)
-    return feats
 
 
 def csv_rows(path: Path) -> list[list[str]]:
