@@ -11,5 +11,10 @@ if ! command -v sbatch >/dev/null 2>&1; then
   apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 fi
+# The suite's checkpoints need a few GB at a time (pyproject: a passed test's tmp_path is removed).
+free_gb=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR==2 {print int($4 / 1048576)}')
+if [ "$free_gb" -lt 8 ]; then
+  echo "test: warning: only ${free_gb} GB free under ${TMPDIR:-/tmp}; the suite needs about 8 GB" >&2
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DS_ACCELERATOR=cpu
 exec "$ROOT/.venv/bin/python" -m pytest tests "$@"
