@@ -1,9 +1,10 @@
 """Moment retrieval in a video corpus (VCMR), shared by TVR, DiDeMo and How2R (DESIGN.md section 6).
 
     video + subtitles -> T_cross -> ctx (V, M, d)           HERO's cross-modal context, one vector per frame
-    query            -> [CLS] -> q_vr, q_span (d)          two projections of the query encoding
+    query            -> tokens y -> q_vr (from [CLS]), q_span (from the words)   (d) each
     VR score          s(q, v) = max_t cos(q_vr, ctx_t) / tau                   HERO's video-level score
-    span logits       st_t, ed_t = conv_st(x), conv_ed(x),  x_t = ctx_t . q_span / sqrt(d)   XML's ConvSE
+    span logits       st_t, ed_t = conv_st(x), conv_ed(x),  x_t = cos(q_span, ctx_t) / tau_span     XML's ConvSE
+                      q_span = sum_p a_p normalize(W y_p): the query's words pooled (task.span_query)
 
 Training: VR by symmetric InfoNCE over the videos and queries of all ranks (gathered with
 gradient, local loss: DESIGN.md section 5), plus cross-entropy of the start and end frames
@@ -42,9 +43,15 @@ class MomentConfig:
     span_weight: float = 1.0  # weight of the start + end cross-entropy
     conv_kernel: int = 5  # frames seen by the start/end convolution
     # query_vr starts as the identity (q_vr = the backbone's own [CLS], so the VR cosine starts in the space
-    # pretraining built) or random (a fresh nn.Linear, scrambling it). query_span stays random: tied to the same
-    # [CLS], the VR loss shapes the span head's similarity curve too (docs/evidence.md, issue 6)
+    # pretraining built) or random (a fresh nn.Linear, scrambling it) (docs/evidence.md, issue 6)
     vr_query_init: str = "identity"
+    # the span head's query: "words" = attention pooling of the query's word tokens (XML's modular query
+    # pooling, started uniform, W the identity) scored by cosine against the frames, i.e. at step 0 the mean of
+    # TACo's token-frame similarities (eq. 4's s(x^f, y^p)) that pretraining's L2 shapes; "cls" = a random
+    # linear map of the [CLS] scored by ctx_t . q / sqrt(d). Either way the start/end convolutions start as
+    # edge detectors (docs/evidence.md section 5, issue 6)
+    span_query: str = "words"
+    span_temperature: float = 0.1  # "words": the cosines are divided by it before the start/end convolutions
     search: SearchConfig = field(default_factory=SearchConfig)
     align: AlignConfig = field(default_factory=AlignConfig)  # multi-level alignment (finetune/alignment.py)
     mesm: MesmConfig = field(default_factory=MesmConfig)  # MESM's aligner and losses (finetune/mesm.py)
@@ -58,22 +65,47 @@ class MomentConfig:
             raise ValueError(f"task.conv_kernel must be odd and >= 1, got {self.conv_kernel}")
         if self.vr_query_init not in ("identity", "random"):
             raise ValueError(f"task.vr_query_init must be identity or random, got {self.vr_query_init!r}")
+        if self.span_query not in ("words", "cls"):
+            raise ValueError(f"task.span_query must be words or cls, got {self.span_query!r}")
+        if not self.span_temperature > 0:
+            raise ValueError(f"task.span_temperature must be > 0, got {self.span_temperature}")
         self.search.validate()
         self.align.validate()
         self.mesm.validate()
 
 
 class MomentHead(nn.Module):
-    def __init__(self, d: int, kernel: int, mesm: Mesm | None = None, vr_query_init: str = "identity"):
+    def __init__(self, d: int, kernel: int, mesm: Mesm | None = None, vr_query_init: str = "identity",
+                 span_query: str = "words", span_temperature: float = 0.1):  # fmt: skip
         super().__init__()
         self.mesm = mesm  # MESM's aligner: the span head reads its output
+        self.span_query, self.span_temperature = span_query, span_temperature  # MomentConfig
         self.query_vr = nn.Linear(d, d)
         self.query_span = nn.Linear(d, d)
         if vr_query_init == "identity":  # MomentConfig.vr_query_init
-            nn.init.eye_(self.query_vr.weight)
-            nn.init.zeros_(self.query_vr.bias)
+            _identity(self.query_vr)
+        if span_query == "words":  # start in the token-frame space pretraining built, all words weighted alike
+            _identity(self.query_span)
+            self.word_attn = nn.Linear(d, 1)
+            nn.init.zeros_(self.word_attn.weight)
+            nn.init.zeros_(self.word_attn.bias)
         self.st_conv = nn.Conv1d(1, 1, kernel, padding=kernel // 2)
         self.ed_conv = nn.Conv1d(1, 1, kernel, padding=kernel // 2)
+        _edge_init(self.st_conv, rising=True)  # a bump of x starts where it rises and ends where it falls
+        _edge_init(self.ed_conv, rising=False)
+
+    def span_query_vector(self, q_tok: Tensor, q_mask: Tensor) -> Tensor:
+        """q_span (B, d) from the query's token encodings q_tok (B, N, d) and mask (B, N).
+
+        "words": sum_p a_p normalize(W y_p) / temperature, a = softmax over the words of w . y_p, so that
+        q_span . normalize(ctx_t) = sum_p a_p cos(W y_p, ctx_t) / temperature. "cls": W [CLS]."""
+        if self.span_query == "cls":
+            return self.query_span(q_tok[:, 0])
+        words = inner_words(q_mask)  # (B, N)
+        words[:, 0] |= ~words.any(1)  # a query without words: its [CLS]
+        y = F.normalize(self.query_span(q_tok), dim=-1)  # (B, N, d)
+        a = self.word_attn(q_tok).squeeze(-1).masked_fill(~words, float("-inf")).softmax(1)  # (B, N)
+        return torch.einsum("bn,bnd->bd", a, y) / self.span_temperature  # (B, d)
 
     def span_logits(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Start and end logits (..., M) from the query-frame similarities x (..., M)."""
@@ -85,7 +117,23 @@ class MomentHead(nn.Module):
 def build_head(backbone: nn.Module, cfg: MomentConfig) -> MomentHead:
     mc = backbone.config
     mesm = Mesm(mc.hidden, mc.heads, mc.ffn, mc.dropout, cfg.mesm) if cfg.mesm.enabled else None
-    return MomentHead(mc.hidden, cfg.conv_kernel, mesm, cfg.vr_query_init)
+    return MomentHead(mc.hidden, cfg.conv_kernel, mesm, cfg.vr_query_init, cfg.span_query, cfg.span_temperature)
+
+
+def _identity(layer: nn.Linear) -> None:
+    nn.init.eye_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
+@torch.no_grad()
+def _edge_init(conv: nn.Conv1d, rising: bool) -> None:
+    """Start a 1-channel convolution as an edge detector of x: (sum of x over the frames from t on, t
+    included) - (sum over the frames before t) for a start, the mirror image for an end, per frame seen."""
+    k = conv.kernel_size[0]
+    offsets = torch.arange(k) - k // 2  # conv1d is a cross-correlation: out_t = sum_o w_o x_{t+o}
+    w = torch.where(offsets >= 0, 1.0, -1.0) if rising else torch.where(offsets <= 0, 1.0, -1.0)
+    conv.weight.copy_(w.view(1, 1, k) / k)
+    conv.bias.zero_()
 
 
 def encode_videos(model: nn.Module, batch: dict) -> Tensor:
@@ -101,20 +149,17 @@ def encode_videos(model: nn.Module, batch: dict) -> Tensor:
 
 
 def encode_queries(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
-    """(q_vr L2-normalised, q_span), each (B, d), from the query's [CLS]."""
-    return project_queries(model, model.backbone.embed_text(batch["input_ids"], batch["attention_mask"]))
-
-
-def project_queries(model: nn.Module, q_tok: Tensor) -> tuple[Tensor, Tensor]:
-    """(q_vr, q_span) from the query's token encodings q_tok (B, N, d)."""
-    q = q_tok[:, 0]  # (B, d) [CLS]
-    return F.normalize(model.head.query_vr(q), dim=-1), model.head.query_span(q)
+    """(q_vr L2-normalised, q_span), each (B, d): q_vr from the query's [CLS], q_span per task.span_query."""
+    q_vr, q_span, _ = encode_query_tokens(model, batch)
+    return q_vr, q_span
 
 
 def encode_query_tokens(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
     """(q_vr, q_span, q_tok (B, N, d)): the projections and the token encodings MESM reads."""
-    q_tok = model.backbone.embed_text(batch["input_ids"], batch["attention_mask"])  # (B, N, d)
-    return (*project_queries(model, q_tok), q_tok)
+    q_mask = batch["attention_mask"]  # (B, N)
+    q_tok = model.backbone.embed_text(batch["input_ids"], q_mask)  # (B, N, d)
+    q_vr = F.normalize(model.head.query_vr(q_tok[:, 0]), dim=-1)  # (B, d) from the [CLS]
+    return q_vr, model.head.span_query_vector(q_tok, q_mask), q_tok
 
 
 def video_scores(q_vr: Tensor, ctx_n: Tensor, frame_mask: Tensor) -> Tensor:
@@ -123,9 +168,14 @@ def video_scores(q_vr: Tensor, ctx_n: Tensor, frame_mask: Tensor) -> Tensor:
     return cos.masked_fill(~frame_mask[None], -2.0).amax(dim=-1)  # (Q, V)
 
 
-def frame_similarity(q_span: Tensor, ctx: Tensor) -> Tensor:
-    """x_t = ctx_t . q / sqrt(d) for paired rows: (B, M) from q_span (B, d), ctx (B, M, d)."""
-    return torch.einsum("bd,bmd->bm", q_span, ctx) / math.sqrt(ctx.shape[-1])  # (B, M)
+def span_frames(frames: Tensor, span_query: str) -> Tensor:
+    """The frames (..., d) as the span head scores them: unit vectors ("words") or / sqrt(d) ("cls")."""
+    return F.normalize(frames, dim=-1) if span_query == "words" else frames / math.sqrt(frames.shape[-1])
+
+
+def frame_similarity(q_span: Tensor, ctx: Tensor, span_query: str) -> Tensor:
+    """x_t, the span head's input, for paired rows: (B, M) from q_span (B, d), ctx (B, M, d)."""
+    return torch.einsum("bd,bmd->bm", q_span, span_frames(ctx, span_query))  # (B, M)
 
 
 def masked_ce(logits: Tensor, mask: Tensor, target: Tensor) -> Tensor:
@@ -184,7 +234,7 @@ def moment_loss(model: nn.Module, batch: dict, cfg: MomentConfig) -> tuple[Tenso
     if cfg.mesm.enabled:
         frames, mesm_losses = mesm_forward(model, batch, ctx, q_tok, cfg.mesm)  # (B, M, d)
         extra.update({f"mesm_{k}": (getattr(cfg.mesm, k), v) for k, v in mesm_losses.items()})
-    st, ed = model.head.span_logits(frame_similarity(q_span, frames))  # (B, M) each
+    st, ed = model.head.span_logits(frame_similarity(q_span, frames, cfg.span_query))  # (B, M) each
     span = batch["span"]  # (B, 2)
     span_loss = masked_ce(st, frame_mask, span[:, 0]) + masked_ce(ed, frame_mask, span[:, 1])
     if cfg.align.glob:  # E_L: the query's [CLS]; E_V: the mean of the video encoding
@@ -325,6 +375,7 @@ class MomentTask:
         corpus = search_corpus_of(encoded, video2idx)
         ctx, mask = encoded.ctx, encoded.frame_mask  # (V, M, d), (V, M)
         ctx_n = F.normalize(ctx, dim=-1)  # (V, M, d)
+        frames_x = span_frames(ctx, self.cfg.span_query)  # (V, M, d) what q_span scores
         v, m, d = ctx.shape
 
         def vr_scores(q0: int, q1: int) -> Tensor:
@@ -336,14 +387,14 @@ class MomentTask:
                 x = torch.cat([mesm_similarity(qi[i : i + self.chunk], vi[i : i + self.chunk])
                                for i in range(0, len(qi), self.chunk)]).view(*v_rows.shape, m)  # fmt: skip
             else:
-                x = (q_span[q_rows] @ ctx.view(v * m, d).T).view(-1, v, m) / math.sqrt(d)  # (Qc, V, M)
+                x = (q_span[q_rows] @ frames_x.view(v * m, d).T).view(-1, v, m)  # (Qc, V, M)
                 x = x.gather(1, v_rows[..., None].expand(-1, -1, m))  # (Qc, K, M)
             return engine(lambda model, _: model.head.span_logits(x.to(model.backbone.dtype)), {})
 
         def mesm_similarity(qi: Tensor, vi: Tensor) -> Tensor:
             pairs = {"ctx": ctx[vi], "frame_mask": mask[vi], "q_tok": q_tok[qi], "q_mask": q_mask[qi]}
             aligned = engine(mesm_pairs, pairs).float()  # (P, M, d)
-            return frame_similarity(q_span[qi], aligned)  # (P, M)
+            return frame_similarity(q_span[qi], aligned, self.cfg.span_query)  # (P, M)
 
         vcmr, vr = search_corpus(vr_scores, span_logits, len(queries), corpus, self.cfg.search)
         sub: dict[str, Any] = {"video2idx": video2idx}

@@ -148,18 +148,35 @@ class _Backbone(torch.nn.Module):
         return self.lin(torch.nn.functional.one_hot(ids % 6, 6).float())
 
 
-def test_moment_loss_matches_a_naive_loop() -> None:
+def _naive_span_input(head: MomentHead, tokens: torch.Tensor, n_tok: int, ctx: torch.Tensor,
+                      span_query: str) -> torch.Tensor:  # fmt: skip
+    """x_t for one query (tokens (N, d), its first n_tok real) and one video ctx (M, d), from the definitions."""
+    if span_query == "cls":
+        return torch.stack([ctx[t] @ head.query_span(tokens[0]) / math.sqrt(ctx.shape[1]) for t in range(len(ctx))])
+    words = range(1, n_tok - 1)  # between [CLS] and [SEP]
+    a = torch.softmax(torch.stack([head.word_attn(tokens[p])[0] for p in words]), 0)
+    cos = [[F.cosine_similarity(head.query_span(tokens[p]), ctx[t], dim=0) for t in range(len(ctx))] for p in words]
+    return sum(a[i] * torch.stack(cos[i]) for i in range(len(words))) / head.span_temperature
+
+
+@pytest.mark.parametrize("span_query", ["words", "cls"])
+def test_moment_loss_matches_a_naive_loop(span_query: str) -> None:
     torch.manual_seed(0)
     b, m, d, tau = 3, 5, 6, 0.1
-    model = TaskModel(_Backbone(d), MomentHead(d, 3))
+    head = MomentHead(d, 3, span_query=span_query, span_temperature=0.2)
+    for param in head.parameters():  # away from the identity / uniform / edge initialisation
+        param.data.add_(0.3 * torch.randn_like(param))
+    model = TaskModel(_Backbone(d), head)
     frame_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
-    batch = {"frames": torch.randn(b, m, d), "frame_mask": frame_mask, "input_ids": torch.randint(0, 50, (b, 4)),
-             "attention_mask": torch.ones(b, 4, dtype=torch.bool), "span": torch.tensor([[1, 3], [0, 2], [1, 1]])}
-    loss, logs = moment_loss(model, batch, MomentConfig(temperature=tau, span_weight=0.5, conv_kernel=3))
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    batch = {"frames": torch.randn(b, m, d), "frame_mask": frame_mask, "input_ids": torch.randint(0, 50, (b, 5)),
+             "attention_mask": attention_mask, "span": torch.tensor([[1, 3], [0, 2], [1, 1]])}
+    cfg = MomentConfig(temperature=tau, span_weight=0.5, conv_kernel=3, span_query=span_query, span_temperature=0.2)
+    loss, logs = moment_loss(model, batch, cfg)
 
     ctx = model.backbone.embed_video(batch["frames"], frame_mask) * frame_mask[..., None]
-    q = model.backbone.embed_text(batch["input_ids"], None)[:, 0]
-    qv, qs = model.head.query_vr(q), model.head.query_span(q)
+    tokens = model.backbone.embed_text(batch["input_ids"], None)  # (b, N, d)
+    qv = model.head.query_vr(tokens[:, 0])
     score = torch.zeros(b, b)  # score[i, j]: query i vs video j = max over valid frames of the cosine
     for i in range(b):
         for j in range(b):
@@ -169,7 +186,7 @@ def test_moment_loss_matches_a_naive_loop() -> None:
     span = 0.0
     for i in range(b):
         n = int(frame_mask[i].sum())
-        x = torch.stack([ctx[i, t] @ qs[i] / math.sqrt(d) for t in range(m)])
+        x = _naive_span_input(model.head, tokens[i], int(attention_mask[i].sum()), ctx[i], span_query)
         st = model.head.st_conv(x[None, None])[0, 0][:n]
         ed = model.head.ed_conv(x[None, None])[0, 0][:n]
         span += (-torch.log_softmax(st, 0)[batch["span"][i, 0]] - torch.log_softmax(ed, 0)[batch["span"][i, 1]]) / b

@@ -1,7 +1,9 @@
-"""The moment head's VR query projection (task.vr_query_init): identity-initialised, the VR score of
-a finetune run starts as the backbone's own [CLS]-frame cosine, so the alignment pretraining built
-is there from step 0; `random` is the previous behaviour (a fresh random map). The span query
-projection stays random either way."""
+"""The moment head's initialisation. The VR query projection (task.vr_query_init): identity-initialised,
+the VR score of a finetune run starts as the backbone's own [CLS]-frame cosine, so the alignment
+pretraining built is there from step 0; `random` is the previous behaviour (a fresh random map). The
+span query (task.span_query=words) starts as the mean token-frame cosine of the query's words, and
+the start/end convolutions as edge detectors: a backbone whose words already find their frames
+localises the moment at step 0."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from finetune.model import TaskModel
-from finetune.moment import MomentConfig, MomentHead, build_head, encode_queries, video_scores
+from finetune.moment import MomentConfig, MomentHead, build_head, encode_queries, frame_similarity, video_scores
 from pretrain.model import ModelConfig
 
 
@@ -51,7 +53,10 @@ def test_identity_init_keeps_the_backbone_alignment() -> None:
     n, d = 12, 32
     head = build_head(_Aligned(d), MomentConfig())  # the default: identity
     assert torch.equal(head.query_vr.weight, torch.eye(d)) and torch.equal(head.query_vr.bias, torch.zeros(d))
-    assert not torch.allclose(head.query_span.weight, torch.eye(d), atol=0.1)  # the span query: untouched
+    assert torch.equal(head.query_span.weight, torch.eye(d))  # task.span_query=words: the token-frame space too,
+    assert not head.word_attn.weight.any() and not head.word_attn.bias.any()  # every word weighted alike
+    cls_head = build_head(_Aligned(d), MomentConfig(span_query="cls"))
+    assert not torch.allclose(cls_head.query_span.weight, torch.eye(d), atol=0.1)  # a fresh map of the [CLS]
     model = TaskModel(_Aligned(d), head)
     ids = torch.arange(4)[:, None]
     q_vr, _ = encode_queries(model, {"input_ids": ids, "attention_mask": torch.ones(4, 1, dtype=torch.bool)})
@@ -71,3 +76,33 @@ def test_vr_query_init_is_checked() -> None:
     with pytest.raises(ValueError, match="task.vr_query_init"):
         MomentConfig(vr_query_init="eye").validate()
     MomentConfig(vr_query_init="random").validate()
+
+
+def test_words_and_edge_init_localise_at_step_0() -> None:
+    """Query words e_3, e_5 shown in frames 4-7 of 12 (their mean there, unrelated directions elsewhere):
+    the step-0 head's best start is frame 4 and best end frame 7; the [CLS] (e_0) is shown nowhere."""
+    torch.manual_seed(0)
+    d, m = 16, 12
+    head = build_head(_Aligned(d), MomentConfig())  # words, edge-initialised convolutions
+    model = TaskModel(_Aligned(d), head)
+    ids = torch.tensor([[0, 3, 5, 1]])  # [CLS]=e_0, words e_3 and e_5, [SEP]=e_1
+    _, q_span = encode_queries(model, {"input_ids": ids, "attention_mask": torch.ones(1, 4, dtype=torch.bool)})
+    ctx = torch.zeros(1, m, d)
+    ctx[0, :, 8:] = torch.randn(m, d - 8)  # unrelated content
+    ctx[0, 4:8, 3] = ctx[0, 4:8, 5] = 2.0
+    x = frame_similarity(q_span, ctx, "words")  # (1, M)
+    assert x[0, 4:8].min() > x[0, :4].max() and x[0, 4:8].min() > x[0, 8:].max()
+    st, ed = head.span_logits(x)
+    assert st.argmax().item() == 4 and ed.argmax().item() == 7
+    cls_head = build_head(_Aligned(d), MomentConfig(span_query="cls"))
+    _, q_cls = encode_queries(TaskModel(_Aligned(d), cls_head), {"input_ids": ids,
+                                                                 "attention_mask": torch.ones(1, 4, dtype=torch.bool)})
+    assert torch.allclose(q_cls, cls_head.query_span(F.one_hot(torch.tensor([0]), d).float()))  # the [CLS] only
+
+
+def test_span_query_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="task.span_query"):
+        MomentConfig(span_query="mean").validate()
+    with pytest.raises(ValueError, match="task.span_temperature"):
+        MomentConfig(span_temperature=0.0).validate()
+    MomentConfig(span_query="cls").validate()
