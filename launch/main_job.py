@@ -241,8 +241,10 @@ def zero_shot_stage(cfg: MainJobConfig, work: Path, out: Path) -> None:
     result = {"clips": clips, "pretrained": pretrained, "random": random, "random_per_seed": randoms}
     out.mkdir(parents=True, exist_ok=True)
     (out / "zeroshot.json").write_text(json.dumps(result, indent=1))
-    print(f"  zero-shot R@10 on {clips} held-out clips: pretrained {pretrained['zeroshot_t2v_R@10']:.1f}, "
-          f"random init {random['zeroshot_t2v_R@10']:.1f}", flush=True)
+    for key, score in (("t2v", "sentence cosine"), ("taco", "TACo L1+L2")):
+        print(f"  zero-shot R@10 on {clips} held-out clips ({score}): "
+              f"pretrained {pretrained[f'zeroshot_{key}_R@10']:.1f}, "
+              f"random init {random[f'zeroshot_{key}_R@10']:.1f}", flush=True)  # fmt: skip
 
 
 def collect_finetune(cfg: MainJobConfig, work: Path) -> dict[str, dict[str, list[dict]]]:

@@ -60,10 +60,12 @@ def table(rows: list[list[str]]) -> str:
 
 def zero_shot_table(zs: dict[str, Any]) -> str:
     n = int(zs["clips"])
-    rows = [["model", "R@1", "R@5", "R@10", "MedR", "MeanR"]]
+    rows = [["model", "score", "R@1", "R@5", "R@10", "MedR", "MeanR"]]
     for name, m in (("pretrained", zs["pretrained"]), ("random init (mean of seeds)", zs["random"])):
-        rows.append([name, *(f"{m[f'zeroshot_t2v_{k}']:.1f}" for k in ("R@1", "R@5", "R@10", "MedR", "MeanR"))])
-    rows.append(["chance", *(f"{100 * min(k, n) / n:.1f}" for k in (1, 5, 10)), f"{(n + 1) / 2:.1f}",
+        for score, key in (("sentence cosine", "t2v"), ("TACo L1+L2", "taco")):  # pretrain/zeroshot.py
+            rows.append([name, score, *(f"{m[f'zeroshot_{key}_{k}']:.1f}" for k in ("R@1", "R@5", "R@10", "MedR",
+                                                                                     "MeanR"))])  # fmt: skip
+    rows.append(["chance", "", *(f"{100 * min(k, n) / n:.1f}" for k in (1, 5, 10)), f"{(n + 1) / 2:.1f}",
                  f"{(n + 1) / 2:.1f}"])  # fmt: skip
     return table(rows)
 

@@ -1,9 +1,13 @@
 """Zero-shot text-to-video retrieval on a held-out shard: does pretraining align the modalities?
 
-Each held-out clip's text ([CLS] of e_t) is the query for its own video (mean of e_v over its
-frames), against all held-out videos; cosine similarity; R@1/5/10, median and mean rank
-(pretrain/metrics.py). Every rank runs the same forward passes (ZeRO-3 needs all ranks in
-each forward); rank 0 logs.
+Each held-out clip's text is the query for its own video, against all held-out videos, scored
+two ways (R@1/5/10, median and mean rank, pretrain/metrics.py):
+- `zeroshot_t2v_*`: sentence level, the cosine of the text's [CLS] (of e_t) and the video's mean
+  frame (of e_v), TACo's eq. 3 pair;
+- `zeroshot_taco_*`: TACo's cascade score (section 3.3), that sentence-level cosine plus the sum over
+  the text's tokens of interest of their best frame's cosine (eq. 4's s(x, y^p)), as MSR-VTT
+  retrieval ranks before the fusion re-scoring (finetune/video_retrieval.py).
+Every rank runs the same forward passes (ZeRO-3 needs all ranks in each forward); rank 0 logs.
 """
 
 from __future__ import annotations
@@ -13,15 +17,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pretrain import metrics
+from pretrain.objectives.taco import taco_pair_scores
+
+TEXT_CHUNK = 64  # texts scored against every video at once (the token scores are tokens x videos x frames)
 
 
 def embed_pair(model: torch.nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
-    """(text (B, d), video (B, d)) L2-normalised embeddings of a batch."""
-    e_t = model.embed_text(batch["input_ids"], batch["attention_mask"])  # (B, N, d)
-    e_v = model.embed_video(batch["frames"], batch["frame_mask"])  # (B, M, d)
-    mask = batch["frame_mask"].unsqueeze(-1).to(e_v.dtype)  # (B, M, 1)
-    video = (e_v * mask).sum(1) / mask.sum(1).clamp(min=1)  # (B, d)
-    return F.normalize(e_t[:, 0].float(), dim=-1), F.normalize(video.float(), dim=-1)
+    """(text tokens y (B, N, d), video frames x (B, M, d)) of a batch, as TACo scores them."""
+    y = model.embed_text(batch["input_ids"], batch["attention_mask"])  # (B, N, d)
+    x = model.embed_video(batch["frames"], batch["frame_mask"])  # (B, M, d)
+    return y.float(), x.float()
+
+
+def _stack(rows: list[Tensor]) -> Tensor:
+    """Pad a list of (n_i, ...) tensors along their first dim to the longest and stack them."""
+    n = max(len(r) for r in rows)
+    return torch.stack([F.pad(r, (0, 0) * (r.dim() - 1) + (0, n - len(r))) for r in rows])
 
 
 @torch.no_grad()
@@ -29,18 +40,27 @@ def evaluate(engine, batches, device: torch.device, max_samples: int) -> dict[st
     """Zero-shot T2V metrics over the held-out batches (at most max_samples clips)."""
     was_training = engine.training
     engine.eval()
-    texts, videos = [], []
-    seen = 0
+    ys, xs, text_masks, frame_masks, tois = [], [], [], [], []
     for batch in batches:
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        t, v = engine(embed_pair, batch)
-        texts.append(t)
-        videos.append(v)
-        seen += len(t)
-        if seen >= max_samples:
+        y, x = engine(embed_pair, batch)
+        ys.extend(y.unbind(0))
+        xs.extend(x.unbind(0))
+        text_masks.extend(batch["attention_mask"].bool().unbind(0))
+        frame_masks.extend(batch["frame_mask"].bool().unbind(0))
+        tois.extend(batch["toi_weight"].float().unbind(0))
+        if len(ys) >= max_samples:
             break
     engine.train(was_training)
-    if not texts:
+    if not ys:
         return {}
-    sim = torch.cat(texts)[:max_samples] @ torch.cat(videos)[:max_samples].T  # (Q, V)
-    return {f"zeroshot_t2v_{k}": v for k, v in metrics.text_to_video(sim).items()}
+    n = min(len(ys), max_samples)
+    y, tm, toi = _stack(ys[:n]), _stack(text_masks[:n]), _stack(tois[:n])  # (Q, N, d), (Q, N), (Q, N)
+    x, fm = _stack(xs[:n]), _stack(frame_masks[:n])  # (V, M, d), (V, M)
+    x_bar = F.normalize((x * fm[..., None]).sum(1) / fm.sum(1, keepdim=True).clamp(min=1), dim=-1)  # (V, d)
+    sentence = F.normalize(y[:, 0], dim=-1) @ x_bar.T  # (Q, V)
+    taco = torch.cat([taco_pair_scores(x, fm, y[i : i + TEXT_CHUNK], tm[i : i + TEXT_CHUNK], toi[i : i + TEXT_CHUNK])
+                      for i in range(0, n, TEXT_CHUNK)])  # fmt: skip  # (Q, V)
+    out = {f"zeroshot_t2v_{k}": v for k, v in metrics.text_to_video(sentence).items()}
+    out.update({f"zeroshot_taco_{k}": v for k, v in metrics.text_to_video(taco).items()})
+    return out

@@ -114,6 +114,65 @@ def test_diagonal_ground_truth_by_default() -> None:
     assert metrics.text_to_video(-sim)["R@1"] == 0.0
 
 
+class _Embedder(torch.nn.Module):
+    """embed_text / embed_video of pretrain/model.py with fixed random tables; the engine calls compute(self, batch)."""
+
+    def __init__(self, d: int = 6):
+        super().__init__()
+        g = torch.Generator().manual_seed(3)
+        self.words, self.proj = torch.randn(20, d, generator=g), torch.randn(4, d, generator=g)
+
+    def forward(self, compute, batch):
+        return compute(self, batch)
+
+    def embed_text(self, ids, mask):
+        return self.words[ids]
+
+    def embed_video(self, frames, mask):
+        return frames @ self.proj
+
+
+def _zeroshot_batches(g: torch.Generator) -> list[dict]:
+    """Two batches of different text and frame lengths, with padding and texts without tokens of interest."""
+    out = []
+    for b, n, m in ((4, 5, 6), (3, 7, 4)):
+        lengths, frames = torch.randint(2, n + 1, (b,), generator=g), torch.randint(1, m + 1, (b,), generator=g)
+        mask = torch.arange(n)[None] < lengths[:, None]
+        toi = torch.rand(b, n, generator=g) * (torch.rand(b, n, generator=g) < 0.5) * mask
+        toi[0] = 0.0  # the first text of each batch: sentence level only
+        out.append({"input_ids": torch.randint(0, 20, (b, n), generator=g), "attention_mask": mask,
+                    "toi_weight": toi, "frames": torch.randn(b, m, 4, generator=g),
+                    "frame_mask": torch.arange(m)[None] < frames[:, None]})  # fmt: skip
+    return out
+
+
+def test_zero_shot_scores_match_their_definitions() -> None:
+    """zeroshot_t2v: cos([CLS], mean frame); zeroshot_taco: that + sum over the tokens of interest of the
+    best frame's cosine (TACo section 3.3), each clip's text against every clip's video, naively."""
+    from pretrain import zeroshot
+
+    model = _Embedder()
+    batches = _zeroshot_batches(torch.Generator().manual_seed(0))
+    rows = [{k: v[i] for k, v in b.items()} for b in batches for i in range(len(b["input_ids"]))]
+    cos = torch.nn.functional.cosine_similarity
+    sentence, taco = torch.zeros(len(rows), len(rows)), torch.zeros(len(rows), len(rows))
+    for i, t in enumerate(rows):
+        y = model.embed_text(t["input_ids"], None)  # (N, d)
+        for j, v in enumerate(rows):
+            x = model.embed_video(v["frames"], None)[v["frame_mask"]]  # (valid M, d)
+            sentence[i, j] = cos(y[0], x.mean(0), dim=0)
+            tokens = [p for p in range(len(y)) if t["attention_mask"][p] and t["toi_weight"][p] > 0]
+            taco[i, j] = sentence[i, j] + sum(max(cos(y[p], f, dim=0) for f in x) for p in tokens)
+    got = zeroshot.evaluate(model, batches, torch.device("cpu"), max_samples=100)
+    for name, sim in (("t2v", sentence), ("taco", taco)):
+        want = metrics.text_to_video(sim)
+        assert {k: got[f"zeroshot_{name}_{k}"] for k in want} == pytest.approx(want), name
+    assert got["zeroshot_t2v_MeanR"] != got["zeroshot_taco_MeanR"]  # the token term changes the ranking here
+    assert model.training  # the training mode is restored
+    five = zeroshot.evaluate(model, batches, torch.device("cpu"), max_samples=5)
+    assert five["zeroshot_taco_MeanR"] == pytest.approx(metrics.text_to_video(taco[:5, :5])["MeanR"])
+
+
 def test_ranks_from_a_faked_slurm_job_of_4_nodes_x_8_gpus(monkeypatch) -> None:
     from pretrain import runtime
 
