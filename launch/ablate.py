@@ -282,16 +282,16 @@ def make_shards(plan: Plan) -> None:
     if plan.cfg.shards:  # given explicitly: used as it is
         return
     main = main_config(plan.cfg)
-    raw, shards = plan.shards.parent / "raw", plan.shards
-    stages: list[tuple[str, Path, Callable[[], None]]] = [
-        ("synthetic corpus", raw, partial(main_job.make_corpus, main, raw)),
-        ("HowTo100M -> shards", shards / "howto100m",
+    raw, shards, settings = plan.shards.parent / "raw", plan.shards, main_job.stage_settings(main)
+    stages: list[tuple[str, str, Path, Callable[[], None]]] = [
+        ("corpus", "synthetic corpus", raw, partial(main_job.make_corpus, main, raw)),
+        ("howto100m", "HowTo100M -> shards", shards / "howto100m",
          partial(main_job.shard_howto100m, main, raw, shards / "howto100m")),
-        *[(f"{r} -> shards", shards / r, partial(main_job.shard_finetune_set, main, r, raw / r, shards / r))
+        *[("sets", f"{r} -> shards", shards / r, partial(main_job.shard_finetune_set, main, r, raw / r, shards / r))
           for r in plan.recipes],
     ]  # fmt: skip
-    for i, (name, out, fn) in enumerate(stages, 1):
-        main_job.run_stage(i, len(stages), name, out, fn)
+    for i, (key, name, out, fn) in enumerate(stages, 1):
+        main_job.run_stage(i, len(stages), name, out, fn, settings[key])
 
 
 def pretrain_run(plan: Plan, pre: Pretraining, parent: str | None) -> pipeline.Run:
@@ -562,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.collect:
             make_shards(plan)
-    except DataPrepError as e:
+    except (DataPrepError, main_job.StageChanged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     ids = run_ids(plan)

@@ -17,7 +17,9 @@
 Every run logs to one MLflow store, <workdir>/mlflow.db, nested under one "main job" run.
 
 Each stage is skipped when its output is complete, and resumed when it was interrupted (a
-training run from its latest checkpoint); `start_over=true` deletes the workdir first.
+training run from its latest checkpoint); `start_over=true` deletes the workdir first. A stage's
+marker keeps the settings it was made with: a re-run with other settings (say `pretrain.steps`)
+stops with an error naming them instead of reusing stale outputs.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -98,17 +101,51 @@ def load_config(path: Path, overrides: list[str]) -> MainJobConfig:
     return cfg  # type: ignore[return-value]
 
 
-def run_stage(n: int, total: int, name: str, out: Path, fn: Callable[[], None]) -> None:
-    """Run a stage unless its output is marked complete; mark it when it finishes."""
+class StageChanged(Exception):
+    """A stage's output was made with other settings than the config now asks for."""
+
+
+def stage_settings(cfg: MainJobConfig) -> dict[str, dict[str, Any]]:
+    """Per stage, the config values its output depends on (its own and its inputs'), kept in its marker.
+    Speed-only keys (workers, threads, parallel, until, start_over) are left out."""
+    corpus = {"videos": cfg.videos, "seed": cfg.seed}
+    clips = {**corpus, "clip_seconds": cfg.clip_seconds, "shard_size": cfg.shard_size, "tagger": cfg.tagger}
+    sets = {**corpus, "finetune_shard_size": cfg.finetune_shard_size, "tagger": cfg.tagger}
+    pre = {**clips, "pretrain": {k: v for k, v in asdict(cfg.pretrain).items() if k != "threads"}}
+    zs = {**pre, "random_init_seeds": list(cfg.finetune.seeds)}
+    ft = {**pre, **sets, "finetune": {k: v for k, v in asdict(cfg.finetune).items() if k != "parallel"}}
+    settings = {"corpus": corpus, "howto100m": clips, "sets": sets, "pretrain": pre, "zeroshot": zs, "finetune": ft,
+                "report": {**zs, **ft}}  # fmt: skip
+    return json.loads(json.dumps(settings))  # as a marker holds them
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def run_stage(n: int, total: int, name: str, out: Path, fn: Callable[[], None],
+              settings: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """Run a stage unless its output is marked complete; mark it, with its settings, when it finishes.
+    A complete output made with other settings is an error (StageChanged) naming what changed."""
     marker = out / DONE
     if marker.exists():
+        made = json.loads(marker.read_text()).get("settings")
+        if settings is not None and made is not None and made != settings:
+            old, new = _flat(made), _flat(settings)
+            changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                       if old.get(k) != new.get(k)]  # fmt: skip
+            raise StageChanged(f"{name} in {out} was made with other settings ({'; '.join(changed)}); "
+                               "start_over=true redoes every stage, or give another workdir")  # fmt: skip
         print(f"[{n}/{total}] {name}: done already ({out})", flush=True)
         return
     print(f"[{n}/{total}] {name} -> {out}", flush=True)
     t0 = time.time()
     fn()
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"seconds": round(time.time() - t0, 1)}))
+    marker.write_text(json.dumps({"seconds": round(time.time() - t0, 1), "settings": settings}))
     print(f"[{n}/{total}] {name}: {time.time() - t0:.1f}s", flush=True)
 
 
@@ -294,18 +331,21 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.start_over and work.exists():
         shutil.rmtree(work)
     raw, shards = work / "raw", work / "shards"
-    stages: list[tuple[str, Path, Callable[[], None]]] = [
-        ("synthetic corpus", raw, lambda: make_corpus(cfg, raw)),
-        ("HowTo100M -> shards", shards / "howto100m", lambda: shard_howto100m(cfg, raw, shards / "howto100m")),
-    ]
+    settings = stage_settings(cfg)
+    stages: list[tuple[str, str, Path, Callable[[], None]]] = [
+        ("corpus", "synthetic corpus", raw, lambda: make_corpus(cfg, raw)),
+        ("howto100m", "HowTo100M -> shards", shards / "howto100m",
+         lambda: shard_howto100m(cfg, raw, shards / "howto100m")),
+    ]  # fmt: skip
     for name in CONVERTERS:
         out = shards / name
-        stages.append((f"{name} -> shards", out, lambda n=name, o=out: shard_finetune_set(cfg, n, raw / n, o)))
+        stages.append(("sets", f"{name} -> shards", out,
+                       lambda n=name, o=out: shard_finetune_set(cfg, n, raw / n, o)))  # fmt: skip
     t0 = time.time()
     try:
-        for i, (name, out, fn) in enumerate(stages, 1):
-            run_stage(i, len(stages) + STAGES.index(cfg.until), name, out, fn)
-    except DataPrepError as e:
+        for i, (key, name, out, fn) in enumerate(stages, 1):
+            run_stage(i, len(stages) + STAGES.index(cfg.until), name, out, fn, settings[key])
+    except (DataPrepError, StageChanged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(summary(shards), flush=True)
@@ -325,13 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     total = len(stages) + STAGES.index(cfg.until)
     try:
         for i, (key, name, out, fn) in enumerate(later, len(stages) + 1):
-            run_stage(i, total, name, out, fn)
+            run_stage(i, total, name, out, fn, settings[key])
             if key == cfg.until:
                 break
-    except RuntimeError as e:
+    except (RuntimeError, StageChanged) as e:
         tracker.end("FAILED")
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, StageChanged) else 1
     tracker.end()
     store = work / "mlflow.db"
     print(f"main job done in {time.time() - t0:.0f}s; outputs under {work}")

@@ -53,6 +53,39 @@ def test_main_job_shards_every_dataset_and_reuses_them(tmp_path: Path, capsys) -
     assert first_shard.stat().st_mtime_ns == mtime
 
 
+def test_a_stage_made_with_other_settings_is_an_error_naming_them(tmp_path: Path, capsys) -> None:
+    _run(tmp_path, capsys)
+    code = main_job.main([f"workdir={tmp_path}", "videos=13", "tagger=heuristic", "workers=1", "until=data"])
+    err = capsys.readouterr().err
+    assert code == 2 and "synthetic corpus" in err and "videos: 12 -> 13" in err and "start_over=true" in err
+    assert "done already" in _run(tmp_path, capsys, "workers=2")  # a speed-only key reuses the outputs
+    out = _run(tmp_path, capsys, "videos=13", "start_over=true")
+    assert "done already" not in out
+
+
+def test_stage_settings_follow_what_each_stage_reads(tmp_path: Path) -> None:
+    base = main_job.load_config(main_job.DEFAULT_CONFIG, [])
+    before = main_job.stage_settings(base)
+    changed = {key: {stage for stage, s in main_job.stage_settings(main_job.load_config(
+        main_job.DEFAULT_CONFIG, [key])).items() if s != before[stage]}
+        for key in ("finetune.steps=41", "pretrain.steps=61", "finetune_shard_size=9", "finetune.seeds=[0]",
+                    "finetune.parallel=1", "pretrain.threads=2")}  # fmt: skip
+    assert changed == {
+        "finetune.steps=41": {"finetune", "report"},
+        "pretrain.steps=61": {"pretrain", "zeroshot", "finetune", "report"},
+        "finetune_shard_size=9": {"sets", "finetune", "report"},
+        "finetune.seeds=[0]": {"zeroshot", "finetune", "report"},  # the random-init seeds of zero-shot too
+        "finetune.parallel=1": set(), "pretrain.threads=2": set(),
+    }  # fmt: skip
+    calls = []
+    main_job.run_stage(1, 1, "stage", tmp_path / "s", lambda: calls.append(1), before["finetune"])
+    main_job.run_stage(1, 1, "stage", tmp_path / "s", lambda: calls.append(1), before["finetune"])
+    assert calls == [1]
+    after = main_job.stage_settings(main_job.load_config(main_job.DEFAULT_CONFIG, ["finetune.steps=41"]))
+    with pytest.raises(main_job.StageChanged, match=r"finetune\.steps: 40 -> 41"):
+        main_job.run_stage(1, 1, "stage", tmp_path / "s", lambda: calls.append(1), after["finetune"])
+
+
 def test_main_job_finishes_an_interrupted_stage(tmp_path: Path, capsys) -> None:
     _run(tmp_path, capsys)
     stage = tmp_path / "shards" / "tvr"
