@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pretrain import metrics
-from pretrain.objectives.taco import taco_pair_scores
+from pretrain.objectives.taco import pooled, taco_pair_scores
 
 TEXT_CHUNK = 64  # texts scored against every video at once (the token scores are tokens x videos x frames)
 
@@ -57,8 +57,8 @@ def evaluate(engine, batches, device: torch.device, max_samples: int) -> dict[st
     n = min(len(ys), max_samples)
     y, tm, toi = _stack(ys[:n]), _stack(text_masks[:n]), _stack(tois[:n])  # (Q, N, d), (Q, N), (Q, N)
     x, fm = _stack(xs[:n]), _stack(frame_masks[:n])  # (V, M, d), (V, M)
-    x_bar = F.normalize((x * fm[..., None]).sum(1) / fm.sum(1, keepdim=True).clamp(min=1), dim=-1)  # (V, d)
-    sentence = F.normalize(y[:, 0], dim=-1) @ x_bar.T  # (Q, V)
+    x_bar, y_bar = pooled(x, fm, y, normalize=True)  # (V, d), (Q, d): TACo L1's pair
+    sentence = y_bar @ x_bar.T  # (Q, V)
     taco = torch.cat([taco_pair_scores(x, fm, y[i : i + TEXT_CHUNK], tm[i : i + TEXT_CHUNK], toi[i : i + TEXT_CHUNK])
                       for i in range(0, n, TEXT_CHUNK)])  # fmt: skip  # (Q, V)
     out = {f"zeroshot_t2v_{k}": v for k, v in metrics.text_to_video(sentence).items()}
