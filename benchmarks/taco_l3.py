@@ -76,7 +76,7 @@ def setup(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, torch.Te
 
 def step_fn(variant: str, model: torch.nn.Module, inp: dict[str, torch.Tensor], k_neg: int) -> Callable[[], float]:
     """One forward + backward of the variant's L3 (gradients must be None before); returns the loss."""
-    from pretrain.objectives.taco import TacoConfig, cascade_pairs, choose_negatives, l3_all_pairs, taco_l3_loss
+    from pretrain.objectives.taco import TacoConfig, Texts, cascade_pairs, choose_negatives, l3_all_pairs, taco_l3_loss
 
     x, y, fm, tm, toi = inp["x"], inp["y"], inp["frame_mask"], inp["text_mask"], inp["toi_weight"]
     k = x.shape[0]
@@ -84,7 +84,7 @@ def step_fn(variant: str, model: torch.nn.Module, inp: dict[str, torch.Tensor], 
     rows, targets, cfg = slice(0, k), torch.arange(k), TacoConfig(k_neg=k_neg)
 
     def cascade() -> torch.Tensor:
-        negs = choose_negatives(x, fm, y, tm, toi, rows, k_neg, cfg)  # (K, K'), (K, K')
+        negs = choose_negatives(x, fm, Texts(y, model.sentence(y, tm), tm, toi), rows, k_neg, cfg)  # (K, K'), (K, K')
         pairs = cascade_pairs(*negs, targets)  # 2K(K'+1) pairs
         return taco_l3_loss(model.fusion_score, x, fm, y, tm, pairs, k_neg + 1)
 

@@ -21,6 +21,16 @@ language sample k is (E_question + E_answer_k) / 2 and the true segment is the q
 time span; moment retrieval (section 4.4): the query alone (no false language sample) and the
 ground-truth moment. A sample without a negative (a segment covering the whole video, one
 language sample) contributes nothing.
+
+E_L and E_V (section 3.1, `task.align.pooling`): "attention" (default), the paper's reading:
+"words' weighted sum E_L" after self-attention and "E_V the weighted sum of every frame's E_f,
+where the weights are computed from a self-attention layer", i.e. a learned attention pooling
+E = sum_p a_p h_p, a = softmax over the valid positions of w . h_p, of the word tokens (between
+[CLS] and [SEP]) and of the frames. The pools belong to the task head (finetune parameters,
+built when glob or seg > 0), w starts at 0 so that at step 0 they are the masked means of the
+pretrained features, and padding gets weight exactly 0. "cls_mean": the previous reading, E_L the
+[CLS] token and E_V the mean frame. The same pooling gives every language vector of the losses
+(How2QA: E_question and E_ans_k); the segment level's E_f is each frame's encoding either way.
 """
 
 from __future__ import annotations
@@ -29,9 +39,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from pretrain.distributed import gather_with_grad, local_rows
+from pretrain.objectives.gmr import masked_mean
+
+POOLINGS = ("attention", "cls_mean")
 
 
 @dataclass
@@ -39,8 +52,17 @@ class AlignConfig:
     glob: float = 0.0  # lambda1 of eq. 1 (0: off)
     seg: float = 0.0  # lambda2 of eq. 1 (0: off)
     margin: float = 0.2  # alpha of eq. 2
+    # E_L / E_V (section 3.1): "attention" = learned attention pooling of the word tokens / of the frames, the
+    # paper's weighted sums (started uniform: the masked means); "cls_mean" = the [CLS] token / the mean frame
+    pooling: str = "attention"
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.glob or self.seg)
 
     def validate(self, segment_applicable: bool = True) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"task.align.pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
         if self.glob < 0 or self.seg < 0:
             raise ValueError(f"task.align.glob and task.align.seg must be >= 0, got {self.glob}, {self.seg}")
         if self.margin < 0:
@@ -48,6 +70,61 @@ class AlignConfig:
         if self.seg and not segment_applicable:
             raise ValueError("task.align.seg must be 0 for video retrieval: a caption covers its whole video, "
                              "so there is no false segment (multi-level alignment section 4.3)")  # fmt: skip
+
+
+def inner_words(q_mask: Tensor) -> Tensor:
+    """(..., N) the words between [CLS] and [SEP] of each (right-padded) token sequence, mask (..., N)."""
+    t = torch.arange(q_mask.shape[-1], device=q_mask.device)  # (N,)
+    return (t >= 1) & (t <= q_mask.sum(-1, keepdim=True) - 2)
+
+
+class AttentionPool(nn.Module):
+    """E = sum_p a_p h_p, a = softmax over the valid positions of w . h_p (section 3.1's weighted sums).
+
+    w starts at 0: uniform weights, i.e. the masked mean. Padding gets weight exactly 0 (and its
+    values are never read); a row without a valid position pools to 0."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.zeros(d))
+
+    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+        """h (..., L, d), mask (..., L) -> (..., d)."""
+        logits = h @ self.w.to(h.dtype)  # (..., L)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 / fp16: softmax in fp32
+        safe = mask | ~mask.any(-1, keepdim=True)  # an empty row: any finite weights, zeroed below
+        a = logits.masked_fill(~safe, float("-inf")).softmax(-1) * mask  # (..., L)
+        return torch.einsum("...l,...ld->...d", a.to(h.dtype), h.masked_fill(~mask[..., None], 0))
+
+
+class AlignPooling(nn.Module):
+    """E_L and E_V of the alignment losses from token and frame encodings, per AlignConfig.pooling."""
+
+    def __init__(self, d: int, pooling: str):
+        super().__init__()
+        self.pooling = pooling
+        attention = pooling == "attention"
+        self.words = AttentionPool(d) if attention else None
+        self.frames = AttentionPool(d) if attention else None
+
+    def language(self, tok: Tensor, attention_mask: Tensor) -> Tensor:
+        """E_L (..., d) of token encodings tok (..., N, d) with their attention mask (..., N)."""
+        if self.words is None:
+            return tok[..., 0, :]  # [CLS]
+        words = inner_words(attention_mask)  # (..., N)
+        words[..., 0] |= ~words.any(-1)  # a sequence without words: its [CLS]
+        return self.words(tok, words)
+
+    def video(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
+        """E_V (B, d) of frame encodings E_f (B, M, d) with their mask (B, M)."""
+        if self.frames is None:
+            return masked_mean(frames, frame_mask)
+        return self.frames(frames, frame_mask)
+
+
+def build_pooling(d: int, cfg: AlignConfig) -> AlignPooling | None:
+    """The task head's alignment pooling: built when a loss of eq. 1 is on (its pools are finetune parameters)."""
+    return AlignPooling(d, cfg.pooling) if cfg.enabled else None
 
 
 def hinge(s_neg: Tensor, s_pos: Tensor, margin: float) -> Tensor:

@@ -69,6 +69,8 @@ class FinetuneDataConfig:
     max_sub_len: int = 0  # subtitle tokens encoded with the video (0: no subtitles)
     max_frames: int = 100
     toi_df: str | None = None  # TACo IDF table, e.g. the pretraining corpus's toi_df.json (None: weights 1)
+    idf: str = "taco"  # IDF formula and sub-word sharing, as in pretraining (pretrain/text.py)
+    subword_weights: str = "share"
     shuffle_buffer: int = 256
     num_workers: int = 0
     streams: int = 2
@@ -82,7 +84,8 @@ class FinetuneDataConfig:
         return LoaderConfig(
             train=self.split_dir(split), batch_size=batch_size, max_text_len=self.max_query_len,
             max_frames=self.max_frames, shuffle_buffer=self.shuffle_buffer, num_workers=self.num_workers,
-            streams=self.streams, seed=self.seed, toi_df=self.toi_df, s3_endpoint=self.s3_endpoint,
+            streams=self.streams, seed=self.seed, toi_df=self.toi_df, idf=self.idf,
+            subword_weights=self.subword_weights, s3_endpoint=self.s3_endpoint,
         )  # fmt: skip
 
 
@@ -112,7 +115,7 @@ class QueryVideoProcessor:
     """RawSample -> one batch row: (query, video, span) in training, the video alone in evaluation."""
 
     tokenizer: Any
-    idf: text.IdfTable | None
+    idf: text.IdfTable
     max_query_len: int
     max_sub_len: int
     max_frames: int
@@ -254,11 +257,12 @@ def build_loader(cfg: FinetuneDataConfig, split: str, tokenizer: Any, rank: int,
     return VideoTextLoader(lcfg, corpus, 0, 1, False, tokenizer, proc)
 
 
-def load_idf_table(cfg: FinetuneDataConfig) -> text.IdfTable | None:
-    """TACo's IDF weights from data.toi_df (the finetune sets count none of their own)."""
+def load_idf_table(cfg: FinetuneDataConfig) -> text.IdfTable:
+    """TACo's IDF weights from data.toi_df (the finetune sets count none of their own; none: weights 1)."""
     if not cfg.toi_df:
-        return None
-    return text.load_idf(cfg.toi_df, s3_options(cfg.s3_endpoint) if cfg.toi_df.startswith("s3://") else {})
+        return text.IdfTable(formula=cfg.idf, subwords=cfg.subword_weights)
+    opts = s3_options(cfg.s3_endpoint) if cfg.toi_df.startswith("s3://") else {}
+    return text.load_idf(cfg.toi_df, opts, cfg.idf, cfg.subword_weights)
 
 
 def read_json(url: str, endpoint: str | None = None, lines: bool = False) -> Any:

@@ -1,7 +1,7 @@
 """Moment retrieval in a video corpus (VCMR), shared by TVR, DiDeMo and How2R (DESIGN.md section 6).
 
     video + subtitles -> T_cross -> ctx (V, M, d)           HERO's cross-modal context, one vector per frame
-    query            -> tokens y -> q_vr (from [CLS]), q_span (from the words)   (d) each
+    query            -> tokens y -> q_vr (the sentence vector), q_span (from the words)   (d) each
     VR score          s(q, v) = max_t cos(q_vr, ctx_t) / tau                   HERO's video-level score
     span logits       st_t, ed_t = conv_st(x), conv_ed(x),  x_t = cos(q_span, ctx_t) / tau_span     XML's ConvSE
                       q_span = sum_p a_p normalize(W y_p): the query's words pooled (task.span_query)
@@ -28,11 +28,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from finetune import data, moment_eval
-from finetune.alignment import AlignConfig, frames_in_span, global_alignment_loss, segment_alignment_loss
+from finetune.alignment import (
+    AlignConfig,
+    AlignPooling,
+    build_pooling,
+    frames_in_span,
+    global_alignment_loss,
+    inner_words,
+    segment_alignment_loss,
+)
 from finetune.mesm import Mesm, MesmConfig, enc_loss, fw_loss, segment_features, sentence_features, ss_loss
 from finetune.moment_search import Corpus, SearchConfig, search_corpus, search_single
 from pretrain.distributed import gather_no_grad, gather_with_grad, local_rows
-from pretrain.objectives.gmr import masked_mean
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +49,7 @@ class MomentConfig:
     temperature: float = 0.05  # tau of the VR InfoNCE; inference divides the VR scores by it too
     span_weight: float = 1.0  # weight of the start + end cross-entropy
     conv_kernel: int = 5  # frames seen by the start/end convolution
-    # query_vr starts as the identity (q_vr = the backbone's own [CLS], so the VR cosine starts in the space
+    # query_vr starts as the identity (q_vr = the backbone's sentence vector, so the VR cosine starts in the space
     # pretraining built) or random (a fresh nn.Linear, scrambling it) (docs/evidence.md, issue 6)
     vr_query_init: str = "identity"
     # the span head's query: "words" = attention pooling of the query's word tokens (XML's modular query
@@ -76,9 +83,11 @@ class MomentConfig:
 
 class MomentHead(nn.Module):
     def __init__(self, d: int, kernel: int, mesm: Mesm | None = None, vr_query_init: str = "identity",
-                 span_query: str = "words", span_temperature: float = 0.1):  # fmt: skip
+                 span_query: str = "words", span_temperature: float = 0.1,
+                 align_pooling: AlignPooling | None = None):  # fmt: skip
         super().__init__()
         self.mesm = mesm  # MESM's aligner: the span head reads its output
+        self.align_pooling = align_pooling  # multi-level alignment's E_L / E_V (None: alignment off)
         self.span_query, self.span_temperature = span_query, span_temperature  # MomentConfig
         self.query_vr = nn.Linear(d, d)
         self.query_span = nn.Linear(d, d)
@@ -117,7 +126,8 @@ class MomentHead(nn.Module):
 def build_head(backbone: nn.Module, cfg: MomentConfig) -> MomentHead:
     mc = backbone.config
     mesm = Mesm(mc.hidden, mc.heads, mc.ffn, mc.dropout, cfg.mesm) if cfg.mesm.enabled else None
-    return MomentHead(mc.hidden, cfg.conv_kernel, mesm, cfg.vr_query_init, cfg.span_query, cfg.span_temperature)
+    return MomentHead(mc.hidden, cfg.conv_kernel, mesm, cfg.vr_query_init, cfg.span_query, cfg.span_temperature,
+                      build_pooling(mc.hidden, cfg.align))  # fmt: skip
 
 
 def _identity(layer: nn.Linear) -> None:
@@ -149,7 +159,8 @@ def encode_videos(model: nn.Module, batch: dict) -> Tensor:
 
 
 def encode_queries(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
-    """(q_vr L2-normalised, q_span), each (B, d): q_vr from the query's [CLS], q_span per task.span_query."""
+    """(q_vr L2-normalised, q_span), each (B, d): q_vr from the query's sentence vector (the backbone's
+    text pooling, pretrain/pooling.py), q_span per task.span_query."""
     q_vr, q_span, _ = encode_query_tokens(model, batch)
     return q_vr, q_span
 
@@ -158,7 +169,7 @@ def encode_query_tokens(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor, 
     """(q_vr, q_span, q_tok (B, N, d)): the projections and the token encodings MESM reads."""
     q_mask = batch["attention_mask"]  # (B, N)
     q_tok = model.backbone.embed_text(batch["input_ids"], q_mask)  # (B, N, d)
-    q_vr = F.normalize(model.head.query_vr(q_tok[:, 0]), dim=-1)  # (B, d) from the [CLS]
+    q_vr = F.normalize(model.head.query_vr(model.backbone.sentence(q_tok, q_mask)), dim=-1)  # (B, d)
     return q_vr, model.head.span_query_vector(q_tok, q_mask), q_tok
 
 
@@ -181,12 +192,6 @@ def frame_similarity(q_span: Tensor, ctx: Tensor, span_query: str) -> Tensor:
 def masked_ce(logits: Tensor, mask: Tensor, target: Tensor) -> Tensor:
     """Cross-entropy over the valid frames only: logits, mask (B, M), target (B,)."""
     return F.cross_entropy(logits.masked_fill(~mask, float("-inf")), target)
-
-
-def inner_words(q_mask: Tensor) -> Tensor:
-    """(B, N) the words between [CLS] and [SEP] of each query."""
-    t = torch.arange(q_mask.shape[1], device=q_mask.device)[None]  # (1, N)
-    return (t >= 1) & (t <= q_mask.sum(1, keepdim=True) - 2)
 
 
 def mesm_forward(model: nn.Module, batch: dict, ctx: Tensor, q_tok: Tensor,
@@ -237,13 +242,15 @@ def moment_loss(model: nn.Module, batch: dict, cfg: MomentConfig) -> tuple[Tenso
     st, ed = model.head.span_logits(frame_similarity(q_span, frames, cfg.span_query))  # (B, M) each
     span = batch["span"]  # (B, 2)
     span_loss = masked_ce(st, frame_mask, span[:, 0]) + masked_ce(ed, frame_mask, span[:, 1])
-    if cfg.align.glob:  # E_L: the query's [CLS]; E_V: the mean of the video encoding
-        e_v = masked_mean(ctx, frame_mask)  # (B, d)
-        extra["align_glob"] = (cfg.align.glob, global_alignment_loss(q_tok[:, 0], e_v, cfg.align.margin))
+    if cfg.align.enabled:  # E_L: the query pooled per task.align.pooling (its words or its [CLS])
+        e_l = model.head.align_pooling.language(q_tok, batch["attention_mask"])  # (B, d)
+    if cfg.align.glob:  # E_V: the video encoding pooled (its frames weighted, or their mean)
+        e_v = model.head.align_pooling.video(ctx, frame_mask)  # (B, d)
+        extra["align_glob"] = (cfg.align.glob, global_alignment_loss(e_l, e_v, cfg.align.margin))
     if cfg.align.seg:  # section 4.4: the ground-truth moment is the true segment, no false language sample
         true_frames = frames_in_span(span, ctx.shape[1])  # (B, M)
         no_answer = torch.zeros(len(span), dtype=torch.long, device=ctx.device)
-        extra["align_seg"] = (cfg.align.seg, segment_alignment_loss(q_tok[:, :1], ctx, frame_mask, true_frames,
+        extra["align_seg"] = (cfg.align.seg, segment_alignment_loss(e_l[:, None], ctx, frame_mask, true_frames,
                                                                       no_answer, cfg.align.margin))  # fmt: skip
     loss = vr_loss + cfg.span_weight * span_loss + sum(w * v for w, v in extra.values())
     logs = {"vr_loss": float(vr_loss.detach()), "span_loss": float(span_loss.detach()), "loss": float(loss.detach())}

@@ -2,7 +2,7 @@
 in the setting of the multi-level alignment paper (../shared/papers/multi_level_alignment.txt).
 
     clip + subtitles -> T_cross -> E_f = ctx (B, M, d)        the moment task's video encoding
-    question, answer_k -> [CLS] -> E_L, E_ans_k (d)          encoded separately
+    question, answer_k -> sentence vectors E_L, E_ans_k (d)  encoded separately, the backbone's text pooling
     language sample k:  l_k = (E_L + E_ans_k) / 2              eq. 5's pairing of question and answer
     decoder:  a_k = softmax_t(l_k . E_f,t / sqrt(d)),  p_k = sum_t a_k,t E_f,t,
               score_k = MLP([l_k, p_k, l_k * p_k])              a lightweight attention-pooling decoder
@@ -11,7 +11,12 @@ in the setting of the multi-level alignment paper (../shared/papers/multi_level_
 With `task.align` (finetune/alignment.py): L_train = L_task + lambda1 L_glob + lambda2 L_seg
 (eq. 1). L_seg's language samples are the 4 candidates and its true segment is the question's
 time span (eq. 5-6): the paper's best How2QA setting, lambda1 = 0 and lambda2 = 1, is the
-default. L_glob pairs the true language sample with the mean of E_f over the batch.
+default. L_glob pairs the true language sample with E_V over the batch. The alignment losses'
+E_question, E_ans_k and E_V follow `task.align.pooling` (finetune/alignment.py): "attention"
+(default) pools the words of the question and of each candidate and the frames with the head's
+learned attention pools (section 3.1's weighted sums), "cls_mean" takes each [CLS] and the mean
+frame. The decoder's l_k stays the pair of sentence vectors (pretrain/pooling.py) whatever the
+option, so that the task's own model does not change with the alignment losses.
 
 Evaluation: accuracy over every question of the split, the official How2QA metric; a question
 whose clip was rejected in data_prep counts as wrong and is counted in eval_info.json.
@@ -30,10 +35,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from finetune import data, plots
-from finetune.alignment import AlignConfig, frames_in_span, global_alignment_loss, segment_alignment_loss
+from finetune.alignment import (
+    AlignConfig,
+    AlignPooling,
+    build_pooling,
+    frames_in_span,
+    global_alignment_loss,
+    segment_alignment_loss,
+)
 from finetune.moment import encode_corpus, encode_videos
 from pretrain import text
-from pretrain.objectives.gmr import masked_mean
 
 
 @dataclass
@@ -45,18 +56,35 @@ class QAConfig:
 
 
 class QAHead(nn.Module):
-    def __init__(self, d: int):
+    def __init__(self, d: int, align_pooling: AlignPooling | None = None):
         super().__init__()
         self.score = nn.Sequential(nn.Linear(3 * d, d), nn.GELU(), nn.Linear(d, 1))
+        self.align_pooling = align_pooling  # multi-level alignment's E_L / E_ans / E_V (None: alignment off)
 
 
-def language_samples(model: nn.Module, batch: dict) -> Tensor:
-    """l_k = (E_L + E_ans_k) / 2, (B, A, d): the question's and each candidate's [CLS]."""
+def language_tokens(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
+    """The token encodings of the question (B, N, d) and of each candidate (B, A, Na, d), encoded separately."""
     bb = model.backbone
-    e_q = bb.embed_text(batch["input_ids"], batch["attention_mask"])[:, 0]  # (B, d)
+    q_tok = bb.embed_text(batch["input_ids"], batch["attention_mask"])  # (B, N, d)
     ids, mask = batch["answer_ids"], batch["answer_mask"]  # (B, A, Na)
     b, a, n = ids.shape
-    e_ans = bb.embed_text(ids.view(b * a, n), mask.view(b * a, n))[:, 0].view(b, a, -1)  # (B, A, d)
+    a_tok = bb.embed_text(ids.view(b * a, n), mask.view(b * a, n)).view(b, a, n, -1)  # (B, A, Na, d)
+    return q_tok, a_tok
+
+
+def decoder_samples(model: nn.Module, batch: dict, q_tok: Tensor, a_tok: Tensor) -> Tensor:
+    """The decoder's language samples l_k = (E_question + E_answer_k) / 2 (B, A, d), each the sentence
+    vector of the backbone's text pooling (pretrain/pooling.py)."""
+    b, a, n, d = a_tok.shape
+    e_q = model.backbone.sentence(q_tok, batch["attention_mask"])  # (B, d)
+    e_a = model.backbone.sentence(a_tok.view(b * a, n, d), batch["answer_mask"].view(b * a, n)).view(b, a, d)
+    return (e_q[:, None] + e_a) / 2  # (B, A, d)
+
+
+def alignment_samples(pooling: AlignPooling, batch: dict, q_tok: Tensor, a_tok: Tensor) -> Tensor:
+    """The alignment losses' l_k = (E_L + E_ans_k) / 2, (B, A, d), both pooled per task.align.pooling."""
+    e_q = pooling.language(q_tok, batch["attention_mask"])  # (B, d)
+    e_ans = pooling.language(a_tok, batch["answer_mask"])  # (B, A, d)
     return (e_q[:, None] + e_ans) / 2
 
 
@@ -71,18 +99,21 @@ def answer_logits(model: nn.Module, ctx: Tensor, frame_mask: Tensor, lang: Tenso
 def qa_loss(model: nn.Module, batch: dict, cfg: QAConfig) -> tuple[Tensor, dict[str, float]]:
     frame_mask, target = batch["frame_mask"], batch["answer_idx"]  # (B, M), (B,)
     ctx = encode_videos(model, batch)  # (B, M, d)
-    lang = language_samples(model, batch)  # (B, A, d)
+    q_tok, a_tok = language_tokens(model, batch)  # (B, N, d), (B, A, Na, d)
+    lang = decoder_samples(model, batch, q_tok, a_tok)  # (B, A, d) the decoder's l_k
     logits = answer_logits(model, ctx, frame_mask, lang)  # (B, A)
     task_loss = F.cross_entropy(logits.float(), target)
     loss, logs = task_loss, {"qa_loss": float(task_loss.detach())}
+    if cfg.align.enabled:  # the alignment losses' l_k: E_question and E_ans_k pooled per task.align.pooling
+        align_lang = alignment_samples(model.head.align_pooling, batch, q_tok, a_tok)  # (B, A, d)
     if cfg.align.glob:
-        e_v = masked_mean(ctx, frame_mask)  # (B, d)
-        true_lang = lang[torch.arange(len(target)), target]  # (B, d)
+        e_v = model.head.align_pooling.video(ctx, frame_mask)  # (B, d)
+        true_lang = align_lang[torch.arange(len(target)), target]  # (B, d)
         glob = global_alignment_loss(true_lang, e_v, cfg.align.margin)
         loss, logs["align_glob_loss"] = loss + cfg.align.glob * glob, float(glob.detach())
     if cfg.align.seg:
         true_frames = frames_in_span(batch["span"], ctx.shape[1])  # (B, M)
-        seg = segment_alignment_loss(lang, ctx, frame_mask, true_frames, target, cfg.align.margin)
+        seg = segment_alignment_loss(align_lang, ctx, frame_mask, true_frames, target, cfg.align.margin)
         loss, logs["align_seg_loss"] = loss + cfg.align.seg * seg, float(seg.detach())
     logs["accuracy"] = float((logits.argmax(1) == target).float().mean())
     logs["loss"] = float(loss.detach())
@@ -105,11 +136,15 @@ def question_batches(queries: list[dict], tokenizer: Any, max_len: int, batch_si
 
 
 def scores_of(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
-    """(score_k (B, A), cos(l_k, E_f,t) (B, A, M)) for the questions of a batch and their clips."""
-    lang = language_samples(model, batch)  # (B, A, d)
+    """(score_k (B, A), cos(l_k, E_f,t) (B, A, M)) for the questions of a batch and their clips; the
+    cosines are eq. 5's S_seg, with the alignment's l_k when the head has one (else the decoder's)."""
+    q_tok, a_tok = language_tokens(model, batch)  # (B, N, d), (B, A, Na, d)
+    lang = decoder_samples(model, batch, q_tok, a_tok)  # (B, A, d) the decoder's l_k
     ctx = batch["ctx"].to(lang.dtype)  # (B, M, d)
     logits = answer_logits(model, ctx, batch["frame_mask"], lang)
-    sim = torch.einsum("bad,bmd->bam", F.normalize(lang, dim=-1), F.normalize(ctx, dim=-1))
+    pooling = model.head.align_pooling
+    align_lang = lang if pooling is None else alignment_samples(pooling, batch, q_tok, a_tok)  # (B, A, d)
+    sim = torch.einsum("bad,bmd->bam", F.normalize(align_lang, dim=-1), F.normalize(ctx, dim=-1))
     return logits, sim
 
 
@@ -120,7 +155,7 @@ class QATask:
     row_options: data.RowOptions = data.RowOptions(answers=True)
 
     def build_head(self, backbone: nn.Module) -> nn.Module:
-        return QAHead(backbone.config.hidden)
+        return QAHead(backbone.config.hidden, build_pooling(backbone.config.hidden, self.cfg.align))
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
         return qa_loss(model, batch, self.cfg)

@@ -30,7 +30,7 @@ from finetune.model import InitConfig, TaskModel, load_backbone, resolve_checkpo
 from finetune.moment import MomentConfig, MomentTask
 from finetune.qa import QAConfig, QATask
 from finetune.video_retrieval import VideoRetrievalConfig, VideoRetrievalTask
-from pretrain import checkpoint, config, runtime, session
+from pretrain import checkpoint, config, runtime, session, text
 from pretrain.config import ConfigError
 from pretrain.loop import Trainer, TrainState
 from pretrain.model import ModelConfig, build_model, load_tokenizer
@@ -100,6 +100,7 @@ def validate(cfg: FinetuneConfig, world: int) -> None:
     """Checks beyond types, before any work: task options, batch arithmetic, paths, feature dims."""
     try:
         cfg.task.validate()
+        text.check_weighting(cfg.data.idf, cfg.data.subword_weights)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     model = config.validate_run(cfg, world)

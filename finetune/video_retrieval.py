@@ -1,10 +1,11 @@
 """Text-to-video retrieval: MSR-VTT (train_9k / train_7k, 1k-A test) and ActivityNet Captions
 paragraph-to-video (val_1), finetuned with TACo's losses (eq. 3-6, pretrain/objectives/taco.py).
 
-Inference is TACo's (section 3.4): the sum of its three scores. The first two (sentence-level
-and token-level alignment, `taco_pair_scores`) are cheap and rank every video; the fusion
-score needs T_cross for every pair, so it re-scores only each query's `rerank` best
-candidates, which then rank above the rest (0: the dual encoder alone). Metrics: R@1/5/10,
+Inference is TACo's (section 3.4): the sum of its three scores for every query x video pair,
+the sentence-level and token-level alignment (`taco_pair_scores`) plus the fusion score, which
+needs T_cross for each pair and runs in chunks of `fusion_chunk` pairs (`fusion_all_pairs`).
+`rerank: K` is a named approximation: the fusion score re-scores only each query's K best
+candidates by the first two scores, which then rank above the rest. Metrics: R@1/5/10,
 median and mean rank of the ground-truth video (pretrain/metrics.py; a query whose video is
 not in the corpus, rejected in data_prep for its features, gets the worst rank V + 1).
 """
@@ -19,10 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from finetune import data
-from finetune.alignment import AlignConfig, global_alignment_loss
+from finetune.alignment import AlignConfig, build_pooling, global_alignment_loss
 from pretrain import metrics
-from pretrain.objectives.gmr import masked_mean
-from pretrain.objectives.taco import Taco, TacoConfig, taco_pair_scores
+from pretrain.objectives.taco import Taco, TacoConfig, Texts, fusion_all_pairs, taco_pair_scores
 
 TOP_PREDICTIONS = 100  # ranked videos written per query
 
@@ -30,12 +30,14 @@ TOP_PREDICTIONS = 100  # ranked videos written per query
 @dataclass
 class VideoRetrievalConfig:
     taco: TacoConfig = field(default_factory=TacoConfig)
-    rerank: int = 16  # best candidates per query re-scored with the fusion score (0: dual encoder only)
+    rerank: int = 0  # 0: TACo's sum of the three scores over every pair | K: fusion on each query's K best only
+    fusion_chunk: int = 256  # query-video pairs per fusion forward at inference
     align: AlignConfig = field(default_factory=AlignConfig)  # multi-level alignment: the global level only
 
     def validate(self) -> None:
-        if self.rerank < 0:
-            raise ValueError(f"task.rerank must be >= 0, got {self.rerank}")
+        if self.rerank < 0 or self.fusion_chunk < 1:
+            raise ValueError(f"task.rerank must be >= 0 and task.fusion_chunk >= 1, got {self.rerank}, "
+                             f"{self.fusion_chunk}")  # fmt: skip
         self.align.validate(segment_applicable=False)
 
 
@@ -43,8 +45,10 @@ def encode_videos(model: nn.Module, batch: dict) -> Tensor:
     return model.backbone.embed_video(batch["frames"], batch["frame_mask"])  # (B, M, d)
 
 
-def encode_texts(model: nn.Module, batch: dict) -> Tensor:
-    return model.backbone.embed_text(batch["input_ids"], batch["attention_mask"])  # (B, N, d)
+def encode_texts(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor]:
+    """(token features y (B, N, d), sentence vectors (B, d)) of a query batch."""
+    y = model.backbone.embed_text(batch["input_ids"], batch["attention_mask"])  # (B, N, d)
+    return y, model.backbone.sentence(y, batch["attention_mask"])
 
 
 def fusion_scores(model: nn.Module, pairs: dict) -> Tensor:
@@ -55,42 +59,50 @@ def fusion_scores(model: nn.Module, pairs: dict) -> Tensor:
 class VideoRetrievalTask:
     cfg: VideoRetrievalConfig
     uniform_frames: bool = True  # frames sampled evenly over the video
-    chunk: int = 64  # query-video pairs per fusion forward
     row_options: data.RowOptions = data.RowOptions()
 
     def __post_init__(self) -> None:
         self.taco = Taco(self.cfg.taco)
 
     def build_head(self, backbone: nn.Module) -> nn.Module:
-        return nn.Module()  # TACo's heads (the fusion score) are the backbone's
+        # TACo's heads (the fusion score) are the backbone's; the head holds multi-level alignment's E_L / E_V pools
+        return build_pooling(backbone.config.hidden, self.cfg.align) or nn.Module()
 
     def loss(self, model: nn.Module, batch: dict, step: int) -> tuple[Tensor, dict[str, float]]:
         bb, frame_mask = model.backbone, batch["frame_mask"]  # (B, M)
         x = bb.embed_video(batch["frames"], frame_mask)  # (B, M, d)
         y = bb.embed_text(batch["input_ids"], batch["attention_mask"])  # (B, N, d)
         losses = self.taco.from_embeddings(bb, batch, x, y)
-        if self.cfg.align.glob:  # E_L: the caption's [CLS], E_V: the mean frame (TACo's sentence-level pair)
-            e_v = masked_mean(x, frame_mask)  # (B, d)
-            losses["align_glob_loss"] = self.cfg.align.glob * global_alignment_loss(y[:, 0], e_v,
-                                                                                   self.cfg.align.margin)  # fmt: skip
+        if self.cfg.align.glob:  # E_L, E_V per task.align.pooling: the words / frames pooled, or [CLS] / mean frame
+            e_l, e_v = model.head.language(y, batch["attention_mask"]), model.head.video(x, frame_mask)  # (B, d) each
+            losses["align_glob_loss"] = self.cfg.align.glob * global_alignment_loss(e_l, e_v, self.cfg.align.margin)
         total = sum(losses.values())
         return total, {**{k: float(v.detach()) for k, v in losses.items()}, "loss": float(total.detach())}
 
+    def fusion_fn(self, engine: Any):
+        """The fusion score (P,) of P (video, text) pairs, through the engine (ZeRO-3 gathers its parameters)."""
+        return lambda x, fm, y, tm: engine(fusion_scores, {"x": x, "frame_mask": fm, "y": y, "text_mask": tm}).float()
+
     def rerank(self, engine: Any, scores: Tensor, x: Tensor, fm: Tensor, y: Tensor, tm: Tensor) -> Tensor:
-        """scores (B, V) with each row's `rerank` best candidates re-scored: dual + fusion, ranked first."""
+        """The `rerank` approximation: scores (B, V) with each row's K best candidates re-scored
+        (dual + fusion) and ranked above the rest."""
         r = min(self.cfg.rerank, scores.shape[1])
-        if r == 0:
-            return scores
         top = scores.topk(r, dim=1).indices  # (B, r)
         q = torch.arange(len(scores), device=scores.device).repeat_interleave(r)  # (B*r,)
         v = top.flatten()  # (B*r,)
-        fused = torch.cat([
-            engine(fusion_scores, {"x": x[v[i:i + self.chunk]], "frame_mask": fm[v[i:i + self.chunk]],
-                                   "y": y[q[i:i + self.chunk]], "text_mask": tm[q[i:i + self.chunk]]}).float()
-            for i in range(0, len(v), self.chunk)
-        ]).view(-1, r)  # fmt: skip  # (B, r)
+        fuse, chunk = self.fusion_fn(engine), self.cfg.fusion_chunk
+        fused = torch.cat([fuse(x[vi], fm[vi], y[qi], tm[qi]) for qi, vi in zip(q.split(chunk), v.split(chunk))])
+        fused = fused.view(-1, r)  # (B, r)
         lift = scores.max() - scores.min() + fused.abs().max() + 1.0  # re-scored candidates rank above the rest
         return scores.scatter(1, top, scores.gather(1, top) + fused + lift)  # (B, V)
+
+    def scores(self, engine: Any, x: Tensor, fm: Tensor, texts: Texts) -> tuple[Tensor, Tensor]:
+        """(retrieval scores (B, V) of a query batch against every video, its first two scores alone (B, V))."""
+        dual = taco_pair_scores(x, fm, texts, self.cfg.taco)  # (B, V)
+        y, tm = texts.y, texts.mask
+        if self.cfg.rerank:
+            return self.rerank(engine, dual, x, fm, y, tm), dual
+        return dual + fusion_all_pairs(self.fusion_fn(engine), x, fm, y, tm, self.cfg.fusion_chunk), dual
 
     @torch.no_grad()
     def predict(self, engine: Any, dcfg: data.FinetuneDataConfig, split: str, tokenizer: Any,
@@ -111,11 +123,11 @@ class VideoRetrievalTask:
         for batch in data.query_batches(queries, tokenizer, dcfg.max_query_len, dcfg.eval_batch_size,
                                         int(tokenizer.pad_token_id or 0), idf):  # fmt: skip
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            y = engine(encode_texts, batch).float()  # (B, N, d)
-            tm, toi = batch["attention_mask"], batch["toi_weight"]  # (B, N)
-            scores = taco_pair_scores(x, fm, y, tm, toi, self.cfg.taco.normalize)  # (B, V)
-            rows.append(self.rerank(engine, scores, x, fm, y, tm).cpu())
-            dual.append(scores.cpu())
+            y, y_bar = engine(encode_texts, batch)  # (B, N, d), (B, d)
+            texts = Texts(y.float(), y_bar.float(), batch["attention_mask"], batch["toi_weight"])
+            scores, dual_scores = self.scores(engine, x, fm, texts)  # (B, V), (B, V)
+            rows.append(scores.cpu())
+            dual.append(dual_scores.cpu())
         sim = torch.cat(rows)  # (Q, V)
         index = {mt["video_id"]: i for i, mt in enumerate(meta)}
         gt_rows = torch.tensor([index.get(q["video_id"], -1) for q in queries])  # (Q,)

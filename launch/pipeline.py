@@ -134,4 +134,4 @@ def zero_shot(export: Path | None, model_config: Path, held_out: Sequence[str], 
         model.load_state_dict(load_file(str(Path(export) / "model.safetensors")), strict=True)
     tokenizer = load_tokenizer(cfg.model)
     batches = build_eval_loader(list(held_out), cfg.data, tokenizer, batch_size)
-    return zeroshot.evaluate(model, batches, torch.device("cpu"), max_samples)
+    return zeroshot.evaluate(model, batches, torch.device("cpu"), max_samples, cfg.objectives.taco)

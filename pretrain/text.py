@@ -1,21 +1,30 @@
 """Tokenisation that keeps word alignment, and TACo's per-token IDF weights.
 
-TACo's token-level loss (eq. 4-5) weighs each noun and verb of a caption by its IDF, and a
-word split into several sub-words gives all of them the word's weight. The tags were
-computed once in data_prep as character spans of the sample's `text` (`toi`); here the fast
-tokenizer's offset mapping carries them to token positions: a token gets the weight of the
-toi span that contains its characters, and 0 when it lies in no span (stop words,
-punctuation, [CLS]/[SEP]).
+TACo's token-level loss (eq. 4-5) weighs each noun and verb of a caption by its IDF. The tags
+were computed once in data_prep as character spans of the sample's `text` (`toi`); here the
+fast tokenizer's offset mapping carries them to token positions: a token gets a weight when its
+characters lie in a toi span, and 0 when they lie in no span (stop words, punctuation,
+[CLS]/[SEP]).
 
 IDF comes from the training corpus's `toi_df.json` ({num_docs, df: {lower-cased word: number
-of clips whose tokens of interest contain it}}), with scikit-learn's smooth formula
+of clips whose tokens of interest contain it}}). Two formulas (`data.idf`):
 
-    idf(w) = log((1 + num_docs) / (1 + df(w))) + 1
+    taco   (default)  idf(w) = max(log(N / (1 + df(w))), IDF_FLOOR)       TACo appendix eq. 7
+    smooth            idf(w) = log((1 + N) / (1 + df(w))) + 1               scikit-learn's smooth IDF
 
-The +1 inside the log acts as one extra clip that contains every word, so no division by
-zero and no negative weight; the +1 outside keeps a word present in every clip from getting
-weight 0. A word the training corpus never tagged (df 0) gets the largest value,
-log(1 + num_docs) + 1: unseen words are the rarest.
+TACo's formula is <= 0 for a word in (nearly) every caption; such a word carries no
+information, and a weight <= 0 would flip the sign of its token loss after the per-sentence
+normalisation, so it is floored at IDF_FLOOR (> 0: the word stays a token of interest, so the
+cascade score still counts it, with a negligible share of L2). A word the corpus never tagged
+(df 0) gets the largest value: unseen words are the rarest. TACo counts df over the captions
+that contain the token in any role; ours counts the clips where the tagger marked it a noun or
+verb; the two differ only for words tagged in some captions and not in others.
+
+A word that the tokenizer splits into k sub-words (`data.subword_weights`): `share` (default)
+gives each sub-word idf(w) / k, so the word weighs the same however it is split; `copy` gives
+each sub-word idf(w) (TACo: "for all tokens that belong to the same word, we will assign the
+same weights"), so after the per-sentence normalisation a word in three pieces takes three
+times the share of L2 of a one-piece word of equal IDF.
 """
 
 from __future__ import annotations
@@ -66,27 +75,58 @@ def load_tokenizer(path: str | None = None) -> Any:
     return tok
 
 
+IDF_FORMULAS = ("taco", "smooth")
+SUBWORD_WEIGHTS = ("share", "copy")
+IDF_FLOOR = 1e-3  # TACo's IDF of a word in (nearly) every caption is <= 0: floored, see the module doc
+
+
 @dataclass(frozen=True)
 class IdfTable:
-    """Smoothed IDF of tokens of interest, from a corpus's document frequencies."""
+    """IDF of tokens of interest from a corpus's document frequencies, and how sub-words share it.
+
+    num_docs 0 means no counts: every word of interest weighs 1.
+    """
 
     num_docs: int = 0
     df: dict[str, int] = field(default_factory=dict)
+    formula: str = "taco"  # "taco": log(N / (1 + df)), floored | "smooth": log((1 + N) / (1 + df)) + 1
+    subwords: str = "share"  # "share": a word's weight split over its sub-words | "copy": each gets it all
+
+    def __post_init__(self) -> None:
+        check_weighting(self.formula, self.subwords)
 
     def weight(self, word: str) -> float:
-        """idf(w) = log((1 + N) / (1 + df(w))) + 1, `word` lower-cased; df 0 for unknown words."""
-        return math.log((1 + self.num_docs) / (1 + self.df.get(word.lower(), 0))) + 1.0
+        """The IDF of `word` (lower-cased; df 0 for unknown words) by `formula`; 1 without counts."""
+        return self.idf(self.df.get(word.lower(), 0))
+
+    def idf(self, df: int) -> float:
+        if self.num_docs == 0:
+            return 1.0
+        if self.formula == "smooth":
+            return math.log((1 + self.num_docs) / (1 + df)) + 1.0
+        return max(math.log(self.num_docs / (1 + df)), IDF_FLOOR)
 
     @property
     def max_weight(self) -> float:
-        return math.log(1 + self.num_docs) + 1.0
+        """The weight of a word the corpus never tagged (df 0), the largest there is."""
+        return self.idf(0)
 
 
-def load_idf(path: str, storage_options: dict | None = None) -> IdfTable:
+def check_weighting(formula: str, subwords: str) -> None:
+    """ValueError naming the allowed values of data.idf and data.subword_weights."""
+    if formula not in IDF_FORMULAS:
+        raise ValueError(f"data.idf must be one of {IDF_FORMULAS}, got {formula!r}")
+    if subwords not in SUBWORD_WEIGHTS:
+        raise ValueError(f"data.subword_weights must be one of {SUBWORD_WEIGHTS}, got {subwords!r}")
+
+
+def load_idf(path: str, storage_options: dict | None = None, formula: str = "taco",
+             subwords: str = "share") -> IdfTable:  # fmt: skip
     """An IdfTable from a `toi_df.json` (local path or s3:// through fsspec)."""
     with fsspec.open(path, "rb", **(storage_options or {})) as f:
         data = json.loads(f.read())
-    return IdfTable(num_docs=int(data["num_docs"]), df={str(k): int(v) for k, v in data["df"].items()})
+    df = {str(k): int(v) for k, v in data["df"].items()}
+    return IdfTable(num_docs=int(data["num_docs"]), df=df, formula=formula, subwords=subwords)
 
 
 @dataclass
@@ -100,17 +140,18 @@ class EncodedText:
 
 
 def toi_weights(offsets: np.ndarray, special: np.ndarray, text: str, toi: Sequence, idf: IdfTable | None) -> np.ndarray:
-    """Per-token weight: the IDF of the toi span holding the token's characters, 0 outside spans.
-
-    Without an IdfTable every token of interest weighs 1 (plain token masks).
-    """
+    """Per-token weight: the IDF of the toi span holding the token's characters (divided among the
+    span's sub-words with `share`), 0 outside spans. idf None: every word of interest weighs 1, shared."""
+    idf = idf if idf is not None else IdfTable()
     weights = np.zeros(len(offsets), dtype=np.float32)  # (N,)
     starts, ends = offsets[:, 0], offsets[:, 1]  # (N,), (N,)
     real = ~special & (ends > starts)  # (N,) tokens that cover characters
     for span in toi:
         s, e = int(span[0]), int(span[1])
         inside = real & (starts >= s) & (ends <= e)  # (N,) all sub-words of this word
-        weights[inside] = idf.weight(text[s:e]) if idf is not None else 1.0
+        pieces = int(inside.sum())
+        if pieces:
+            weights[inside] = idf.weight(text[s:e]) / (pieces if idf.subwords == "share" else 1)
     return weights
 
 

@@ -392,3 +392,10 @@ def test_heuristic_tagger_spans_index_the_text():
     words = {text[s:e]: pos for s, e, pos in tags}
     assert words["cut"] == "VERB" and words["onion"] == "NOUN" and words["knife"] == "NOUN"
     assert "the" not in words and "you" not in words
+
+
+def test_heuristic_tagger_skips_adjectives_and_adverbs():
+    text = "slowly stir the delicious red sauce with a large spoon until the family is really happy"
+    (tags,) = Tagger("heuristic").tag([text])
+    words = {text[s:e]: pos for s, e, pos in tags}
+    assert words == {"stir": "VERB", "sauce": "NOUN", "spoon": "NOUN", "family": "NOUN"}

@@ -30,7 +30,7 @@ from pretrain.distributed import (
     local_rows,
     rank_info,
 )
-from pretrain.objectives.taco import Taco, TacoConfig, taco_losses
+from pretrain.objectives.taco import Taco, TacoConfig, Texts, taco_losses
 
 WORLD, LOCAL = 2, 3
 CFG = TacoConfig(k_neg=2, tau1=0.5, tau2=0.5)
@@ -81,7 +81,8 @@ def gathered_taco(model: TinyModel, batch: dict[str, Tensor], local_loss: bool, 
         y_all = torch.cat([y_all[: rows.start], F.pad(y, (0, 0, 0, y_all.shape[1] - y.shape[1])), y_all[rows.stop :]])
     toi = gather_no_grad(batch["toi_weight"])  # (2B, N)
     rows = rows if local_loss else slice(0, x_all.shape[0])
-    return taco_losses(x_all, fm, y_all, tm, toi, rows, model.fusion_score, CFG)
+    texts = Texts(y_all, model.sentence(y_all, tm), tm, toi)
+    return taco_losses(x_all, fm, texts, rows, model.fusion_score, CFG)
 
 
 RECIPES = {  # name -> (local loss, gather with gradient)

@@ -147,6 +147,11 @@ class _Backbone(torch.nn.Module):
     def embed_text(self, ids, mask):
         return self.lin(torch.nn.functional.one_hot(ids % 6, 6).float())
 
+    def sentence(self, y, mask):
+        from pretrain.pooling import pool_text
+
+        return pool_text(y, mask, "mean")
+
 
 def _naive_span_input(head: MomentHead, tokens: torch.Tensor, n_tok: int, ctx: torch.Tensor,
                       span_query: str) -> torch.Tensor:  # fmt: skip
@@ -176,7 +181,8 @@ def test_moment_loss_matches_a_naive_loop(span_query: str) -> None:
 
     ctx = model.backbone.embed_video(batch["frames"], frame_mask) * frame_mask[..., None]
     tokens = model.backbone.embed_text(batch["input_ids"], None)  # (b, N, d)
-    qv = model.head.query_vr(tokens[:, 0])
+    sentences = torch.stack([tokens[i][attention_mask[i]].mean(0) for i in range(b)])  # the mean of the valid tokens
+    qv = model.head.query_vr(sentences)
     score = torch.zeros(b, b)  # score[i, j]: query i vs video j = max over valid frames of the cosine
     for i in range(b):
         for j in range(b):
@@ -300,7 +306,7 @@ def _mlflow_runs(run_dir: Path) -> list:
 def test_retrieval_recipe_two_ranks(recipe, sets, tmp_path) -> None:
     split = RETRIEVAL[recipe]
     run_dir = tmp_path / recipe
-    _finetune(recipe, 2, run_dir, f"data.root={sets / recipe}", "run.max_steps=2", "task.rerank=3",
+    _finetune(recipe, 2, run_dir, f"data.root={sets / recipe}", "run.max_steps=2",
               "data.max_frames=8", *OPTIONS.get(recipe, ()))  # fmt: skip
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["taco_l3_loss"]) for r in rows)

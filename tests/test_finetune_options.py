@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_alignment_mesm import naive_attention_pool, naive_words
 from test_finetune import _raw
 
 from finetune import data, qa
@@ -44,6 +45,40 @@ def _batch(seed: int = 0) -> dict:
             "span": torch.tensor([[1, 3], [0, 2], [1, 1]]), "word_mask": word_mask,
             "context_ids": torch.randint(1000, 2000, (B, 2, 5), generator=g), "context_mask": context_mask,
             "keys": ["a", "b", "c"]}  # fmt: skip
+
+
+def _move_pools_off_uniform(model: TaskModel) -> None:
+    """Random attention-pool weights (they start at 0, the masked mean), so that the references check them."""
+    pooling = model.head.align_pooling
+    if pooling.words is not None:
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for w in (pooling.words.w, pooling.frames.w):
+                w.copy_(0.1 * torch.randn(w.shape, generator=g))
+
+
+def _naive_e_l(model: TaskModel, pooling: str, tok: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """E_L (..., d) of tok (..., N, d): section 3.1's weighted sum of the words, or the [CLS]."""
+    if pooling == "cls_mean":
+        return tok[..., 0, :]
+    w = model.head.align_pooling.words.w.tolist()
+    rows = [naive_attention_pool(w, t.tolist(), naive_words(m.tolist()))
+            for t, m in zip(tok.reshape(-1, *tok.shape[-2:]), attention.reshape(-1, attention.shape[-1]))]  # fmt: skip
+    return torch.tensor(rows).view(*tok.shape[:-2], -1)
+
+
+def _naive_e_v(model: TaskModel, pooling: str, ctx: torch.Tensor, fm: torch.Tensor) -> torch.Tensor:
+    """E_V (B, d) of the frames ctx (B, M, d): section 3.1's weighted sum, or the mean frame."""
+    if pooling == "cls_mean":
+        return (ctx * fm[..., None]).sum(1) / fm.sum(1, keepdim=True)
+    w = model.head.align_pooling.frames.w.tolist()
+    return torch.tensor([naive_attention_pool(w, c.tolist(), m.tolist()) for c, m in zip(ctx, fm)])
+
+
+def _check_pool_gradients(model: TaskModel, pooling: str) -> None:
+    params = list(model.head.align_pooling.parameters())
+    assert len(params) == (2 if pooling == "attention" else 0)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in params)
 
 
 # ---------------------------------------------------------------- training rows
@@ -82,12 +117,14 @@ def test_row_options_mask_words_pick_context_sentences_and_carry_answers() -> No
 # ---------------------------------------------------------------- the moment loss with the options on
 
 
-def test_moment_loss_is_the_task_loss_plus_the_weighted_terms(backbone) -> None:
+@pytest.mark.parametrize("pooling", ["attention", "cls_mean"])
+def test_moment_loss_is_the_task_loss_plus_the_weighted_terms(backbone, pooling) -> None:
     torch.manual_seed(1)
     mesm = MesmConfig(fw=0.5, ss=0.3, enc=0.2)
-    align = AlignConfig(glob=0.7, seg=0.4, margin=0.3)
+    align = AlignConfig(glob=0.7, seg=0.4, margin=0.3, pooling=pooling)
     cfg = MomentConfig(temperature=0.1, span_weight=0.5, conv_kernel=3, mesm=mesm, align=align)
     model = TaskModel(backbone, MomentTask(cfg).build_head(backbone)).eval()
+    _move_pools_off_uniform(model)
     batch = _batch()
     loss, logs = moment_loss(model, batch, cfg)
 
@@ -110,9 +147,9 @@ def test_moment_loss_is_the_task_loss_plus_the_weighted_terms(backbone) -> None:
     st, ed = model.head.span_logits(x)
     l_span = sum(F.cross_entropy(st[i, : int(fm[i].sum())][None], span[i, :1]) +
                  F.cross_entropy(ed[i, : int(fm[i].sum())][None], span[i, 1:]) for i in range(B)) / B  # fmt: skip
-    e_v = (ctx * fm[..., None]).sum(1) / fm.sum(1, keepdim=True)
-    l_glob = global_alignment_loss(q_tok[:, 0], e_v, 0.3)
-    l_seg = segment_alignment_loss(q_tok[:, :1], ctx, fm, frames_in_span(span, M), torch.zeros(B, dtype=torch.long),
+    e_l, e_v = _naive_e_l(model, pooling, q_tok, am), _naive_e_v(model, pooling, ctx, fm)  # (B, d) each
+    l_glob = global_alignment_loss(e_l, e_v, 0.3)
+    l_seg = segment_alignment_loss(e_l[:, None], ctx, fm, frames_in_span(span, M), torch.zeros(B, dtype=torch.long),
                                    0.3)  # fmt: skip
     want = logs["vr_loss"] + 0.5 * l_span + 0.5 * l_fw + 0.3 * l_ss + 0.2 * l_enc + 0.7 * l_glob + 0.4 * l_seg
     assert float(loss.detach()) == pytest.approx(float(want.detach()), abs=1e-4)
@@ -121,13 +158,15 @@ def test_moment_loss_is_the_task_loss_plus_the_weighted_terms(backbone) -> None:
         assert logs[key] == pytest.approx(float(value), abs=1e-5), key
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.mesm.parameters())
+    _check_pool_gradients(model, pooling)
 
 
 def test_moment_loss_without_options_has_no_extra_terms(backbone) -> None:
     cfg = MomentConfig()
     model = TaskModel(backbone, MomentTask(cfg).build_head(backbone)).eval()
     loss, logs = moment_loss(model, _batch(), cfg)
-    assert model.head.mesm is None and set(logs) == {"vr_loss", "span_loss", "loss"}
+    assert model.head.mesm is None and model.head.align_pooling is None
+    assert set(logs) == {"vr_loss", "span_loss", "loss"}
     assert float(loss) == pytest.approx(logs["vr_loss"] + logs["span_loss"], abs=1e-5)
 
 
@@ -153,39 +192,54 @@ def test_mesm_inference_equals_training_without_context_sentences(backbone) -> N
 # ---------------------------------------------------------------- How2QA
 
 
-def test_qa_loss_matches_a_naive_decoder_and_adds_segment_alignment(backbone) -> None:
+@pytest.mark.parametrize("pooling", ["attention", "cls_mean"])
+def test_qa_loss_matches_a_naive_decoder_and_adds_segment_alignment(backbone, pooling) -> None:
     torch.manual_seed(2)
-    cfg = qa.QAConfig(align=AlignConfig(glob=0.5, seg=1.0, margin=0.2))
+    cfg = qa.QAConfig(align=AlignConfig(glob=0.5, seg=1.0, margin=0.2, pooling=pooling))
     task = qa.QATask(cfg)
     model = TaskModel(backbone, task.build_head(backbone)).eval()
+    _move_pools_off_uniform(model)
     batch = _batch()
     a = 4
-    batch["answer_ids"] = torch.randint(1000, 2000, (B, a, 3))
-    batch["answer_mask"] = torch.ones(B, a, 3, dtype=torch.bool)
+    batch["answer_ids"] = torch.randint(1000, 2000, (B, a, 5))
+    batch["answer_mask"] = torch.ones(B, a, 5, dtype=torch.bool)
+    batch["answer_mask"][0, 1, 3:] = False  # a shorter candidate: its padding is not pooled
     batch["answer_idx"] = torch.tensor([0, 3, 1])
     loss, logs = task.loss(model, batch, 0)
 
     fm, span, target = batch["frame_mask"], batch["span"], batch["answer_idx"]
     ctx = encode_videos(model, batch)
-    e_q = backbone.embed_text(batch["input_ids"], batch["attention_mask"])[:, 0]
+    # the decoder's l_k: the mean of each text's valid tokens (the packaged MiniLM's sentence vector)
+    q_tokens = backbone.embed_text(batch["input_ids"], batch["attention_mask"])
+    e_q = [q_tokens[i][batch["attention_mask"][i]].mean(0) for i in range(B)]
     lang = torch.zeros(B, a, ctx.shape[-1])
     ce = 0.0
     for i in range(B):
         scores = []
         for k in range(a):
-            e_ans = backbone.embed_text(batch["answer_ids"][i, k][None], batch["answer_mask"][i, k][None])[0, 0]
+            ans_mask = batch["answer_mask"][i, k]
+            e_ans = backbone.embed_text(batch["answer_ids"][i, k][None], ans_mask[None])[0][ans_mask].mean(0)
             lang[i, k] = (e_q[i] + e_ans) / 2
             valid = [t for t in range(M) if fm[i, t]]
             w = torch.softmax(torch.stack([lang[i, k] @ ctx[i, t] / math.sqrt(ctx.shape[-1]) for t in valid]), 0)
             pooled = sum(w[j] * ctx[i, t] for j, t in enumerate(valid))
             scores.append(model.head.score(torch.cat([lang[i, k], pooled, lang[i, k] * pooled]))[0])
         ce += -torch.log_softmax(torch.stack(scores), 0)[target[i]] / B
-    e_v = (ctx * fm[..., None]).sum(1) / fm.sum(1, keepdim=True)
-    glob = global_alignment_loss(lang[torch.arange(B), target], e_v, 0.2)
-    seg = segment_alignment_loss(lang, ctx, fm, frames_in_span(span, M), target, 0.2)
+    # the alignment's language samples: (E_question + E_answer_k) / 2, each pooled per task.align.pooling
+    q_tok = backbone.embed_text(batch["input_ids"], batch["attention_mask"])
+    a_tok = backbone.embed_text(batch["answer_ids"].view(B * a, 5), batch["answer_mask"].view(B * a, 5))
+    e_q = _naive_e_l(model, pooling, q_tok, batch["attention_mask"])  # (B, d)
+    e_ans = _naive_e_l(model, pooling, a_tok, batch["answer_mask"].view(B * a, 5)).view(B, a, -1)  # (B, A, d)
+    align_lang = (e_q[:, None] + e_ans) / 2
+    e_v = _naive_e_v(model, pooling, ctx, fm)
+    glob = global_alignment_loss(align_lang[torch.arange(B), target], e_v, 0.2)
+    seg = segment_alignment_loss(align_lang, ctx, fm, frames_in_span(span, M), target, 0.2)
     assert logs["qa_loss"] == pytest.approx(float(ce), abs=1e-5)
     assert float(loss) == pytest.approx(float(ce + 0.5 * glob + seg), abs=1e-5)
+    assert logs["align_glob_loss"] == pytest.approx(float(glob), abs=1e-5)
     assert logs["align_seg_loss"] == pytest.approx(float(seg), abs=1e-5)
+    loss.backward()
+    _check_pool_gradients(model, pooling)
 
 
 def test_qa_accuracy_counts_unanswered_questions_as_wrong() -> None:

@@ -104,16 +104,20 @@ def reference(shards: Path, tokenizer: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- tokenisation and TACo weights
 
 
-def test_subwords_share_their_word_weight(tokenizer: Any) -> None:
-    idf = text.IdfTable(num_docs=99, df={"unbelievably": 9, "peel": 49})
+@pytest.mark.parametrize("subwords", ["share", "copy"])
+def test_subwords_share_their_word_weight(tokenizer: Any, subwords: str) -> None:
+    """share: a word's IDF is divided among its sub-words (the word weighs the same however it is split);
+    copy: every sub-word carries the whole IDF (TACo's "the same weights" read literally)."""
+    idf = text.IdfTable(num_docs=99, df={"unbelievably": 9, "peel": 49}, subwords=subwords)
     s = "peel unbelievably thin"
     enc = text.encode(s, [[0, 4, "VERB"], [5, 17, "NOUN"]], tokenizer, 32, idf)
     tokens = tokenizer.convert_ids_to_tokens(enc.input_ids.tolist())
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
     pieces = [i for i, (a, b) in enumerate(enc.offsets) if 5 <= a and b <= 17 and b > a]
     assert len(pieces) > 1, tokens  # the word is split into sub-words
-    assert np.allclose(enc.toi_weight[pieces], math.log(100 / 10) + 1)
-    assert enc.toi_weight[1] == pytest.approx(math.log(100 / 50) + 1)  # "peel"
+    per_piece = math.log(99 / 10) / (len(pieces) if subwords == "share" else 1)  # TACo: log(N / (1 + df))
+    assert np.allclose(enc.toi_weight[pieces], per_piece)
+    assert enc.toi_weight[1] == pytest.approx(math.log(99 / 50))  # "peel", one piece
     thin = tokens.index("thin")
     assert enc.toi_weight[thin] == 0 and enc.toi_weight[0] == 0 and enc.toi_weight[-1] == 0
 
@@ -121,7 +125,7 @@ def test_subwords_share_their_word_weight(tokenizer: Any) -> None:
 def test_offsets_with_punctuation(tokenizer: Any) -> None:
     s = "Peel the Onions, then stir-fry!"
     toi = [[0, 4, "VERB"], [9, 15, "NOUN"], [22, 30, "VERB"]]  # "Peel", "Onions", "stir-fry"
-    idf = text.IdfTable(num_docs=10, df={"onions": 4})
+    idf = text.IdfTable(num_docs=10, df={"onions": 4}, subwords="copy")
     enc = text.encode(s, toi, tokenizer, 32, idf)
     for (a, b), w, special in zip(enc.offsets.tolist(), enc.toi_weight, enc.special_mask):
         inside = [sp for sp in toi if sp[0] <= a and b <= sp[1] and b > a]
@@ -131,15 +135,26 @@ def test_offsets_with_punctuation(tokenizer: Any) -> None:
             assert w == pytest.approx(idf.weight(s[inside[0][0] : inside[0][1]])), s[a:b]
     pieces = {s[a:b]: w for (a, b), w in zip(enc.offsets.tolist(), enc.toi_weight) if b > a}
     assert pieces[","] == 0 and pieces["!"] == 0 and pieces["the"] == 0
-    assert pieces["Onions"] == pytest.approx(math.log(11 / 5) + 1)  # the lookup is lower-cased
+    assert pieces["Onions"] == pytest.approx(math.log(10 / 5))  # the lookup is lower-cased
     assert pieces["stir"] == pieces["-"] == pieces["fry"] == pytest.approx(idf.max_weight)  # unknown word: max idf
+    shared = text.encode(s, toi, tokenizer, 32, text.IdfTable(num_docs=10, df={"onions": 4}))
+    stir_fry = [w for (a, b), w in zip(shared.offsets.tolist(), shared.toi_weight) if 22 <= a and b <= 30 and b > a]
+    assert len(stir_fry) == 3 and sum(stir_fry) == pytest.approx(idf.max_weight)  # shared by its three pieces
 
 
-def test_idf_formula_and_truncation(tokenizer: Any) -> None:
-    idf = text.IdfTable(num_docs=9, df={"every": 9, "rare": 1})
-    assert idf.weight("every") == pytest.approx(1.0)
-    assert idf.weight("rare") == pytest.approx(math.log(10 / 2) + 1)
-    assert idf.weight("never-seen") == pytest.approx(idf.max_weight) and idf.max_weight > idf.weight("rare")
+def test_idf_formulas_and_truncation(tokenizer: Any) -> None:
+    taco = text.IdfTable(num_docs=9, df={"every": 9, "most": 8, "rare": 1})
+    assert taco.weight("rare") == pytest.approx(math.log(9 / 2))  # TACo appendix eq. 7
+    assert taco.weight("most") == text.IDF_FLOOR == taco.weight("every")  # log(9/9) = 0 and log(9/10) < 0: floored
+    assert taco.weight("never-seen") == pytest.approx(math.log(9)) == pytest.approx(taco.max_weight)
+    smooth = text.IdfTable(num_docs=9, df={"every": 9, "rare": 1}, formula="smooth")
+    assert smooth.weight("every") == pytest.approx(1.0)
+    assert smooth.weight("rare") == pytest.approx(math.log(10 / 2) + 1)
+    assert smooth.weight("never-seen") == pytest.approx(smooth.max_weight) and smooth.max_weight > smooth.weight("rare")
+    with pytest.raises(ValueError, match="data.idf"):
+        text.IdfTable(formula="bm25")
+    with pytest.raises(ValueError, match="data.subword_weights"):
+        text.IdfTable(subwords="first")
     s = " ".join(["onion"] * 50)
     enc = text.encode(s, [[i * 6, i * 6 + 5, "NOUN"] for i in range(50)], tokenizer, 16, None)
     assert len(enc.input_ids) == 16 and enc.input_ids[-1] == tokenizer.sep_token_id

@@ -117,8 +117,9 @@ def test_diagonal_ground_truth_by_default() -> None:
 class _Embedder(torch.nn.Module):
     """embed_text / embed_video of pretrain/model.py with fixed random tables; the engine calls compute(self, batch)."""
 
-    def __init__(self, d: int = 6):
+    def __init__(self, d: int = 6, pooling: str = "mean"):
         super().__init__()
+        self.pooling = pooling
         g = torch.Generator().manual_seed(3)
         self.words, self.proj = torch.randn(20, d, generator=g), torch.randn(4, d, generator=g)
 
@@ -130,6 +131,11 @@ class _Embedder(torch.nn.Module):
 
     def embed_video(self, frames, mask):
         return frames @ self.proj
+
+    def sentence(self, y, mask):
+        from pretrain.pooling import pool_text
+
+        return pool_text(y, mask, self.pooling)
 
 
 def _zeroshot_batches(g: torch.Generator) -> list[dict]:
@@ -146,30 +152,37 @@ def _zeroshot_batches(g: torch.Generator) -> list[dict]:
     return out
 
 
-def test_zero_shot_scores_match_their_definitions() -> None:
-    """zeroshot_t2v: cos([CLS], mean frame); zeroshot_taco: that + sum over the tokens of interest of the
-    best frame's cosine (TACo section 3.3), each clip's text against every clip's video, naively."""
+@pytest.mark.parametrize("similarity,pooling", [("dot", "mean"), ("cosine", "mean"), ("dot", "cls")])
+def test_zero_shot_scores_match_their_definitions(similarity: str, pooling: str) -> None:
+    """zeroshot_t2v: sim(sentence vector, mean frame); zeroshot_taco: that + sum over the tokens of interest
+    of the best frame's sim (TACo section 3.3), each clip's text against every clip's video, naively; sim is
+    pretraining's TACo similarity (dot product, or cosine), the sentence vector the model's text pooling
+    (the mean of the valid tokens, or [CLS])."""
     from pretrain import zeroshot
+    from pretrain.objectives.taco import TacoConfig
 
-    model = _Embedder()
+    model = _Embedder(pooling=pooling)
     batches = _zeroshot_batches(torch.Generator().manual_seed(0))
     rows = [{k: v[i] for k, v in b.items()} for b in batches for i in range(len(b["input_ids"]))]
-    cos = torch.nn.functional.cosine_similarity
+    cfg = TacoConfig(similarity=similarity)
+    dot = lambda a, b: float((a * b).sum())  # noqa: E731
+    sim = (lambda a, b: dot(a, b) / (a.norm() * b.norm())) if similarity == "cosine" else dot  # noqa: E731
     sentence, taco = torch.zeros(len(rows), len(rows)), torch.zeros(len(rows), len(rows))
     for i, t in enumerate(rows):
         y = model.embed_text(t["input_ids"], None)  # (N, d)
         for j, v in enumerate(rows):
             x = model.embed_video(v["frames"], None)[v["frame_mask"]]  # (valid M, d)
-            sentence[i, j] = cos(y[0], x.mean(0), dim=0)
+            valid = y[t["attention_mask"]]  # (n, d)
+            sentence[i, j] = sim(valid.mean(0) if pooling == "mean" else y[0], x.mean(0))
             tokens = [p for p in range(len(y)) if t["attention_mask"][p] and t["toi_weight"][p] > 0]
-            taco[i, j] = sentence[i, j] + sum(max(cos(y[p], f, dim=0) for f in x) for p in tokens)
-    got = zeroshot.evaluate(model, batches, torch.device("cpu"), max_samples=100)
+            taco[i, j] = sentence[i, j] + sum(max(sim(y[p], f) for f in x) for p in tokens)
+    got = zeroshot.evaluate(model, batches, torch.device("cpu"), max_samples=100, taco=cfg)
     for name, sim in (("t2v", sentence), ("taco", taco)):
         want = metrics.text_to_video(sim)
         assert {k: got[f"zeroshot_{name}_{k}"] for k in want} == pytest.approx(want), name
-    assert got["zeroshot_t2v_MeanR"] != got["zeroshot_taco_MeanR"]  # the token term changes the ranking here
+    assert not torch.equal(sentence.argsort(1), taco.argsort(1))  # the token term changes the ranking here
     assert model.training  # the training mode is restored
-    five = zeroshot.evaluate(model, batches, torch.device("cpu"), max_samples=5)
+    five = zeroshot.evaluate(model, batches, torch.device("cpu"), max_samples=5, taco=cfg)
     assert five["zeroshot_taco_MeanR"] == pytest.approx(metrics.text_to_video(taco[:5, :5])["MeanR"])
 
 

@@ -35,7 +35,20 @@ def test_every_representation_has_its_documented_shape(model, inputs) -> None:
     assert e_t.shape == o_t.shape == model.mcb_t2v(o_t, tm).shape == (3, 6, d)
     assert model.mlm_logits(o_t).shape == (3, 6, V)
     assert model.fusion_score(e_v, fm, e_t, tm).shape == (3,)
+    assert model.mfm_regress(o_v).shape == model.mask_frames(fr, fm, True).shape == (3, 7, 64)  # raw Dv
     assert torch.all(e_v[0, 4:] == 0)  # padded frames carry nothing
+
+
+def test_mask_frames_adds_the_mask_vector_to_masked_frames_only(model, inputs) -> None:
+    fr, fm = inputs["frames"].clone(), inputs["frame_mask"]
+    fr[0, 4:] = 1e3  # junk in the padded frames
+    mfm = fm & (torch.arange(7) % 3 == 1)  # (B, M)
+    vec = model.mfm_mask_vector
+    assert vec.shape == (64,) and 0.01 < vec.std().item() < 0.04  # HERO's init, normal std 0.02
+    learned, zeroed = model.mask_frames(fr, mfm, learned=True), model.mask_frames(fr, mfm, learned=False)
+    assert torch.equal(learned[~mfm], fr[~mfm]) and torch.equal(zeroed[~mfm], fr[~mfm])  # padding included
+    assert torch.equal(learned[mfm], vec.detach().expand(int(mfm.sum()), 64))
+    assert torch.all(zeroed[mfm] == 0)
 
 
 def test_padding_does_not_change_the_valid_outputs(model, inputs) -> None:

@@ -1,5 +1,5 @@
 """The moment head's initialisation. The VR query projection (task.vr_query_init): identity-initialised,
-the VR score of a finetune run starts as the backbone's own [CLS]-frame cosine, so the alignment
+the VR score of a finetune run starts as the backbone's own sentence-frame cosine, so the alignment
 pretraining built is there from step 0; `random` is the previous behaviour (a fresh random map). The
 span query (task.span_query=words) starts as the mean token-frame cosine of the query's words, and
 the start/end convolutions as edge detectors: a backbone whose words already find their frames
@@ -14,18 +14,23 @@ import torch.nn.functional as F
 from finetune.model import TaskModel
 from finetune.moment import MomentConfig, MomentHead, build_head, encode_queries, frame_similarity, video_scores
 from pretrain.model import ModelConfig
+from pretrain.pooling import pool_text
 
 
 class _Aligned(torch.nn.Module):
-    """A backbone whose text space is already aligned with its videos: the [CLS] of query i is the
-    basis vector e_i, and video i shows e_i in one frame among frames of unrelated directions."""
+    """A backbone whose text space is already aligned with its videos: every token of query i, so its
+    sentence vector (the mean), is the basis vector e_i, and video i shows e_i in one frame among
+    frames of unrelated directions."""
 
     def __init__(self, d: int):
         super().__init__()
         self.config = ModelConfig(hidden=d)
 
     def embed_text(self, ids, mask):
-        return F.one_hot(ids, self.config.hidden).float()  # (B, N, d): token k -> e_k, [CLS] = e_{ids[:, 0]}
+        return F.one_hot(ids, self.config.hidden).float()  # (B, N, d): token k -> e_k
+
+    def sentence(self, y, mask):
+        return pool_text(y, mask, "mean")  # (B, d)
 
 
 def _aligned_corpus(n: int, d: int, m: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +65,7 @@ def test_identity_init_keeps_the_backbone_alignment() -> None:
     model = TaskModel(_Aligned(d), head)
     ids = torch.arange(4)[:, None]
     q_vr, _ = encode_queries(model, {"input_ids": ids, "attention_mask": torch.ones(4, 1, dtype=torch.bool)})
-    assert torch.allclose(q_vr, F.one_hot(ids[:, 0], d).float())  # q_vr = normalize([CLS]) = [CLS] here
+    assert torch.allclose(q_vr, F.one_hot(ids[:, 0], d).float())  # q_vr = normalize(sentence) = sentence here
     assert _vr_r1(head, n, d) == 1.0  # every query finds its video at step 0
 
 

@@ -38,12 +38,15 @@ from pretrain.objectives.self_contrast import (
 from pretrain.objectives.taco import (
     Taco,
     TacoConfig,
+    Texts,
     choose_negatives,
+    fusion_all_pairs,
     l3_all_pairs,
     taco_inference_scores,
     taco_losses,
     taco_pair_scores,
 )
+from pretrain.pooling import pool_text
 
 DTYPE = torch.float64
 VOCAB, DV, D = 23, 5, 8
@@ -56,8 +59,10 @@ CLS, MASK = 1, 2
 class TinyModel(nn.Module):
     """Stand-in for pretrain/model.py: the objectives' model API with tiny, padding-invariant layers."""
 
-    def __init__(self, d: int = D, dv: int = DV, vocab: int = VOCAB, max_len: int = 16, seed: int = 0):
+    def __init__(self, d: int = D, dv: int = DV, vocab: int = VOCAB, max_len: int = 16, seed: int = 0,
+                 pooling: str = "mean"):  # fmt: skip
         super().__init__()
+        self.pooling = pooling
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.word, self.text_pos, self.text_norm = nn.Embedding(vocab, d), nn.Embedding(max_len, d), nn.LayerNorm(d)
@@ -65,11 +70,15 @@ class TinyModel(nn.Module):
             self.frame_norm, self.modality = nn.LayerNorm(d), nn.Embedding(2, d)
             self.fuse, self.v2t, self.t2v = _layer(d), _layer(d), _layer(d)
             self.mfm, self.score = nn.Linear(d, d), nn.Linear(d, 1)
+            self.mask_vec, self.regress = nn.Parameter(torch.randn(dv)), nn.Linear(d, dv)  # HERO's MFM pieces
         self.to(DTYPE)
 
     def embed_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         pos = torch.arange(input_ids.shape[1])  # (N,)
         return self.text_norm(self.word(input_ids) + self.text_pos(pos))  # (B, N, d)
+
+    def sentence(self, e_t: Tensor, text_mask: Tensor) -> Tensor:
+        return pool_text(e_t, text_mask, self.pooling)  # (B, d)
 
     def embed_video(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
         pos = torch.arange(frames.shape[1])  # (M,)
@@ -91,6 +100,13 @@ class TinyModel(nn.Module):
 
     def mfm_head(self, o_v: Tensor) -> Tensor:
         return self.mfm(o_v)  # (B, M, d)
+
+    def mask_frames(self, frames: Tensor, mfm_mask: Tensor, learned: bool) -> Tensor:
+        masked = mfm_mask[..., None]  # (B, M, 1)
+        return frames.masked_fill(masked, 0.0) + (masked * self.mask_vec if learned else 0.0)  # (B, M, Dv)
+
+    def mfm_regress(self, o_v: Tensor) -> Tensor:
+        return self.regress(self.mfm(o_v))  # (B, M, Dv)
 
     def fusion_score(self, e_v: Tensor, frame_mask: Tensor, e_t: Tensor, text_mask: Tensor) -> Tensor:
         _, o_t = self.cross(e_v, frame_mask, e_t, text_mask)  # (P, N, d)
@@ -202,14 +218,29 @@ def naive_gmr(e_v: list[Tensor], e_t: list[Tensor], e_v1: list[Tensor], e_t1: li
     return t2v + v2t
 
 
-def naive_triplet(anchor: list[Tensor], positive: list[Tensor], negative: list[Tensor], margin: float) -> Tensor:
-    """max(0, |a-p| - |a-n| + margin), averaged over the batch."""
-    losses = []
-    for a, p, n in zip(anchor, positive, negative):
-        a, p, n = a.detach(), p.detach(), n.detach()
-        d_ap = math.sqrt(sum(float(a[k] - p[k]) ** 2 for k in range(len(a))))
-        d_an = math.sqrt(sum(float(a[k] - n[k]) ** 2 for k in range(len(a))))
-        losses.append(max(0.0, d_ap - d_an + margin))
+def naive_conversion(model: TinyModel, s: dict[str, Tensor]) -> dict[str, Tensor]:
+    """FEEL eq. 1-3 for one unpadded sample, from the model's primitives (not from `convert`):
+    o_v, o_t = T_cross(e_v, e_t); e'_t = MCB_V2T(o_v); e'_v = MCB_T2V(o_t). Tensors are (1, L, d)."""
+    ones_v, ones_t = s["frame_mask"], s["attention_mask"]  # all True: no padding
+    e_v = model.embed_video(s["frames"], ones_v)
+    e_t = model.embed_text(s["input_ids"], ones_t)
+    h = torch.cat([e_v + model.modality.weight[0], e_t + model.modality.weight[1]], dim=1)  # eq. 1, by hand
+    h = model.fuse(h)  # T_cross: every position valid
+    o_v, o_t = h[:, : e_v.shape[1]], h[:, e_v.shape[1] :]
+    return {"e_v": e_v, "e_t": e_t, "o_v": o_v, "o_t": o_t,
+            "e_t1": model.v2t(o_v),  # eq. 2: MCB_V2T of the fused VIDEO
+            "e_v1": model.t2v(o_t)}  # eq. 3: MCB_T2V of the fused TEXT  # fmt: skip
+
+
+def naive_triplet(
+    anchor: list[Tensor], positive: list[Tensor], negative: list[Tensor], margin: float, relative: bool = False
+) -> Tensor:
+    """max(0, |a-p| - |a-n| + margin), averaged over the batch; relative: margin x the batch's mean |a-n|."""
+    dist = lambda u, v: math.sqrt(sum(float(u[k] - v[k]) ** 2 for k in range(len(u))))  # noqa: E731
+    d_ap = [dist(a.detach(), p.detach()) for a, p in zip(anchor, positive)]
+    d_an = [dist(a.detach(), n.detach()) for a, n in zip(anchor, negative)]
+    m = margin * sum(d_an) / len(d_an) if relative else margin
+    losses = [max(0.0, ap - an + m) for ap, an in zip(d_ap, d_an)]
     return torch.tensor(sum(losses) / len(losses), dtype=DTYPE)
 
 
@@ -220,9 +251,11 @@ def naive_taco(
     fusion: Callable[[Tensor, Tensor], Tensor],
     cfg: TacoConfig,
     rows: list[int] | None = None,
+    pooling: str = "mean",
 ) -> dict[str, Tensor]:
     """TACo eq. 3, 4 (IDF weights normalised per sentence, mean over texts), 5 with cascade negatives.
 
+    The sentence vector y_bar_i is the mean of the text's tokens (pooling "mean") or its [CLS] ("cls").
     xs[j] (M_j, d) video tokens, ys[i] (N_i, d) text tokens ([CLS] first), tois[i] (N_i,) weights,
     fusion(x_j, y_i) the fusion score of one pair; rows: the texts/videos whose losses count.
     """
@@ -230,10 +263,13 @@ def naive_taco(
     rows = list(range(k_all)) if rows is None else rows
 
     def nrm(v: Tensor) -> Tensor:
-        return v / v.norm() if cfg.normalize else v
+        return v / v.norm() if cfg.similarity == "cosine" else v
 
     def x_bar(j: int) -> Tensor:
         return nrm(naive_mean(xs[j]))
+
+    def y_bar(i: int) -> Tensor:
+        return nrm(naive_mean(ys[i]) if pooling == "mean" else ys[i][0])
 
     def s(j: int, i: int, p: int) -> Tensor:  # max over frames of x_j^f . y_i^p
         return max((dot(nrm(xs[j][f]), nrm(ys[i][p])) for f in range(len(xs[j]))), key=lambda v: v.item())
@@ -241,11 +277,11 @@ def naive_taco(
     def toi(i: int) -> list[int]:
         return [p for p in range(len(tois[i])) if tois[i][p] > 0]
 
-    def score(j: int, i: int) -> float:  # cascade alignment score of (v_j, t_i)
+    def score(j: int, i: int) -> float:  # cascade alignment score of (v_j, t_i): eq. 3's + eq. 4's similarities
         with torch.no_grad():
-            return float(dot(x_bar(j), nrm(ys[i][0])) + sum(float(s(j, i, p)) for p in toi(i)))
+            return float(dot(x_bar(j), y_bar(i)) / cfg.tau1 + sum(float(s(j, i, p)) for p in toi(i)) / cfg.tau2)
 
-    l1 = mean([nce([dot(nrm(ys[i][0]), x_bar(j)) / cfg.tau1 for j in range(k_all)], i) for i in rows])
+    l1 = mean([nce([dot(y_bar(i), x_bar(j)) / cfg.tau1 for j in range(k_all)], i) for i in rows])
     l2 = torch.zeros((), dtype=DTYPE)
     for i in rows:
         weight_sum = sum(float(tois[i][p]) for p in toi(i))
@@ -301,17 +337,24 @@ def random_features(batch: dict[str, Tensor], seed: int = 5) -> tuple[Tensor, Te
     return x, y
 
 
-def pure_taco(batch: dict[str, Tensor], x: Tensor, y: Tensor, cfg: TacoConfig, rows: slice | None = None) -> dict:
+def texts_of(batch: dict[str, Tensor], y: Tensor, pooling: str = "mean") -> Texts:
+    """The batch's texts with their sentence vectors pooled by `pool_text` (checked against a loop below)."""
+    tm = batch["attention_mask"]
+    return Texts(y, pool_text(y, tm, pooling), tm, batch["toi_weight"])
+
+
+def pure_taco(batch: dict[str, Tensor], x: Tensor, y: Tensor, cfg: TacoConfig, rows: slice | None = None,
+              pooling: str = "mean") -> dict:  # fmt: skip
     fusion, _ = toy_fusion_fn()
     rows = rows or slice(0, x.shape[0])
-    fm, tm, toi = batch["frame_mask"], batch["attention_mask"], batch["toi_weight"]
-    return taco_losses(x, fm, y, tm, toi, rows, fusion, cfg)
+    return taco_losses(x, batch["frame_mask"], texts_of(batch, y, pooling), rows, fusion, cfg)
 
 
-def naive_pure_taco(batch: dict[str, Tensor], x: Tensor, y: Tensor, cfg: TacoConfig, rows: list[int] | None = None):
+def naive_pure_taco(batch: dict[str, Tensor], x: Tensor, y: Tensor, cfg: TacoConfig, rows: list[int] | None = None,
+                    pooling: str = "mean"):  # fmt: skip
     _, fusion = toy_fusion_fn()
     xs, ys = rows_of(x, batch["frame_mask"]), rows_of(y, batch["attention_mask"])
-    return naive_taco(xs, ys, rows_of(batch["toi_weight"], batch["attention_mask"]), fusion, cfg, rows)
+    return naive_taco(xs, ys, rows_of(batch["toi_weight"], batch["attention_mask"]), fusion, cfg, rows, pooling)
 
 
 def per_sample(batch: dict[str, Tensor], b: int) -> dict[str, Tensor]:
@@ -396,8 +439,94 @@ def test_mfm_nce_gradcheck():
     assert torch.autograd.gradcheck(fn, (pred, target))
 
 
-def test_mfm_nce_objective_end_to_end(model, batch):
+def naive_hero_mfm_nce(model: TinyModel, batch: dict[str, Tensor]) -> Tensor:
+    """HERO's forward_mfm + mfm_nce (model/model.py) on an UNPADDED batch, one frame at a time.
+
+    Input: masked frames zeroed + mask_embedding(1) (the mask vector), the others + mask_embedding(0)
+    = 0. Prediction: feat_regress(o_v) at every frame. Targets: the raw input features of the masked
+    frames. Logits of the i-th masked frame: [pred_i . target_j for every masked j] + [pred_i . pred_u
+    for every unmasked u], / nce_temp (1.0); cross-entropy with target index i; mean over masked frames.
+    """
+    frames, mfm = batch["frames"], batch["mfm_mask"]  # (B, M, Dv), (B, M)
+    preds, targets, negs = [], [], []
+    for b in range(frames.shape[0]):
+        m = len(mfm[b])
+        inp = torch.stack([frames[b, f] * 0 + model.mask_vec if mfm[b, f] else frames[b, f] for f in range(m)])
+        all_v, all_t = torch.ones(1, m, dtype=torch.bool), torch.ones(1, batch["input_ids"].shape[1], dtype=torch.bool)
+        e_v = model.embed_video(inp[None], all_v)
+        e_t = model.embed_text(batch["input_ids"][b : b + 1], all_t)
+        o_v, _ = model.cross(e_v, all_v, e_t, all_t)
+        for f in range(len(inp)):
+            p = model.mfm_regress(o_v[0, f])  # (Dv,)
+            if mfm[b, f]:
+                preds.append(p)
+                targets.append(frames[b, f])
+            else:
+                negs.append(p)
+    losses = []
+    for i, p in enumerate(preds):
+        logits = [dot(p, t) / 1.0 for t in targets] + [dot(p, u) / 1.0 for u in negs]
+        losses.append(nce(logits, i))
+    return mean(losses)
+
+
+def test_mfm_nce_default_is_hero_on_unpadded_inputs(model):
+    batch = make_batch(frame_lengths=[6] * 4, text_lengths=[7] * 4)
+    assert batch["frame_mask"].all() and batch["attention_mask"].all()  # nothing padded: HERO's loss is defined
     got = MFMNCE(MFMNCEConfig())(model, batch)["mfm_nce_loss"]
+    torch.testing.assert_close(got, naive_hero_mfm_nce(model, batch))
+
+
+def test_mfm_nce_raw_target_end_to_end(model, batch):
+    got = MFMNCE(MFMNCEConfig())(model, batch)["mfm_nce_loss"]
+    preds, targets, masked = [], [], []
+    for b in range(4):
+        s = per_sample(batch, b)
+        m = s["mfm_mask"][0]  # (M_b,)
+        inp = torch.stack([model.mask_vec if m[f] else s["frames"][0, f] for f in range(len(m))])[None]
+        e_v = model.embed_video(inp, s["frame_mask"])
+        e_t = model.embed_text(s["input_ids"], s["attention_mask"])
+        o_v, _ = model.cross(e_v, s["frame_mask"], e_t, s["attention_mask"])
+        preds.append(model.mfm_regress(o_v)[0])
+        targets.append(s["frames"][0])
+        masked.append(m)
+    torch.testing.assert_close(got, naive_mfm_nce(preds, targets, masked, 1.0))
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_mfm_nce_mask_vector_only_on_masked_frames(model, batch, monkeypatch, learned):
+    seen, embed = [], model.embed_video
+    monkeypatch.setattr(model, "embed_video", lambda frames, fm: (seen.append(frames), embed(frames, fm))[1])
+    MFMNCE(MFMNCEConfig(mask_embedding=learned))(model, batch)
+    x, mfm = seen[0], batch["mfm_mask"]  # the masked input (B, M, Dv)
+    assert torch.equal(x[~mfm], batch["frames"][~mfm])  # unmasked and padded frames unchanged, junk included
+    want = model.mask_vec.expand_as(x[mfm]) if learned else torch.zeros_like(x[mfm])
+    assert torch.equal(x[mfm], want)
+
+
+def test_mfm_nce_raw_target_takes_no_gradient(model, batch):
+    frames = batch["frames"].clone().requires_grad_()
+    mfm, fm = batch["mfm_mask"], batch["frame_mask"]
+    MFMNCE(MFMNCEConfig())(model, {**batch, "frames": frames})["mfm_nce_loss"].backward()
+    assert torch.all(frames.grad[mfm] == 0)  # a masked frame reaches the loss only as a target: fixed
+    assert frames.grad[fm & ~mfm].abs().sum() > 0  # the unmasked frames do, as inputs
+    assert model.regress.weight.grad.abs().sum() > 0 and model.mask_vec.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    frames.grad = None
+    MFMNCE(MFMNCEConfig(target="embedded"))(model, {**batch, "frames": frames})["mfm_nce_loss"].backward()
+    assert frames.grad[mfm].abs().sum() > 0  # the embedded target (not detached) does take gradient
+    assert model.regress.weight.grad is None  # and the Dv head is not used
+
+
+def test_mfm_nce_config_rejects_unknown_values():
+    with pytest.raises(ValueError, match=r"target must be one of \('raw', 'embedded'\)"):
+        MFMNCEConfig(target="features")
+    with pytest.raises(ValueError, match=r"mask_embedding must be one of \(True, False\)"):
+        MFMNCEConfig(mask_embedding="yes")
+
+
+def test_mfm_nce_objective_end_to_end(model, batch):
+    got = MFMNCE(MFMNCEConfig(target="embedded", mask_embedding=False))(model, batch)["mfm_nce_loss"]
     preds, targets, masked = [], [], []
     for b in range(4):
         s = per_sample(batch, b)
@@ -422,17 +551,28 @@ def test_masked_mean_ignores_padding(batch):
     torch.testing.assert_close(masked_mean(x + 9 * ~fm[..., None], fm), want)
 
 
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_pool_text_is_the_mean_of_the_valid_tokens_or_the_cls(batch, pooling):
+    _, y = random_features(batch)
+    tm = batch["attention_mask"]
+    want = torch.stack([naive_mean(r) if pooling == "mean" else r[0] for r in rows_of(y, tm)])
+    torch.testing.assert_close(pool_text(y, tm, pooling), want)
+    torch.testing.assert_close(pool_text(y + 5 * ~tm[..., None], tm, pooling), want)  # padding never counts
+    with pytest.raises(ValueError, match="pooling"):
+        pool_text(y, tm, "max")
+
+
 def test_gmr_objective_end_to_end(model, batch):
+    """L_G (eq. 7-9) of the padded batch against eq. 1-3 + 7-9 computed sample by sample from the model's
+    primitives; the conversion is written out here, so a wrong wiring in `convert` (say MCB_T2V for e'_t,
+    or e'_v without T_cross) fails this test."""
     got = GMR(GMRConfig())(model, batch)["gmr_loss"]
     parts: list[list[Tensor]] = [[], [], [], []]
     for b in range(4):
-        s = per_sample(batch, b)
-        c = convert(model, s)
-        for store, t in zip(parts, (c.e_v, c.e_t, c.e_v_prime, c.e_t_prime)):
-            store.append(t[0])
+        c = naive_conversion(model, per_sample(batch, b))
+        for store, key in zip(parts, ("e_v", "e_t", "e_v1", "e_t1")):
+            store.append(c[key][0])
     torch.testing.assert_close(got, naive_gmr(*parts))
-    l_t2v, l_v2t = gmr_loss(convert(model, batch))
-    torch.testing.assert_close(l_t2v + l_v2t, got)
 
 
 def test_gmr_detach_targets_stops_gradient_into_targets(batch):
@@ -451,6 +591,9 @@ def test_triplet_matches_definition():
     a, p, n = (torch.randn(6, D, generator=g, dtype=DTYPE) for _ in range(3))
     for margin in (0.0, 1.0, 5.0):
         torch.testing.assert_close(triplet_loss(a, p, n, margin), naive_triplet(list(a), list(p), list(n), margin))
+    for margin in (0.0, 0.3, 0.9):
+        want = naive_triplet(list(a), list(p), list(n), margin, relative=True)
+        torch.testing.assert_close(triplet_loss(a, p, n, margin, relative=True), want)
 
 
 def test_triplet_gradcheck():
@@ -461,22 +604,30 @@ def test_triplet_gradcheck():
 
 @pytest.mark.parametrize("eq15_negative", ["e_v_prime", "e_t_prime"])
 def test_self_contrast_objective_end_to_end(model, batch, eq15_negative):
-    cfg = SelfContrastConfig(margin=2.0, eq15_negative=eq15_negative)
+    cfg = SelfContrastConfig(margin=0.3, eq15_negative=eq15_negative)
     got = SelfContrast(cfg)(model, batch)["self_contrast_loss"]
     pooled: dict[str, list[Tensor]] = {k: [] for k in ("e_t", "e_t2", "e_t1", "e_v", "e_v2", "e_v1")}
     for b in range(4):
         s = per_sample(batch, b)
-        c = convert(model, s)
-        ones_t, ones_v = s["attention_mask"], s["frame_mask"]
-        o_v_sct, _ = model.cross(c.e_v_prime, ones_t, c.e_t, ones_t)  # eq. 10
-        _, o_t_scv = model.cross(c.e_v, ones_v, c.e_t_prime, ones_v)  # eq. 13
-        e_t2, e_v2 = model.mcb_v2t(o_v_sct, ones_t), model.mcb_t2v(o_t_scv, ones_v)  # eq. 11, 14
-        values = (c.e_t, e_t2, c.e_t_prime, c.e_v, e_v2, c.e_v_prime)
+        c = naive_conversion(model, s)
+        e_t1, e_v1 = c["e_t1"], c["e_v1"]  # (1, M, d) on frame positions, (1, N, d) on text positions
+        h = model.fuse(torch.cat([e_v1 + model.modality.weight[0], c["e_t"] + model.modality.weight[1]], dim=1))
+        o_v_sct = h[:, : e_v1.shape[1]]  # eq. 10: T_cross(e'_v, e_t), its video part
+        h = model.fuse(torch.cat([c["e_v"] + model.modality.weight[0], e_t1 + model.modality.weight[1]], dim=1))
+        o_t_scv = h[:, c["e_v"].shape[1] :]  # eq. 13: T_cross(e_v, e'_t), its text part
+        e_t2, e_v2 = model.v2t(o_v_sct), model.t2v(o_t_scv)  # eq. 11, 14
+        values = (c["e_t"], e_t2, e_t1, c["e_v"], e_v2, e_v1)
         for key, t in zip(pooled, values):
             pooled[key].append(naive_mean(t[0]))
     negative_v = pooled["e_v1"] if eq15_negative == "e_v_prime" else pooled["e_t1"]
+    want = naive_triplet(pooled["e_t"], pooled["e_t2"], pooled["e_t1"], 0.3, relative=True)
+    want = want + naive_triplet(pooled["e_v"], pooled["e_v2"], negative_v, 0.3, relative=True)
+    assert want > 0  # the relative margin makes the hinge active here
+    torch.testing.assert_close(got, want)
+    absolute = SelfContrast(SelfContrastConfig(margin=2.0, relative_margin=False, eq15_negative=eq15_negative))
     want = naive_triplet(pooled["e_t"], pooled["e_t2"], pooled["e_t1"], 2.0)
     want = want + naive_triplet(pooled["e_v"], pooled["e_v2"], negative_v, 2.0)
+    got = absolute(model, batch)["self_contrast_loss"]
     torch.testing.assert_close(got, want)
 
 
@@ -484,21 +635,23 @@ def test_self_contrast_detach_converted(model, batch):
     """Detached: L_SC sends no gradient through the first conversion (MCB_T2V only sees e''_v's pass)."""
     c = convert(model, batch)
     e_t2, e_v2 = convert_twice(model, c, detach_converted=True)
-    l_t, l_v = self_contrast_loss(c, e_t2, e_v2, margin=100.0, detach_converted=True)
+    l_t, l_v = self_contrast_loss(c, e_t2, e_v2, margin=100.0, detach_converted=True, relative_margin=False)
     grads = torch.autograd.grad(l_t + l_v, [c.e_v_prime, c.e_t_prime], allow_unused=True)
     assert all(g is None for g in grads)
     with pytest.raises(ValueError, match="eq15_negative"):
         SelfContrastConfig(eq15_negative="e_v")
+    with pytest.raises(ValueError, match="margin"):
+        SelfContrastConfig(margin=1.0)  # relative: a fraction below 1
 
 
 # --------------------------------------------------------------------------- TACo
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-def test_taco_matches_eq3_4_5(batch, normalize):
+@pytest.mark.parametrize("similarity,pooling", [("dot", "mean"), ("cosine", "mean"), ("dot", "cls")])
+def test_taco_matches_eq3_4_5(batch, similarity, pooling):
     x, y = random_features(batch)
-    cfg = TacoConfig(normalize=normalize, tau1=0.3, tau2=0.5, k_neg=2, lambda2=0.5, lambda3=0.7)
-    got, want = pure_taco(batch, x, y, cfg), naive_pure_taco(batch, x, y, cfg)
+    cfg = TacoConfig(similarity=similarity, tau1=0.3, tau2=0.5, k_neg=2, lambda2=0.5, lambda3=0.7)
+    got, want = pure_taco(batch, x, y, cfg, pooling=pooling), naive_pure_taco(batch, x, y, cfg, pooling=pooling)
     for key in want:
         torch.testing.assert_close(got[key], want[key], msg=key)
 
@@ -545,19 +698,23 @@ def test_taco_k_neg_larger_than_batch_equals_all_pairs(batch):
     torch.testing.assert_close(got, naive_pure_taco(batch, x, y, TacoConfig(k_neg=50))["taco_l3_loss"])
 
 
-def test_taco_single_pair_batch_has_zero_l3():
+def test_taco_single_pair_batch_is_finite():
+    """One pair in the global batch: no negative anywhere, so every loss is log(1) = 0 and, above all,
+    nothing is NaN (k' = min(k_neg, K_g - 1) = 0 candidates besides the positive) and backward works."""
     batch = make_batch(batch=1, toi_free=())
-    x, y = random_features(batch)
+    x, y = (t.requires_grad_() for t in random_features(batch))
     out = pure_taco(batch, x, y, TacoConfig())
-    assert out["taco_l3_loss"].item() == 0.0 and all(torch.isfinite(v) for v in out.values())
+    assert all(v.item() == 0.0 for v in out.values())
+    sum(out.values()).backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
 
 
 def test_cascade_picks_the_highest_scoring_negatives():
     batch = make_batch(batch=6, seed=4, toi_free=(3,))
     x, y = random_features(batch)
-    fm, tm, toi = batch["frame_mask"], batch["attention_mask"], batch["toi_weight"]
-    scores = taco_pair_scores(x, fm, y, tm, toi)  # (T, V)
-    neg_v, neg_t = choose_negatives(x, fm, y, tm, toi, slice(0, 6), 3, TacoConfig())
+    fm = batch["frame_mask"]
+    scores = taco_pair_scores(x, fm, texts_of(batch, y))  # (T, V)
+    neg_v, neg_t = choose_negatives(x, fm, texts_of(batch, y), slice(0, 6), 3, TacoConfig())
     for i in range(6):
         by_video = sorted((j for j in range(6) if j != i), key=lambda j: -float(scores[i, j]))[:3]
         by_text = sorted((t for t in range(6) if t != i), key=lambda t: -float(scores[t, i]))[:3]
@@ -567,7 +724,7 @@ def test_cascade_picks_the_highest_scoring_negatives():
 def test_random_negatives_are_valid_and_seeded():
     batch = make_batch(batch=6, seed=4)
     x, y = random_features(batch)
-    args = (x, batch["frame_mask"], y, batch["attention_mask"], batch["toi_weight"], slice(2, 4), 4)
+    args = (x, batch["frame_mask"], texts_of(batch, y), slice(2, 4), 4)
     cfg = TacoConfig(cascade=False)
     a = choose_negatives(*args, cfg, torch.Generator().manual_seed(1))
     b = choose_negatives(*args, cfg, torch.Generator().manual_seed(1))
@@ -577,23 +734,30 @@ def test_random_negatives_are_valid_and_seeded():
             assert own not in row and len(set(row)) == 4
 
 
-def test_taco_pair_and_inference_scores(batch):
+@pytest.mark.parametrize("similarity", ["dot", "cosine"])
+def test_taco_inference_sums_three_scores_over_every_pair(batch, similarity):
+    """TACo section 3.4 against a naive loop over (text, video) pairs: eq. 3's sentence score / tau1 +
+    the sum over the text's tokens of interest of eq. 4's s(x, y^p) / tau2 + the fusion score of the pair,
+    the fusion module run on that pair alone (unpadded), through the chunked `fusion_all_pairs`."""
     x, y = random_features(batch)
-    cfg = TacoConfig()
+    cfg = TacoConfig(similarity=similarity, tau1=0.5, tau2=2.0)
     xs, ys = rows_of(x, batch["frame_mask"]), rows_of(y, batch["attention_mask"])
     tois = rows_of(batch["toi_weight"], batch["attention_mask"])
-    nrm = lambda v: v / v.norm()
-    want = torch.zeros(4, 4, dtype=DTYPE)
+    nrm = (lambda v: v / v.norm()) if similarity == "cosine" else (lambda v: v)
+    batched, one = toy_fusion_fn()
+    pair, total = torch.zeros(4, 4, dtype=DTYPE), torch.zeros(4, 4, dtype=DTYPE)
     for i in range(4):
         for j in range(4):
-            want[i, j] = dot(nrm(ys[i][0]), nrm(naive_mean(xs[j])))
+            pair[i, j] = dot(nrm(naive_mean(ys[i])), nrm(naive_mean(xs[j]))) / cfg.tau1
             for p in range(len(ys[i])):
                 if tois[i][p] > 0:
-                    want[i, j] += max(float(dot(nrm(xs[j][f]), nrm(ys[i][p]))) for f in range(len(xs[j])))
-    fm, tm, toi = batch["frame_mask"], batch["attention_mask"], batch["toi_weight"]
-    torch.testing.assert_close(taco_pair_scores(x, fm, y, tm, toi, cfg.normalize), want)
-    fusion = torch.randn(4, 4, dtype=DTYPE)
-    torch.testing.assert_close(taco_inference_scores(x, fm, y, tm, toi, fusion), want + fusion)
+                    pair[i, j] += max(float(dot(nrm(xs[j][f]), nrm(ys[i][p]))) for f in range(len(xs[j]))) / cfg.tau2
+            total[i, j] = pair[i, j] + one(xs[j], ys[i])
+    fm, tm = batch["frame_mask"], batch["attention_mask"]
+    torch.testing.assert_close(taco_pair_scores(x, fm, texts_of(batch, y), cfg), pair)
+    for chunk in (1, 3, 16):  # chunks that split a text's videos, and one chunk for all
+        fusion = fusion_all_pairs(batched, x, fm, y, tm, chunk)  # (T, V)
+        torch.testing.assert_close(taco_inference_scores(x, fm, texts_of(batch, y), fusion, cfg), total)
 
 
 def test_taco_gradcheck():
@@ -605,10 +769,8 @@ def test_taco_gradcheck():
 
 def test_taco_lambda3_zero_skips_fusion(batch):
     x, y = random_features(batch)
-    out = taco_losses(
-        x, batch["frame_mask"], y, batch["attention_mask"], batch["toi_weight"], slice(0, 4),
-        lambda *a: pytest.fail("fusion called"), TacoConfig(lambda3=0.0),
-    )  # fmt: skip
+    out = taco_losses(x, batch["frame_mask"], texts_of(batch, y), slice(0, 4), lambda *a: pytest.fail("fusion called"),
+                      TacoConfig(lambda3=0.0))  # fmt: skip
     assert out["taco_l3_loss"].item() == 0.0
 
 
@@ -699,8 +861,23 @@ def test_combiner_sample_runs_one_objective(model, batch):
         total, logs = combiner(model, batch, step)
         (name,) = combiner.choose(step)
         key = f"{name}_loss"
-        assert set(logs) == {key, "loss", "ran_mlm", "ran_gmr"} and logs[f"ran_{name}"] == 1.0
+        assert set(logs) == {key, "loss", "ran_mlm", "ran_gmr", "sentence_cos", "video_cos"}
+        assert logs[f"ran_{name}"] == 1.0
         assert total.item() == pytest.approx(logs[key])
+
+
+def test_combiner_logs_the_embedding_spread(model, batch):
+    """sentence_cos / video_cos: the mean cosine over the distinct pairs of the batch's sentence vectors
+    (the mean of each text's valid tokens here) and of its videos' mean frames, against a loop."""
+    _, logs = Combiner(ObjectivesConfig(enabled=["mlm"]))(model, batch, 0)
+    samples = [per_sample(batch, b) for b in range(4)]
+    with torch.no_grad():
+        sents = [naive_mean(model.embed_text(s["input_ids"], s["attention_mask"])[0]) for s in samples]
+        videos = [naive_mean(model.embed_video(s["frames"], s["frame_mask"])[0]) for s in samples]
+    for key, vecs in (("sentence_cos", sents), ("video_cos", videos)):
+        cos = [float(dot(a, b) / (a.norm() * b.norm())) for i, a in enumerate(vecs) for j, b in enumerate(vecs)
+               if i != j]  # fmt: skip
+        assert logs[key] == pytest.approx(sum(cos) / len(cos), abs=1e-5), key
 
 
 def test_combiner_skips_zero_weight_objectives(model, batch):

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pretrain.distributed import broadcast_choice
@@ -25,6 +27,7 @@ from pretrain.objectives.mfm_nce import MFMNCE, MFMNCEConfig
 from pretrain.objectives.mlm import MLM, MLMConfig
 from pretrain.objectives.self_contrast import SelfContrast, SelfContrastConfig
 from pretrain.objectives.taco import Taco, TacoConfig
+from pretrain.pooling import masked_mean
 
 Batch = dict[str, Tensor]  # the loader's batch; keys in docs/objectives.md
 
@@ -33,6 +36,8 @@ class VideoTextModel(Protocol):
     """What the objectives call on the model (pretrain/model.py); it returns representations only."""
 
     def embed_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...  # (B, N, d)
+
+    def sentence(self, e_t: Tensor, text_mask: Tensor) -> Tensor: ...  # (B, d): the text pooling (pretrain/pooling.py)
 
     def embed_video(self, frames: Tensor, frame_mask: Tensor) -> Tensor: ...  # (B, M, d)
 
@@ -45,6 +50,10 @@ class VideoTextModel(Protocol):
     def mlm_logits(self, o_t: Tensor) -> Tensor: ...  # (B, N, V)
 
     def mfm_head(self, o_v: Tensor) -> Tensor: ...  # (B, M, d)
+
+    def mask_frames(self, frames: Tensor, mfm_mask: Tensor, learned: bool) -> Tensor: ...  # (B, M, Dv)
+
+    def mfm_regress(self, o_v: Tensor) -> Tensor: ...  # (B, M, Dv)
 
     def fusion_score(self, e_v: Tensor, frame_mask: Tensor, e_t: Tensor, text_mask: Tensor) -> Tensor: ...  # (P,)
 
@@ -115,6 +124,25 @@ def build_objective(name: str, cfg: ObjectivesConfig) -> Objective:
     return builder(section)
 
 
+def mean_pairwise_cosine(v: Tensor) -> float:
+    """The mean cosine over the distinct pairs of rows of v (B, d): near 1 when every row points the same way."""
+    n = v.shape[0]
+    if n < 2:
+        return float("nan")
+    u = F.normalize(v.float(), dim=-1)  # (B, d)
+    return float(((u @ u.T).sum() - n) / (n * (n - 1)))
+
+
+@torch.no_grad()
+def embedding_spread(model: VideoTextModel, batch: Batch) -> dict[str, float]:
+    """The collapse guard: mean pairwise cosine of the batch's sentence vectors and of its videos' mean
+    frames (the vectors TACo's L1 compares); near 1 means every text (or video) looks the same."""
+    text_mask, frame_mask = batch["attention_mask"], batch["frame_mask"]  # (B, N), (B, M)
+    sentences = model.sentence(model.embed_text(batch["input_ids"], text_mask), text_mask)  # (B, d)
+    videos = masked_mean(model.embed_video(batch["frames"], frame_mask), frame_mask)  # (B, d)
+    return {"sentence_cos": mean_pairwise_cosine(sentences), "video_cos": mean_pairwise_cosine(videos)}
+
+
 class Combiner:
     """Runs the enabled objectives for a step and returns (total loss, named losses as floats).
 
@@ -140,7 +168,8 @@ class Combiner:
         return [self.names[broadcast_choice(index)]]
 
     def __call__(self, model: VideoTextModel, batch: Batch, step: int) -> tuple[Tensor, dict[str, float]]:
-        """(total loss to backpropagate, {every *_loss, "loss": total, "ran_<name>": 1.0 or 0.0})."""
+        """(total loss to backpropagate, {every *_loss, "loss": total, "ran_<name>": 1.0 or 0.0,
+        "sentence_cos", "video_cos": the collapse guard, `embedding_spread`})."""
         chosen = self.choose(step)
         total: Tensor | None = None
         logs: dict[str, float] = {}
@@ -153,5 +182,6 @@ class Combiner:
                 total = weight * loss if total is None else total + weight * loss
         assert total is not None, "no objective returned a loss"
         logs["loss"] = float(total.detach())
+        logs.update(embedding_spread(model, batch))
         logs.update({f"ran_{name}": float(name in chosen) for name in self.names})
         return total, logs

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import torch.nn.functional as F
 from torch import Tensor
 
+from pretrain.pooling import masked_mean  # FEEL's m(.): mean over the valid positions (padding excluded)
+
 if TYPE_CHECKING:
     from pretrain.objectives import Batch, VideoTextModel
 
@@ -35,12 +37,6 @@ class Converted:
     e_t_prime: Tensor  # (B, M, d) video converted to the text space: lives on frame positions
     frame_mask: Tensor  # (B, M) bool
     text_mask: Tensor  # (B, N) bool
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """FEEL's m(.): mean over the valid positions of each sequence (padding excluded)."""
-    w = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
-    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, d)
 
 
 def convert(model: VideoTextModel, batch: Batch) -> Converted:

@@ -27,11 +27,14 @@ EQ15_NEGATIVES = ("e_v_prime", "e_t_prime")
 class SelfContrastConfig:
     """Cross-modal self-contrasting options (see docs/objectives.md for the choices)."""
 
-    margin: float = 1.0  # FEEL gives none; 1.0 is torch.nn.TripletMarginLoss's default
+    margin: float = 0.5  # FEEL gives none. relative_margin: a fraction of the batch's mean anchor-negative distance
+    relative_margin: bool = True  # False: `margin` is an absolute distance (the previous reading: 1.0)
     eq15_negative: str = "e_v_prime"  # "e_v_prime" (symmetric with eq. 12) | "e_t_prime" (eq. 15 as printed)
     detach_converted: bool = False  # detach e'_v, e'_t where they are reused (second pass input, negative)
 
     def __post_init__(self) -> None:
+        if self.margin < 0 or (self.relative_margin and self.margin >= 1):
+            raise ValueError(f"self_contrast.margin must be >= 0 (and < 1 when relative), got {self.margin}")
         if self.eq15_negative not in EQ15_NEGATIVES:
             raise ValueError(f"eq15_negative must be one of {EQ15_NEGATIVES}, got {self.eq15_negative!r}")
 
@@ -41,9 +44,16 @@ def l2_distance(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
     return ((a - b).pow(2).sum(-1) + eps).sqrt()  # (B,)
 
 
-def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float) -> Tensor:
-    """FEEL's delta in eq. 12 and 15: mean over the batch of max(0, |a-p|_2 - |a-n|_2 + margin)."""
-    gap = l2_distance(anchor, positive) - l2_distance(anchor, negative) + margin  # (B,)
+def triplet_loss(anchor: Tensor, positive: Tensor, negative: Tensor, margin: float, relative: bool = False) -> Tensor:
+    """FEEL's delta in eq. 12 and 15: mean over the batch of max(0, |a-p|_2 - |a-n|_2 + margin).
+
+    relative: the margin is `margin` x the batch's mean |a-n|_2 (no gradient through it, this
+    rank's batch), so it scales with the pooled embeddings: the twice-converted embedding must be
+    closer to the original than the once-converted one by that fraction of their typical distance.
+    """
+    d_an = l2_distance(anchor, negative)  # (B,)
+    m = margin * d_an.detach().mean() if relative else margin
+    gap = l2_distance(anchor, positive) - d_an + m  # (B,)
     return gap.clamp_min(0.0).mean()
 
 
@@ -66,9 +76,10 @@ def self_contrast_loss(
     c: Converted,
     e_t_twice: Tensor,
     e_v_twice: Tensor,
-    margin: float = 1.0,
+    margin: float = 0.5,
     eq15_negative: str = "e_v_prime",
     detach_converted: bool = False,
+    relative_margin: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """FEEL eq. 12 and 15: (L_SC_t2v, L_SC_v2t); their sum is eq. 16.
 
@@ -79,10 +90,10 @@ def self_contrast_loss(
     e_v_prime = c.e_v_prime.detach() if detach_converted else c.e_v_prime  # (B, N, d)
     m_t_prime = masked_mean(e_t_prime, c.frame_mask)  # (B, d)
     m_t, m_t_twice = masked_mean(c.e_t, c.text_mask), masked_mean(e_t_twice, c.text_mask)  # (B, d), (B, d)
-    l_t = triplet_loss(m_t, m_t_twice, m_t_prime, margin)  # eq. 12
+    l_t = triplet_loss(m_t, m_t_twice, m_t_prime, margin, relative_margin)  # eq. 12
     negative = masked_mean(e_v_prime, c.text_mask) if eq15_negative == "e_v_prime" else m_t_prime  # (B, d)
     m_v, m_v_twice = masked_mean(c.e_v, c.frame_mask), masked_mean(e_v_twice, c.frame_mask)  # (B, d), (B, d)
-    l_v = triplet_loss(m_v, m_v_twice, negative, margin)  # eq. 15
+    l_v = triplet_loss(m_v, m_v_twice, negative, margin, relative_margin)  # eq. 15
     return l_t, l_v
 
 
@@ -98,5 +109,6 @@ class SelfContrast:
         c = convert(model, batch)
         e_t_twice, e_v_twice = convert_twice(model, c, self.cfg.detach_converted)  # (B, N, d), (B, M, d)
         cfg = self.cfg
-        l_t, l_v = self_contrast_loss(c, e_t_twice, e_v_twice, cfg.margin, cfg.eq15_negative, cfg.detach_converted)
+        l_t, l_v = self_contrast_loss(c, e_t_twice, e_v_twice, cfg.margin, cfg.eq15_negative, cfg.detach_converted,
+                                      cfg.relative_margin)  # fmt: skip
         return {"self_contrast_loss": l_t + l_v}

@@ -1,10 +1,16 @@
 """Token-aware cascade contrastive learning (TACo, sections 3.3-3.4, eq. 3-6).
 
 Three NCE losses over the in-batch videos, negatives gathered from every rank:
-L1 (eq. 3) sentence level, mean video token vs text [CLS]; L2 (eq. 4) token level, each noun
+L1 (eq. 3) sentence level, mean video token vs the text's sentence vector (TACo: its [CLS];
+here the encoder's own pooling, `model.sentence`, pretrain/pooling.py); L2 (eq. 4) token level, each noun
 or verb sub-word vs its best-matching frame, weighted by IDF; L3 (eq. 5) on the fusion
 module's [CLS] score, for a few hard negatives per text and per video chosen by the L1 + L2
 scores (cascade sampling), because the fusion module cannot afford all K^2 pairs.
+
+Similarities are dot products of the features with tau1 = tau2 = 1 (section 4.3: "For Eq. 3
+and 4, we set the temperatures tau_1 and tau_2 both equal to 1"); `similarity="cosine"` with
+a small tau is the CLIP-style alternative. Inference (section 3.4) sums the three scores for
+every text-video pair (`taco_inference_scores`, `fusion_all_pairs`).
 
 Distributed: features are gathered with gradient and the losses are computed for this
 rank's rows only (see pretrain/distributed.py); the cascade scores need no gradient.
@@ -26,6 +32,7 @@ from pretrain.objectives.gmr import masked_mean
 if TYPE_CHECKING:
     from pretrain.objectives import Batch, VideoTextModel
 
+SIMILARITIES = ("dot", "cosine")
 FusionFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (e_v, frame_mask, e_t, text_mask) -> (P,)
 
 
@@ -33,9 +40,9 @@ FusionFn = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (e_v, frame_mas
 class TacoConfig:
     """TACo options (see docs/objectives.md)."""
 
-    normalize: bool = True  # cosine similarities (L2-normalised features) in L1, L2 and the cascade scores
-    tau1: float = 0.07  # L1 temperature (eq. 3)
-    tau2: float = 0.07  # L2 temperature (eq. 4)
+    similarity: str = "dot"  # "dot": TACo's dot products | "cosine": L2-normalised features (then use a small tau)
+    tau1: float = 1.0  # L1 temperature (eq. 3); TACo section 4.3 sets 1
+    tau2: float = 1.0  # L2 temperature (eq. 4); TACo section 4.3 sets 1
     lambda1: float = 1.0  # weights of eq. 6; each returned loss is already multiplied by its lambda
     lambda2: float = 0.5  # TACo's lambda_t
     lambda3: float = 1.0  # 0 skips the fusion pass entirely (the "L1 + L2" ablation)
@@ -46,6 +53,15 @@ class TacoConfig:
     def __post_init__(self) -> None:
         if self.tau1 <= 0 or self.tau2 <= 0 or self.k_neg < 0:
             raise ValueError(f"TACo needs tau1, tau2 > 0 and k_neg >= 0, got {self}")
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"objectives.taco.similarity must be one of {SIMILARITIES}, got {self.similarity!r}")
+
+    @property
+    def cosine(self) -> bool:
+        return self.similarity == "cosine"
+
+
+PAPER = TacoConfig()  # the paper's settings: the default of the scoring functions below
 
 
 @dataclass
@@ -57,23 +73,39 @@ class Tokens:
     weight: Tensor  # (P,) IDF weight (> 0)
 
 
-def pooled(x: Tensor, frame_mask: Tensor, y: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
-    """(x_bar (V, d), y_bar (T, d)): mean over valid frames, and the text's [CLS] (token 0)."""
-    x_bar, y_bar = masked_mean(x, frame_mask), y[:, 0]  # (V, d), (T, d)
-    return (F.normalize(x_bar, dim=-1), F.normalize(y_bar, dim=-1)) if normalize else (x_bar, y_bar)
+@dataclass
+class Texts:
+    """A batch of texts as TACo scores them."""
+
+    y: Tensor  # (T, N, d) token features y_i^p
+    y_bar: Tensor  # (T, d) sentence vectors y_bar_i (the model's text pooling, pretrain/pooling.py)
+    mask: Tensor  # (T, N) valid tokens
+    toi: Tensor  # (T, N) IDF weight of each token of interest, 0 elsewhere
+
+    def __getitem__(self, rows: slice) -> Texts:
+        return Texts(self.y[rows], self.y_bar[rows], self.mask[rows], self.toi[rows])
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
 
 
-def tokens_of_interest(y: Tensor, toi_weight: Tensor, text_mask: Tensor, normalize: bool) -> Tokens:
+def pooled(x: Tensor, frame_mask: Tensor, y_bar: Tensor, cosine: bool) -> tuple[Tensor, Tensor]:
+    """(x_bar (V, d), y_bar (T, d)): the mean over valid frames and the sentence vectors, L2-normalised if cosine."""
+    x_bar = masked_mean(x, frame_mask)  # (V, d)
+    return (F.normalize(x_bar, dim=-1), F.normalize(y_bar, dim=-1)) if cosine else (x_bar, y_bar)
+
+
+def tokens_of_interest(y: Tensor, toi_weight: Tensor, text_mask: Tensor, cosine: bool) -> Tokens:
     """The P_i of eq. 4 for every text: positions with IDF weight > 0 inside the text."""
     picked = (toi_weight > 0) & text_mask  # (T, N)
     emb = y[picked]  # (P, d)
     owner = picked.nonzero()[:, 0]  # (P,)
-    return Tokens(F.normalize(emb, dim=-1) if normalize else emb, owner, toi_weight[picked])  # (P, d), (P,), (P,)
+    return Tokens(F.normalize(emb, dim=-1) if cosine else emb, owner, toi_weight[picked])  # (P, d), (P,), (P,)
 
 
-def token_video_scores(x: Tensor, frame_mask: Tensor, tokens: Tokens, normalize: bool) -> Tensor:
+def token_video_scores(x: Tensor, frame_mask: Tensor, tokens: Tokens, cosine: bool) -> Tensor:
     """s(x_j, y_i^p) of eq. 4 for every token p and video j: max over the valid frames of x_j^f . y^p."""
-    x = F.normalize(x, dim=-1) if normalize else x  # (V, M, d)
+    x = F.normalize(x, dim=-1) if cosine else x  # (V, M, d)
     sim = torch.einsum("pd,vmd->pvm", tokens.emb, x)  # (P, V, M)
     sim = sim.masked_fill(~frame_mask.unsqueeze(0), float("-inf"))  # (P, V, M): padding never wins the max
     return sim.amax(dim=-1)  # (P, V)
@@ -164,42 +196,48 @@ def l3_all_pairs(fusion_fn: FusionFn, x: Tensor, frame_mask: Tensor, y: Tensor, 
     return 0.5 * (F.cross_entropy(logits, ar) + F.cross_entropy(logits.T, ar))
 
 
-def taco_pair_scores(
-    x: Tensor, frame_mask: Tensor, y: Tensor, text_mask: Tensor, toi_weight: Tensor, normalize: bool = True
-) -> Tensor:
-    """score(v_j, t_i) = x_bar_j . y_bar_i + sum_{p in P_i} s(x_j, y_i^p) for every text i and video j: (T, V).
+def taco_pair_scores(x: Tensor, frame_mask: Tensor, texts: Texts, cfg: TacoConfig = PAPER) -> Tensor:
+    """score(v_j, t_i) = x_bar_j . y_bar_i / tau1 + sum_{p in P_i} s(x_j, y_i^p) / tau2 for every text i, video j.
 
-    The cascade's alignment score (TACo section 3.3); texts without tokens of interest get only the first term.
+    The cascade's alignment score (TACo section 3.3: the sum of eq. 3's and eq. 4's similarities;
+    with the paper's tau1 = tau2 = 1 the temperatures drop out, and otherwise they put both terms
+    on the scale the losses train them at). Texts without tokens of interest get only the first term.
     """
-    x_bar, y_bar = pooled(x, frame_mask, y, normalize)  # (V, d), (T, d)
-    tokens = tokens_of_interest(y, toi_weight, text_mask, normalize)  # P tokens
-    token_sum = text_token_sum(token_video_scores(x, frame_mask, tokens, normalize), tokens, y.shape[0])  # (T, V)
-    return y_bar @ x_bar.T + token_sum  # (T, V)
+    x_bar, y_bar = pooled(x, frame_mask, texts.y_bar, cfg.cosine)  # (V, d), (T, d)
+    tokens = tokens_of_interest(texts.y, texts.toi, texts.mask, cfg.cosine)  # P tokens
+    token_sum = text_token_sum(token_video_scores(x, frame_mask, tokens, cfg.cosine), tokens, len(texts))  # (T, V)
+    return y_bar @ x_bar.T / cfg.tau1 + token_sum / cfg.tau2  # (T, V)
+
+
+def fusion_all_pairs(fusion_fn: FusionFn, x: Tensor, frame_mask: Tensor, y: Tensor, text_mask: Tensor,
+                     chunk: int = 256) -> Tensor:  # fmt: skip
+    """The fusion score w . z_cls (eq. 5) of every text i and video j, (T, V), `chunk` pairs per call.
+
+    Memory is bounded by the chunk (its (chunk, M + N, d) activations), not by T x V.
+    """
+    t, v = y.shape[0], x.shape[0]
+    text_idx = torch.arange(t, device=y.device).repeat_interleave(v)  # (T*V,)
+    video_idx = torch.arange(v, device=x.device).repeat(t)  # (T*V,)
+    scores = [fusion_fn(x[vi], frame_mask[vi], y[ti], text_mask[ti])
+              for ti, vi in zip(text_idx.split(chunk), video_idx.split(chunk))]  # fmt: skip
+    return torch.cat(scores).view(t, v)  # (T, V)
 
 
 def taco_inference_scores(
-    x: Tensor,
-    frame_mask: Tensor,
-    y: Tensor,
-    text_mask: Tensor,
-    toi_weight: Tensor,
-    fusion_scores: Tensor,
-    normalize: bool = True,
+    x: Tensor, frame_mask: Tensor, texts: Texts, fusion_scores: Tensor, cfg: TacoConfig = PAPER
 ) -> Tensor:
     """Retrieval scores (T, V): the sum of the three scoring functions (TACo section 3.4, "inference").
 
-    fusion_scores (T, V): w . z_cls of every text-video pair from the fusion module.
+    fusion_scores (T, V): w . z_cls of every text-video pair from the fusion module (`fusion_all_pairs`).
     """
-    return taco_pair_scores(x, frame_mask, y, text_mask, toi_weight, normalize) + fusion_scores  # (T, V)
+    return taco_pair_scores(x, frame_mask, texts, cfg) + fusion_scores  # (T, V)
 
 
 @torch.no_grad()
 def choose_negatives(
     x: Tensor,
     frame_mask: Tensor,
-    y: Tensor,
-    text_mask: Tensor,
-    toi_weight: Tensor,
+    texts: Texts,
     rows: slice,
     k: int,
     cfg: TacoConfig,
@@ -213,20 +251,18 @@ def choose_negatives(
     """
     targets = torch.arange(rows.start, rows.stop, device=x.device)  # (K,)
     if cfg.cascade:
-        text_rows = taco_pair_scores(x, frame_mask, y[rows], text_mask[rows], toi_weight[rows], cfg.normalize)  # (K, V)
-        video_rows = taco_pair_scores(x[rows], frame_mask[rows], y, text_mask, toi_weight, cfg.normalize).T  # (K, T)
+        text_rows = taco_pair_scores(x, frame_mask, texts[rows], cfg)  # (K, V)
+        video_rows = taco_pair_scores(x[rows], frame_mask[rows], texts, cfg).T  # (K, T)
     else:
         text_rows = torch.rand(len(targets), x.shape[0], generator=generator, device=x.device)  # (K, V)
-        video_rows = torch.rand(len(targets), y.shape[0], generator=generator, device=x.device)  # (K, T)
+        video_rows = torch.rand(len(targets), len(texts), generator=generator, device=x.device)  # (K, T)
     return hard_negatives(text_rows, targets, k), hard_negatives(video_rows, targets, k)  # (K, k), (K, k)
 
 
 def taco_losses(
     x: Tensor,
     frame_mask: Tensor,
-    y: Tensor,
-    text_mask: Tensor,
-    toi_weight: Tensor,
+    texts: Texts,
     rows: slice,
     fusion_fn: FusionFn,
     cfg: TacoConfig,
@@ -234,14 +270,15 @@ def taco_losses(
 ) -> dict[str, Tensor]:
     """TACo eq. 3-6 for the texts and videos of `rows`, against all K_g = x.shape[0] pairs given.
 
-    x (K_g, M, d) video tokens, y (K_g, N, d) text tokens ([CLS] first), masks and toi_weight
-    (K_g, N) as gathered from all ranks; rows: this rank's pairs. Returns lambda-weighted
+    x (K_g, M, d) video tokens and frame_mask (K_g, M), texts (K_g texts) as gathered from all
+    ranks; rows: this rank's pairs. Returns lambda-weighted
     taco_l1_loss, taco_l2_loss, taco_l3_loss; their sum is eq. 6 for this rank's rows.
     """
     targets = torch.arange(rows.start, rows.stop, device=x.device)  # (K,)
-    x_bar, y_bar = pooled(x, frame_mask, y[rows], cfg.normalize)  # (K_g, d), (K, d)
-    tokens = tokens_of_interest(y[rows], toi_weight[rows], text_mask[rows], cfg.normalize)  # P local tokens
-    token_scores = token_video_scores(x, frame_mask, tokens, cfg.normalize)  # (P, K_g)
+    local = texts[rows]
+    x_bar, y_bar = pooled(x, frame_mask, local.y_bar, cfg.cosine)  # (K_g, d), (K, d)
+    tokens = tokens_of_interest(local.y, local.toi, local.mask, cfg.cosine)  # P local tokens
+    token_scores = token_video_scores(x, frame_mask, tokens, cfg.cosine)  # (P, K_g)
     out = {
         "taco_l1_loss": cfg.lambda1 * taco_l1_loss(y_bar, x_bar, targets, cfg.tau1),
         "taco_l2_loss": cfg.lambda2 * taco_l2_loss(token_scores, tokens, targets, cfg.tau2),
@@ -249,9 +286,9 @@ def taco_losses(
     if cfg.lambda3 == 0:
         return {**out, "taco_l3_loss": x.new_zeros(())}
     k = min(cfg.k_neg, x.shape[0] - 1)
-    neg_videos, neg_texts = choose_negatives(x, frame_mask, y, text_mask, toi_weight, rows, k, cfg, generator)
+    neg_videos, neg_texts = choose_negatives(x, frame_mask, texts, rows, k, cfg, generator)
     pairs = cascade_pairs(neg_videos, neg_texts, targets)  # 2K(k+1) pairs
-    out["taco_l3_loss"] = cfg.lambda3 * taco_l3_loss(fusion_fn, x, frame_mask, y, text_mask, pairs, k + 1)
+    out["taco_l3_loss"] = cfg.lambda3 * taco_l3_loss(fusion_fn, x, frame_mask, texts.y, texts.mask, pairs, k + 1)
     return out
 
 
@@ -287,6 +324,7 @@ class Taco:
         frame_mask_all = gather_no_grad(frame_mask, pad_value=False)  # (K_g, M)
         text_mask_all = gather_no_grad(text_mask, pad_value=False)  # (K_g, N)
         toi_all = gather_no_grad(batch["toi_weight"].to(y.dtype))  # (K_g, N)
+        texts = Texts(y_all, model.sentence(y_all, text_mask_all), text_mask_all, toi_all)
         rows = local_rows(x_all.shape[0], x.shape[0])
         fusion, gen = model.fusion_score, self._generator(x.device)
-        return taco_losses(x_all, frame_mask_all, y_all, text_mask_all, toi_all, rows, fusion, self.cfg, gen)
+        return taco_losses(x_all, frame_mask_all, texts, rows, fusion, self.cfg, gen)
