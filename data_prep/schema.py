@@ -37,6 +37,7 @@ SIZES_FILE = "sizes.json"
 MANIFEST_FILE = "manifest.json"
 REJECTS_FILE = "rejects.jsonl"
 TOI_DF_FILE = "toi_df.json"
+FEATURE_STATS_FILE = "feature_stats.json"  # per-dimension mean and std of every frame of the shards
 
 # Every input video is either in a shard or in the reject log with one of these reasons.
 REJECT_REASONS = (

@@ -12,8 +12,10 @@ samples or raises `Rejected`. From there this module does the rest:
    file, which is written last and marks the shard complete. With `resume`, shards whose
    stats file exists are kept (after checking they were planned from the same inputs) and
    only the others are redone.
-3. `finalize` writes sizes.json, the merged reject log, the TACo document frequencies and
-   the manifest, after checking that every input video is either in a shard or rejected.
+3. `finalize` writes sizes.json, the merged reject log, the TACo document frequencies, the
+   per-dimension mean and standard deviation of all frames (feature_stats.json, which the model
+   standardises its input with) and the manifest, after checking that every input video is
+   either in a shard or rejected.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from data_prep import schema
 from data_prep.errors import DataPrepError, Rejected
@@ -148,6 +152,7 @@ def process_job(job: ShardJob, build: BuildFn, ctx: Any, loc: Location) -> dict[
         schema.shard_rejects_name(job.index), b"".join(schema.dumps(r) + b"\n" for r in rejects)
     )
     df = Counter(w for s in samples for w in _toi_words(s.meta))
+    frames = np.concatenate([s.features.astype(np.float64) for s in samples]) if samples else None  # (F, D)
     source = hashlib.sha256(schema.dumps(sorted({s.meta.get("features_sha256", "") for s in samples})))
     stats = {
         "index": job.index,
@@ -163,6 +168,8 @@ def process_job(job: ShardJob, build: BuildFn, ctx: Any, loc: Location) -> dict[
         "rejects_by_reason": dict(Counter(r["reason"] for r in rejects)),
         "features_digest": source.hexdigest(),
         "toi_df": dict(sorted(df.items())),
+        "feature_sum": frames.sum(0).tolist() if frames is not None else None,  # (D,) float64
+        "feature_sumsq": np.square(frames).sum(0).tolist() if frames is not None else None,
     }
     loc.write_bytes(schema.stats_name(job.index), schema.dumps(stats))
     return stats
@@ -315,11 +322,31 @@ def finalize(
     loc.write_bytes(schema.SIZES_FILE, json.dumps(sizes, indent=1, sort_keys=True).encode())
     loc.write_bytes(schema.REJECTS_FILE, b"".join(schema.dumps(r) + b"\n" for r in rejects))
     loc.write_bytes(schema.TOI_DF_FILE, schema.dumps({"num_docs": samples, "df": dict(sorted(df.items()))}))
+    feature_stats = merged_feature_stats(stats)
+    if feature_stats is not None:
+        loc.write_bytes(schema.FEATURE_STATS_FILE, schema.dumps(feature_stats))
+    manifest["feature_stats"] = schema.FEATURE_STATS_FILE if feature_stats is not None else None
     loc.write_bytes(schema.MANIFEST_FILE, json.dumps(manifest, indent=1, sort_keys=True).encode())
     for name in loc.listdir():
         if name.endswith(".tmp"):
             loc.remove(name)
     return manifest
+
+
+def merged_feature_stats(stats: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """{frames, mean, std} per feature dimension over every frame of the shards, from their float64 sums
+    (in shard order, so the same inputs give the same file); None when a shard's stats predate them."""
+    parts = [st for st in stats if st["frames"]]
+    if not parts or any(st.get("feature_sum") is None for st in parts):
+        return None
+    n = sum(st["frames"] for st in parts)
+    total, squares = np.zeros(len(parts[0]["feature_sum"])), np.zeros(len(parts[0]["feature_sum"]))
+    for st in parts:
+        total += np.asarray(st["feature_sum"])
+        squares += np.asarray(st["feature_sumsq"])
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+    return {"frames": n, "mean": mean.tolist(), "std": std.tolist()}
 
 
 def _check_accounting(jobs: list[ShardJob], stats: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> None:

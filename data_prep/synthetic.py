@@ -563,24 +563,32 @@ def _tvr_name(rng: np.random.Generator, show: str) -> str:
     return name if show == "bbt" else f"{show}_{name}"  # real TVR/TVQA: bbt clips have no prefix
 
 
-def _write_tvr(root: Path, seed: int, n: int) -> tuple[dict, dict]:
+def _write_tvr(root: Path, seed: int, n: int, min_val_queries: int = 0) -> tuple[dict, dict]:
+    """n videos split 70/15/15, then more val videos until val holds `min_val_queries` queries."""
     rng = _rng(seed, "tvr")
     videos, shows, taken = [], [], set()
-    while len(videos) < n:
-        show = _pick(rng, list(SHOWS))
-        name = _tvr_name(rng, show)
-        if name in taken:
-            continue
+
+    def new_video() -> None:
+        while True:
+            show = _pick(rng, list(SHOWS))
+            name = _tvr_name(rng, show)
+            if name not in taken:
+                break
         taken.add(name)
         vrng = _rng(seed, "video", name)
         video = _video(vrng, name, (60.0, 90.0), gap=(1.0, 8.0))
         _subtitle(vrng, video, SHOWS[show])
         videos.append(video)
         shows.append(show)
-    splits = {"train": [], "val": [], "test_public": []}
+
+    while len(videos) < n:
+        new_video()
+    splits: dict[str, list] = {"train": [], "val": [], "test_public": []}
     video2dur: dict[str, dict] = {s: {} for s in splits}
     desc_id = 0
-    for video, show, split in zip(videos, shows, _split_labels(n, list(splits), (0.7, 0.15, 0.15)), strict=True):
+
+    def add_queries(video: Video, show: str, split: str) -> None:
+        nonlocal desc_id
         video2dur[split][video.vid] = [video.duration, len(video2dur[split])]
         k = min(len(video.events), int(rng.integers(3, 6)))
         for i in sorted(rng.choice(len(video.events), size=k, replace=False)):
@@ -597,6 +605,13 @@ def _write_tvr(root: Path, seed: int, n: int) -> tuple[dict, dict]:
             }
             splits[split].append(row if split != "test_public" else {"desc": desc, "desc_id": desc_id})
             desc_id += 1
+
+    for video, show, split in zip(videos, shows, _split_labels(n, list(splits), (0.7, 0.15, 0.15)), strict=True):
+        add_queries(video, show, split)
+    while len(splits["val"]) < min_val_queries:  # eval splits large enough to resolve a difference
+        new_video()
+        add_queries(videos[-1], shows[-1], "val")
+    n = len(videos)
     for split, rows in splits.items():
         _write_jsonl(root / f"tvr_{split}_release.jsonl", rows)
     _write_json(root / "tvr_video2dur_idx.json", video2dur)
@@ -843,7 +858,10 @@ def _write_how2qa(root: Path, seed: int, n_clips: int, howto: list[Video], taken
     return planted, {"videos": len(sources), "clips": len(clips), **counts, "bad_rows": len(bad)}
 
 
-def _write_msrvtt(root: Path, seed: int, n: int, taken: set[str]) -> tuple[dict, dict]:
+def _write_msrvtt(root: Path, seed: int, n: int, taken: set[str], min_test_queries: int = 0) -> tuple[dict, dict]:
+    """n videos split 55/5/40 (at least `min_test_queries` / 0.4 when that is more); the 1k-A test
+    (JSFusion) takes half of the test videos, or `min_test_queries` of them when that is more."""
+    n = max(n, math.ceil(min_test_queries / 0.4))
     rng = _rng(seed, "msrvtt")
     labels = _split_labels(n, ["train", "validate", "test"], (0.55, 0.05, 0.4))
     urls = _youtube_ids(rng, n, taken)
@@ -880,7 +898,8 @@ def _write_msrvtt(root: Path, seed: int, n: int, taken: set[str]) -> tuple[dict,
     }
     _write_json(root / "MSRVTT_data.json", {"info": info, "videos": records, "sentences": sentences})
     test = [i for i, s in enumerate(labels) if s == "test"]
-    jsfusion = sorted(int(i) for i in rng.choice(test, size=max(1, len(test) // 2), replace=False))
+    size = min(len(test), max(1, len(test) // 2, min_test_queries))
+    jsfusion = sorted(int(i) for i in rng.choice(test, size=size, replace=False))
     train9k = [[f"video{i}"] for i in range(n) if i not in jsfusion]
     train7k = [[f"video{i}"] for i in range(n) if labels[i] != "test"]
     _write_csv(root / "MSRVTT_train.9k.csv", ["video_id"], train9k)
@@ -936,25 +955,28 @@ def _write_activitynet(root: Path, seed: int, n: int, taken: set[str]) -> tuple[
 # ---------------------------------------------------------------- entry points
 
 
-def generate(out_dir: Path, videos: int = DEFAULT_VIDEOS, seed: int = 0) -> dict:
+def generate(out_dir: Path, videos: int = DEFAULT_VIDEOS, seed: int = 0, eval_queries: int = 0) -> dict:
     """Write the whole corpus under out_dir and return a summary of counts per dataset.
+
+    eval_queries: at least this many queries in TVR's val split and MSR-VTT's 1k-A test (the
+    splits the main job scores), added as extra videos of those splits (0: the scaling rule only).
 
     Existing files of the same names are overwritten; stale extra files are not removed, so
     use a fresh directory when changing --videos.
     """
-    if videos < 1 or seed < 0:
-        raise ValueError(f"need videos >= 1 and seed >= 0, got videos={videos} seed={seed}")
+    if videos < 1 or seed < 0 or eval_queries < 0:
+        raise ValueError(f"need videos >= 1, seed >= 0, eval_queries >= 0, got {videos}, {seed}, {eval_queries}")
     out = Path(out_dir)
     taken: set[str] = set()
     ids = _youtube_ids(_rng(seed, "howto100m", "ids"), videos, taken)
     howto = [_narrated_video(seed, vid, (90.0, 300.0)) for vid in ids]
     results = {
         "howto100m": _write_howto100m(out / "howto100m", seed, howto),
-        "tvr": _write_tvr(out / "tvr", seed, _scaled(40, videos, 3)),
+        "tvr": _write_tvr(out / "tvr", seed, _scaled(40, videos, 3), eval_queries),
         "didemo": _write_didemo(out / "didemo", seed, _scaled(30, videos, 3)),
         "how2r": _write_how2r(out / "how2r", seed, _scaled(30, videos, 3), howto, taken),
         "how2qa": _write_how2qa(out / "how2qa", seed, _scaled(40, videos, 3), howto, taken),
-        "msrvtt": _write_msrvtt(out / "msrvtt", seed, _scaled(40, videos, 4), taken),
+        "msrvtt": _write_msrvtt(out / "msrvtt", seed, _scaled(40, videos, 4), taken, eval_queries),
         "activitynet": _write_activitynet(out / "activitynet", seed, _scaled(30, videos, 2), taken),
     }
     planted = {
@@ -995,8 +1017,10 @@ def main(argv: list[str] | None = None) -> None:
         "--videos", type=int, default=DEFAULT_VIDEOS, help="HowTo100M videos; downstream sets scale proportionally"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-queries", type=int, default=0,
+                        help="at least this many queries in TVR val and the MSR-VTT 1k-A test")  # fmt: skip
     args = parser.parse_args(argv)
-    print(json.dumps(generate(args.out, args.videos, args.seed), indent=1))
+    print(json.dumps(generate(args.out, args.videos, args.seed, args.eval_queries), indent=1))
 
 
 if __name__ == "__main__":

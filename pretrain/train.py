@@ -53,7 +53,9 @@ def train(cfg: config.PretrainConfig, rank: int, world: int) -> TrainState:
     run_dir, device = cfg.run.output_dir, runtime.device()
     session.seed_everything(cfg.run.seed)  # the same initial weights on every rank
     tokenizer = load_tokenizer(cfg.model)
-    run = session.Resumable(build_model(cfg.model), cfg, rank, world)
+    model = build_model(cfg.model)
+    session.standardize_frames(model, cfg.data)  # a resumed run's checkpoint brings them back as they were
+    run = session.Resumable(model, cfg, rank, world)
     engine = run.engine
     session.seed_everything(cfg.run.seed + rank)  # dropout differs across ranks
     loader = build_train_loader(cfg.data, tokenizer, rank, world)

@@ -155,6 +155,12 @@ def test_manifest_and_stats_files(convert, corpus, layout, mode):
     assert all(st["samples"] >= SHARD_SIZE for st in stats[:-1])
     df = json.loads((out / "toi_df.json").read_text())
     assert df["num_docs"] == counts["samples"]
+    # the per-dimension statistics the model standardises its frames with: over every frame of every shard
+    frames = np.concatenate([s["feat.npy"].astype(np.float64) for s in read_samples(out)])  # (F, D)
+    feature_stats = json.loads((out / schema.FEATURE_STATS_FILE).read_text())
+    assert manifest["feature_stats"] == schema.FEATURE_STATS_FILE and feature_stats["frames"] == len(frames)
+    np.testing.assert_allclose(feature_stats["mean"], frames.mean(0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(feature_stats["std"], frames.std(0), rtol=1e-7, atol=1e-9)
 
 
 @pytest.mark.parametrize(("layout", "mode"), MODES)
@@ -222,7 +228,7 @@ def test_same_shards_with_one_or_two_workers(convert, corpus, tmp_path):
     assert [p.name for p in shard_paths(tmp_path)] == [p.name for p in shard_paths(out1)]
     for p in shard_paths(out1):
         assert sha256_file(p) == sha256_file(tmp_path / p.name), p.name
-    for name in ("sizes.json", "rejects.jsonl", "toi_df.json"):
+    for name in ("sizes.json", "rejects.jsonl", "toi_df.json", schema.FEATURE_STATS_FILE):
         assert (tmp_path / name).read_bytes() == (out1 / name).read_bytes()
     for p in sorted(out1.glob("*.stats.json")):
         assert (tmp_path / p.name).read_bytes() == p.read_bytes()

@@ -161,6 +161,23 @@ def test_idf_formulas_and_truncation(tokenizer: Any) -> None:
     assert enc.toi_weight.tolist() == [0.0] + [1.0] * 14 + [0.0]  # no table: tokens of interest weigh 1
 
 
+def test_feature_stats_are_found_beside_the_training_shards(shards: Path, tmp_path: Path, caplog) -> None:
+    """data.feature_stats, else feature_stats.json in the folder of the first training source: a folder,
+    a list of its shard paths (the main job's held-out split) or a brace pattern; none: a warning."""
+    want = json.loads((shards / "feature_stats.json").read_text())
+    tars = sorted(str(p) for p in shards.glob("shard-*.tar"))
+    first, last = Path(tars[0]).stem.split("-")[1], Path(tars[-1]).stem.split("-")[1]
+    for train in (str(shards), tars[1:], str(shards / f"shard-{{{first}..{last}}}.tar")):
+        mean, std = L.load_feature_stats(config(train))
+        assert mean.tolist() == pytest.approx(want["mean"]) and std.tolist() == pytest.approx(want["std"])
+    other = tmp_path / "stats.json"
+    other.write_text(json.dumps({"frames": 1, "mean": [1.0] * len(want["mean"]), "std": [2.0] * len(want["mean"])}))
+    assert L.load_feature_stats(config(str(shards), feature_stats=str(other)))[1].tolist() == [2.0] * len(want["std"])
+    bare = copy_shards(shards, tmp_path / "bare")
+    (bare / "feature_stats.json").unlink()
+    assert L.load_feature_stats(config(str(bare))) is None and "not standardised" in caplog.text
+
+
 # ---------------------------------------------------------------- batches
 
 

@@ -103,3 +103,69 @@ def test_a_new_model_is_in_training_mode_throughout() -> None:
     """from_pretrained leaves the text encoder in eval mode; training must not start that way."""
     model = VideoLanguageModel(ModelConfig())
     assert all(m.training for m in model.modules())
+
+
+def test_text_pooling_is_the_encoders_own() -> None:
+    """auto: the packaged MiniLM (a sentence-transformers model trained with mean pooling) -> mean; a BERT
+    -> [CLS]; RoBERTa (no sentence-level pretraining objective) -> mean; anything else is an error."""
+    from pretrain.pooling import encoder_pooling
+
+    assert resolve(ModelConfig()).text_pooling == "mean"
+    assert resolve(ModelConfig(preset="base")).text_pooling == "mean"  # roberta-base
+    assert encoder_pooling("bert-base-uncased") == "cls" and encoder_pooling("roberta-large") == "mean"
+    assert resolve(ModelConfig(text_pooling="cls")).text_pooling == "cls"
+    with pytest.raises(ValueError, match="text_pooling"):
+        resolve(ModelConfig(text_pooling="max"))
+
+
+def test_frames_are_standardised_with_the_corpus_statistics(model, inputs) -> None:
+    fr, fm = inputs["frames"], inputs["frame_mask"]
+    g = torch.Generator().manual_seed(5)
+    mean, std = torch.randn(64, generator=g), torch.rand(64, generator=g) + 0.5
+    standardised = model.embed_video((fr - mean) / std, fm)  # identity statistics: the fixture's fresh model
+    try:
+        model.set_frame_stats(mean, std)
+        torch.testing.assert_close(model.embed_video(fr, fm), standardised)
+        assert "frame_mean" in model.state_dict() and "frame_std" in model.state_dict()  # exports carry them
+    finally:
+        model.set_frame_stats(torch.zeros(64), torch.ones(64))
+    with pytest.raises(ValueError, match="frame_dim"):
+        model.set_frame_stats(torch.zeros(32), torch.ones(32))
+
+
+COLLAPSE_TEXTS = [
+    "now you cut the onion with a sharp knife", "the car engine needs new oil every year",
+    "paint the fence with a wide brush", "my grandmother loved to knit warm scarves",
+    "tighten the bolt on the bicycle wheel", "the stock market fell sharply today",
+    "whisk two eggs with sugar until fluffy", "he scored a goal in the last minute",
+]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base"])
+def test_unrelated_texts_and_videos_get_different_embeddings_at_init(preset: str) -> None:
+    """The collapse guard, for every preset, at initialisation: unrelated texts and unrelated videos must
+    not share one sentence / video vector (the mean pairwise cosine that training logs, sentence_cos and
+    video_cos). Texts: 8 sentences on unrelated topics. Videos: 8 clips of ResNet-like features
+    (non-negative, each dimension with its own scale, so the raw features share a large mean), with the
+    model standardising them by the corpus statistics as training does (feature_stats.json). base:
+    roberta-base is not on this machine and nothing is downloaded, so the packaged MiniLM's weights stand
+    in for its text encoder; every other part is the preset's."""
+    from pretrain.model import MINILM, build_model, load_tokenizer
+    from pretrain.objectives import mean_pairwise_cosine
+    from pretrain.pooling import masked_mean
+
+    cfg = ModelConfig(preset=preset, **({"text_encoder": MINILM} if preset == "base" else {}))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    dim = resolve(cfg).frame_dim
+    g = torch.Generator().manual_seed(1)
+    frames = torch.relu(torch.randn(8, 20, dim, generator=g)) * (2 * torch.rand(dim, generator=g))  # (8, 20, Dv)
+    corpus = frames.reshape(-1, dim)
+    model.set_frame_stats(corpus.mean(0), corpus.std(0))
+    enc = load_tokenizer(cfg)(COLLAPSE_TEXTS, padding=True, return_tensors="pt")
+    ids, tm, fm = enc["input_ids"], enc["attention_mask"].bool(), torch.ones(8, 20, dtype=torch.bool)
+    with torch.no_grad():
+        sentences = model.sentence(model.embed_text(ids, tm), tm)  # (8, d)
+        videos = masked_mean(model.embed_video(frames, fm), fm)  # (8, d)
+    assert mean_pairwise_cosine(sentences) < 0.5, "sentence vectors of unrelated texts collapsed"
+    assert mean_pairwise_cosine(videos) < 0.5, "video vectors of unrelated clips collapsed"

@@ -92,7 +92,7 @@ def straight(shards, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_two_ranks_zero2_all_objectives_checkpoints_export_mlflow(straight) -> None:
+def test_two_ranks_zero2_all_objectives_checkpoints_export_mlflow(straight, shards) -> None:
     rows = _metrics(straight)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for row in rows:
@@ -113,6 +113,9 @@ def test_two_ranks_zero2_all_objectives_checkpoints_export_mlflow(straight) -> N
     weights = load_file(str(straight / "export" / "model.safetensors"))
     result = VideoLanguageModel(cfg.model).load_state_dict(weights, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
+    stats = json.loads((shards / "feature_stats.json").read_text())
+    torch.testing.assert_close(weights["frame_mean"], torch.tensor(stats["mean"]))  # standardised as the corpus
+    torch.testing.assert_close(weights["frame_std"], torch.tensor(stats["std"]))
     assert (straight / "export" / "tokenizer.json").exists()
 
     runs = _mlflow_runs(straight)

@@ -388,6 +388,25 @@ def test_videos_scales_counts(tmp_path):
     assert tiny["tvr"]["videos"] == 3 and tiny["msrvtt"]["videos"] == 4 and tiny["activitynet"]["videos"] == 2
 
 
+def test_eval_queries_enlarges_the_scored_eval_splits_only(tmp_path):
+    """eval_queries: extra TVR val videos until val holds that many queries, and an MSR-VTT 1k-A test of
+    that many; the rest of the corpus is what eval_queries=0 writes, byte for byte."""
+    base, big = tmp_path / "base", tmp_path / "big"
+    syn.generate(base, videos=6, seed=2)
+    summary = syn.generate(big, videos=6, seed=2, eval_queries=40)
+    val = (big / "tvr" / "tvr_val_release.jsonl").read_text().splitlines()
+    assert len(val) >= 40 > len((base / "tvr" / "tvr_val_release.jsonl").read_text().splitlines())
+    assert summary["msrvtt"]["jsfusion_test"] == 40
+    rows = (big / "msrvtt" / "MSRVTT_JSFUSION_test.csv").read_text().splitlines()
+    assert len(rows) == 41 and len({r.split(",")[2] for r in rows[1:]}) == 40  # header + 40 distinct videos
+    train = (big / "tvr" / "tvr_train_release.jsonl").read_text()
+    assert train == (base / "tvr" / "tvr_train_release.jsonl").read_text()  # the train split is unchanged
+    for name in ("howto100m", "didemo", "how2r", "how2qa", "activitynet"):
+        a, b = sorted((base / name).rglob("*")), sorted((big / name).rglob("*"))
+        assert [p.relative_to(base) for p in a] == [p.relative_to(big) for p in b], name
+        assert all(p.read_bytes() == q.read_bytes() for p, q in zip(a, b) if p.is_file()), name
+
+
 def test_cli_writes_corpus(tmp_path):
     cmd = [sys.executable, "-m", "data_prep.synthetic", "--out", str(tmp_path), "--videos", "2", "--seed", "5"]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
