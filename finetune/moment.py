@@ -423,4 +423,5 @@ class MomentTask:
         if with_gt:
             durations = {m["video_id"]: m["duration"] for m in encoded.meta}
             out["metrics"] = moment_eval.evaluate(sub, ground_truth(queries), durations=durations)
+            out["per_query"] = moment_eval.query_hits(sub, ground_truth(queries), durations=durations)
         return out

@@ -419,6 +419,24 @@ def evaluate(
     return {key: results[key] for key in [*tasks, *(f"{t}_by_type" for t in tasks)] if key in results}
 
 
+def query_hits(
+    submission: dict[str, Any],
+    gt: Sequence[dict[str, Any]],
+    iou_thds: Sequence[float] = IOU_THDS,
+    durations: Mapping[str, float | None] | None = None,
+) -> dict[str, dict[str, list[float]]]:
+    """What `evaluate`'s recalls average, per query: {task: {key: 100.0 or 0.0 for each gt query, in gt
+    order}}; the mean of a list is the metric (before the official rounding). For confidence intervals."""
+    video2idx = _video2idx(submission.get("video2idx"))
+    truth = ground_truth_table(gt, video2idx)
+    out = {}
+    for task in (t for t in TASKS if t in submission):
+        preds = prediction_table(submission[task], task, video2idx, truth.desc_ids, durations, DURATION_TOLERANCE)
+        hits = _task_hits(preds, truth, task, iou_thds, TOPKS)
+        out[task] = {key: (100.0 * h).tolist() for key, h in hits.items()}
+    return out
+
+
 # --- submission files --------------------------------------------------------------------------
 
 

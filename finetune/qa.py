@@ -187,6 +187,8 @@ class QATask:
                                "info": info}  # fmt: skip
         if with_gt:
             out["metrics"] = accuracy(preds, queries)
+            out["per_query"] = {"accuracy": [100.0 * (p["prediction"] == q["answer_idx"])
+                                             for p, q in zip(preds, queries)]}  # fmt: skip
         return out
 
     def plots(self, out: dict[str, Any], folder: str, title: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ Outputs under run.output_dir, besides checkpoints/, metrics.jsonl and the MLflow
 
     eval/<split>/step_<N>/metrics.json     the official metrics (TVR's keys; R@K/MedR/MeanR; accuracy)
                           eval_info.json   counts: queries, videos, videos cut to max_frames, ...
+                          per_query.json   what the metrics average, per query, under the same keys
                           <name>_<split>_submission.json   moment tasks: TVR's submission format
                           predictions.json                 retrieval: the best videos per query; QA: the scores
                           recall_at_k.png, similarity.png
@@ -219,6 +220,8 @@ class Reporter:
         files = {"metrics": os.path.join(folder, "metrics.json"), "info": os.path.join(folder, "eval_info.json")}
         if "metrics" in out:
             dump(files["metrics"], out["metrics"])
+            files["per_query"] = os.path.join(folder, "per_query.json")  # each query's share of the metrics
+            dump(files["per_query"], out["per_query"])
         else:
             files.pop("metrics")
         gt_rows = out["gt_rows"]

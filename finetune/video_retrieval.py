@@ -139,13 +139,26 @@ class VideoRetrievalTask:
         out: dict[str, Any] = {"predictions": preds, "vr_scores": torch.cat(dual)[:64], "gt_rows": gt_rows,
                                "queries": queries, "info": info}  # fmt: skip
         if with_gt:
-            out["metrics"] = retrieval_metrics(sim, gt_rows)
+            out["metrics"], out["per_query"] = retrieval_metrics(sim, gt_rows), per_query_ranks(sim, gt_rows)
         return out
+
+
+def gt_video_ranks(sim: Tensor, gt_rows: Tensor) -> Tensor:
+    """(Q,) 1-based rank of each query's ground-truth video; a query without its video ranks V + 1."""
+    have = gt_rows >= 0  # (Q,)
+    ranks = torch.full(gt_rows.shape, sim.shape[1] + 1, dtype=torch.long)  # (Q,)
+    ranks[have] = metrics.gt_ranks(sim[have], gt_rows[have])
+    return ranks
 
 
 def retrieval_metrics(sim: Tensor, gt_rows: Tensor) -> dict[str, float]:
     """R@1/5/10 (percent), MedR, MeanR of the ground-truth video; queries without their video rank V + 1."""
-    have = gt_rows >= 0  # (Q,)
-    ranks = torch.full(gt_rows.shape, sim.shape[1] + 1, dtype=torch.long)  # (Q,)
-    ranks[have] = metrics.gt_ranks(sim[have], gt_rows[have])
-    return metrics.recall_at(ranks)
+    return metrics.recall_at(gt_video_ranks(sim, gt_rows))
+
+
+def per_query_ranks(sim: Tensor, gt_rows: Tensor) -> dict[str, list[float]]:
+    """What the metrics average per query: R@K as 100.0 / 0.0 (their mean), MedR and MeanR as the rank (their
+    median and mean). For confidence intervals."""
+    ranks = gt_video_ranks(sim, gt_rows)
+    out = {f"R@{k}": (100.0 * (ranks <= k).float()).tolist() for k in (1, 5, 10)}
+    return {**out, "MedR": ranks.float().tolist(), "MeanR": ranks.float().tolist()}

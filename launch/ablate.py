@@ -1,15 +1,16 @@
 """Ablations in the shape of the papers' tables. Two kinds of suite:
 
 - pretraining suites, each variant pretrained and finetuned: FEEL Table 5 (`feel`: which
-  pretraining objectives) and TACo Table 3 (`taco`: which losses, cascade or random negatives);
-  they finetune the config's `finetune.recipes`;
+  pretraining objectives), TACo Table 3 (`taco`: which losses, cascade or random negatives) and
+  `readings` (the papers' defaults against each previous reading they replaced,
+  docs/objectives.md); they finetune the config's `finetune.recipes`;
 - finetune-only suites, whose variants share ONE pretraining (the main job's, `pretrain`, run once
   per suite) and differ only in finetune overrides: the multi-level alignment paper's Tables 2
   and 4 (`align`: no / global / segment / both alignment losses; How2QA and How2R) and MESM's main
   ablation (`mesm`: XML head, MA + L_enc, +FW-MESM, +SS-MESM, both; DiDeMo and TVR). Their
   recipes are the suite's own: `finetune.recipes` does not apply to them.
 
-    python -m launch.ablate --suite feel|taco|align|mesm [--config configs/ablate.yaml] [key=value ...]
+    python -m launch.ablate --suite feel|taco|readings|align|mesm [--config configs/ablate.yaml] [key=value ...]
     python -m launch.ablate --suite taco --slurm [key=value ...]    # Slurm job chains
     python -m launch.ablate --suite taco --collect [key=value ...]  # the table + MLflow from the run dirs
 
@@ -53,6 +54,7 @@ from omegaconf.errors import OmegaConfBaseException
 from data_prep.errors import DataPrepError
 from launch import main_job, pipeline, report
 from launch.main_job import FinetuneStage, PretrainStage
+from pretrain import zeroshot
 from pretrain.tracking import Tracker, TrackingConfig
 
 DEFAULT_CONFIG = pipeline.REPO / "configs" / "ablate.yaml"
@@ -66,7 +68,19 @@ class Variant:
     label: str  # the row as the paper names it
     key: str  # its folder and MLflow run name
     overrides: tuple[str, ...] = ()  # key=value for pretrain/train.py, after `pretrain.overrides`
-    finetune: tuple[str, ...] = ()  # key=value for every finetune recipe, after `finetune.(recipe_)overrides`
+    # key=value for every finetune recipe, after `finetune.(recipe_)overrides`; "<recipe>:key=value" for one
+    finetune: tuple[str, ...] = ()
+
+    def finetune_for(self, recipe: str) -> list[str]:
+        """The variant's finetune overrides that apply to `recipe`, its prefix removed."""
+        out = []
+        for o in self.finetune:
+            prefix, _, rest = o.partition(":")
+            if "=" in prefix or not rest:  # no recipe prefix (a value may hold a ":", as in s3://)
+                out.append(o)
+            elif prefix == recipe:
+                out.append(rest)
+        return out
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,13 @@ class Suite:
 
 
 TACO = "objectives.enabled=[taco]"
+# The previous default of each reading that issue 13/14 changed to the paper's (docs/objectives.md, "Paper vs code")
+PREV_TACO = ("objectives.taco.similarity=cosine", "objectives.taco.tau1=0.07", "objectives.taco.tau2=0.07")
+PREV_TACO_FT = tuple(f"{r}:{o.replace('objectives.', 'task.')}" for r in ("msrvtt", "activitynet") for o in PREV_TACO)
+PREV_MFM = ("objectives.mfm_nce.target=embedded", "objectives.mfm_nce.mask_embedding=false")
+PREV_SC = ("objectives.self_contrast.relative_margin=false", "objectives.self_contrast.margin=1.0")
+PREV_IDF = ("data.idf=smooth", "data.subword_weights=copy")
+PREV_TEXT = ("model.text_pooling=cls", "model.text_layers=2")
 ALIGN = lambda glob, seg: (f"task.align.glob={glob}", f"task.align.seg={seg}")  # lambda1, lambda2 of eq. 1
 MESM = lambda fw, ss, enc: (f"task.mesm.fw={fw}", f"task.mesm.ss={ss}", f"task.mesm.enc={enc}")
 SUITES: dict[str, Suite] = {
@@ -106,6 +127,22 @@ SUITES: dict[str, Suite] = {
         Variant("+cascade", "cascade", (TACO, "objectives.taco.lambda2=0", "objectives.taco.cascade=true")),
         Variant("+L2", "full", (TACO, "objectives.taco.cascade=true")),
     )),
+    # Each reading a paper default replaced, against the paper defaults (one pretraining per row; the finetune
+    # runs take the row's model, data and TACo settings too, so pretraining and finetuning agree).
+    "readings": Suite("Paper defaults against each previous reading (docs/objectives.md)", (
+        Variant("paper defaults", "paper"),
+        Variant("TACo cosine / 0.07", "taco-cosine", PREV_TACO, PREV_TACO_FT),
+        Variant("MFM-NCE embedded target", "mfm-embedded", PREV_MFM),
+        Variant("SC margin 1.0", "sc-absolute", PREV_SC),
+        Variant("SC eq. 15 as printed", "sc-eq15", ("objectives.self_contrast.eq15_negative=e_t_prime",)),
+        Variant("IDF smooth, sub-words copied", "idf-smooth", PREV_IDF, PREV_IDF),
+        Variant("[CLS] sentence vector", "cls", ("model.text_pooling=cls",), ("model.text_pooling=cls",)),
+        Variant("frames not standardised", "raw-frames", ("model.standardize_frames=false",),
+                ("model.standardize_frames=false",)),
+        Variant("previous defaults (all)", "previous",
+                (*PREV_TACO, *PREV_MFM, *PREV_SC, *PREV_IDF, *PREV_TEXT, "model.standardize_frames=false"),
+                (*PREV_TACO_FT, *PREV_IDF, *PREV_TEXT, "model.standardize_frames=false", "msrvtt:task.rerank=8")),
+    )),
     # Multi-level alignment, Table 2 (How2QA accuracy) and Table 4 (How2R, tIoU 0.5 / 0.7): eq. 1's
     # lambda1 (global) and lambda2 (segment), each 0 (off) or 1; both set in every row, as How2QA's
     # recipe defaults to its best setting (glob=0, seg=1).
@@ -114,6 +151,8 @@ SUITES: dict[str, Suite] = {
         Variant("Global", "global", finetune=ALIGN(1, 0)),
         Variant("Segment", "segment", finetune=ALIGN(0, 1)),
         Variant("Global + Segment", "global-segment", finetune=ALIGN(1, 1)),
+        Variant("Global + Segment ([CLS] / mean frame)", "global-segment-cls", finetune=(*ALIGN(1, 1),
+                                                                                        "task.align.pooling=cls_mean")),
     ), finetune_only=True, recipes=("how2qa", "how2r"),
         columns={"how2qa": ("accuracy",), "how2r": ("VCMR 0.5-r1", "VCMR 0.7-r1")}),
     # MESM's main ablation (Table 5 of mesm_modal_enhanced.txt; the spirit of its Tables 4/6): the moment
@@ -124,6 +163,7 @@ SUITES: dict[str, Suite] = {
         Variant("MA + L_enc", "ma-enc", finetune=MESM(0, 0, 1)),
         Variant("+FW-MESM", "fw", finetune=MESM(1, 0, 1)),
         Variant("+SS-MESM", "ss", finetune=MESM(0, 1, 1)),
+        Variant("+SS-MESM (2 layers)", "ss-2", finetune=(*MESM(0, 1, 1), "task.mesm.ss_layers=2")),
         Variant("+FW+SS", "fw-ss", finetune=MESM(1, 1, 1)),
     ), finetune_only=True, recipes=("didemo", "tvr"),
         columns={"tvr": ("VCMR 0.5-r1", "VCMR 0.7-r1", "VR r1", "SVMR 0.5-r1")}),
@@ -132,7 +172,8 @@ RECIPE_TITLES = {"tvr": "TVR", "msrvtt": "MSR-VTT", "didemo": "DiDeMo", "how2r":
                  "how2qa": "How2QA"}  # fmt: skip
 # The papers' columns; any other recipe shows every column of report.METRICS.
 PAPER_COLUMNS = {"tvr": ("VCMR 0.5-r1", "VCMR 0.7-r1", "VR r1"), "msrvtt": ("R@1", "R@5", "R@10")}
-ZERO_SHOT = "zero-shot R@10"
+ZERO_SHOT = "zero-shot R@10"  # of TACo's L1+L2 score (pretrain/zeroshot.py), the score TACo's inference starts from
+ZERO_SHOT_KEY = "zeroshot_taco_R@10"
 
 
 @dataclass
@@ -197,6 +238,11 @@ def validate(cfg: AblateConfig, suite: str) -> None:
     for key in cfg.variants:
         if key not in keys:
             raise SystemExit(f"config error: variants: no variant {key!r} in suite {suite!r} (variants: {keys})")
+    for v in SUITES[suite].variants:
+        for o in v.finetune:
+            prefix, _, rest = o.partition(":")
+            if "=" not in prefix and rest and prefix not in report.METRICS:
+                raise SystemExit(f"suite {suite!r}, variant {v.key!r}: {o!r} names no recipe ({list(report.METRICS)})")
     for recipe in suite_recipes(cfg, suite):
         if recipe not in report.METRICS:
             raise SystemExit(f"config error: finetune.recipes: unknown {recipe!r} (recipes: {list(report.METRICS)})")
@@ -318,7 +364,7 @@ def finetune_runs(plan: Plan, v: Variant, parent: str | None) -> list[pipeline.R
     for recipe in plan.recipes:
         for seed in f.seeds:
             name = f"{v.key}/{recipe}-seed{seed}"
-            overrides = [*f.overrides, *f.recipe_overrides.get(recipe, []), *v.finetune,
+            overrides = [*f.overrides, *f.recipe_overrides.get(recipe, []), *v.finetune_for(recipe),
                          f"data.root={plan.shards / recipe}", f"run.max_steps={f.steps}", f"run.seed={seed}",
                          f"data.seed={seed}", f"data.toi_df={plan.shards / 'howto100m' / 'toi_df.json'}",
                          f"init.checkpoint={export}", *plan.tracking(name, parent)]  # fmt: skip
@@ -333,8 +379,9 @@ def zero_shot(plan: Plan, pre: Pretraining) -> dict[str, float]:
     if not path.exists():
         if not (pre.export / "model.safetensors").exists():
             raise RuntimeError(f"{pre.name}: no pretraining export at {pre.export}")
-        path.write_text(json.dumps(pipeline.zero_shot(pre.export, pre.export / "config.yaml", [plan.held_out()[1]]),
-                                   indent=1))  # fmt: skip
+        result = zeroshot.run(str(pre.export), str(pre.export / "config.yaml"), [plan.held_out()[1]],
+                              predictions=str(pre.folder / "zeroshot.jsonl"))  # fmt: skip
+        path.write_text(json.dumps(result, indent=1))
     return pipeline.read_json(path)
 
 
@@ -355,7 +402,7 @@ def variant_results(plan: Plan, v: Variant) -> dict[str, tuple[float, float]]:
     """Column -> (mean, sample std over seeds) from the variant's finished run directories."""
     out: dict[str, tuple[float, float]] = {}
     if not plan.spec.finetune_only:  # the variant's own pretraining
-        out[ZERO_SHOT] = (zero_shot(plan, plan.pretraining(v))["zeroshot_t2v_R@10"], 0.0)
+        out[ZERO_SHOT] = (zero_shot(plan, plan.pretraining(v))[ZERO_SHOT_KEY], 0.0)
     for recipe in plan.recipes:
         runs = []
         for seed in plan.cfg.finetune.seeds:
@@ -381,7 +428,7 @@ def markdown(plan: Plan, results: dict[Variant, dict[str, tuple[float, float]]])
                 f"{list(f.seeds)}{std}. Zero-shot: text-to-video R@10 on the "
                 f"{p.held_out_shards} held-out shards. Numbers as the runs gave them, nothing tuned.\n\n"
                 f"{report.table(rows)}\n")  # fmt: skip
-    zs = zero_shot(plan, plan.shared)["zeroshot_t2v_R@10"]
+    zs = zero_shot(plan, plan.shared)[ZERO_SHOT_KEY]
     overrides = "\n".join(f"- {v.label}: `{' '.join(v.finetune)}`" for v in results)
     return (f"# Ablation: {plan.spec.title}\n\nEvery row shares one pretraining, {p.steps} steps ({p.config}) on "
             f"{plan.shards / 'howto100m'} ({plan.shared.folder / 'pretrain'}; zero-shot text-to-video R@10 "
@@ -448,7 +495,7 @@ def finish_runs(plan: Plan, ids: dict[str, str], status: str,
     t.start({}, "", ids[plan.suite])
     if results is not None:
         if plan.spec.finetune_only:
-            t.log_metrics({ZERO_SHOT: zero_shot(plan, plan.shared)["zeroshot_t2v_R@10"]}, step=0)
+            t.log_metrics({ZERO_SHOT: zero_shot(plan, plan.shared)[ZERO_SHOT_KEY]}, step=0)
         t.log_artifact(str(plan.table_path))
     t.end(status)
 
@@ -463,7 +510,7 @@ def collect(plan: Plan, ids: dict[str, str]) -> str:
 
 
 def say_zero_shot(plan: Plan, pre: Pretraining, label: str) -> None:
-    pipeline.say(f"  [{label}] zero-shot R@10 {zero_shot(plan, pre)['zeroshot_t2v_R@10']:.1f}")
+    pipeline.say(f"  [{label}] zero-shot R@10 {zero_shot(plan, pre)[ZERO_SHOT_KEY]:.1f}")
 
 
 def run_local(plan: Plan, ids: dict[str, str]) -> None:

@@ -268,16 +268,20 @@ def finetune_runs(cfg: MainJobConfig, work: Path, parent: str | None) -> list[pi
 
 
 def zero_shot_stage(cfg: MainJobConfig, work: Path, out: Path) -> None:
+    """`python -m pretrain.zeroshot` (its `run`) on the held-out shards: the export, and random init per seed;
+    each query's ranks go to <out>/<model>.jsonl (the report's confidence intervals)."""
+    from pretrain import zeroshot
+
     run_dir = work / "runs" / "pretrain"
     _, held_out = held_out_split(work / "shards" / "howto100m", cfg.pretrain.held_out_shards)
-    model_cfg = run_dir / "export" / "config.yaml"
-    pretrained = pipeline.zero_shot(run_dir / "export", model_cfg, [held_out])
-    randoms = [pipeline.zero_shot(None, model_cfg, [held_out], seed=s) for s in cfg.finetune.seeds]
-    random = {k: sum(r[k] for r in randoms) / len(randoms) for k in randoms[0]}
-    clips = sum(json.loads((work / "shards" / "howto100m" / "sizes.json").read_text())[Path(p).name]
-                for p in sorted((work / "shards" / "howto100m").glob("shard-*.tar"))[-cfg.pretrain.held_out_shards:])
-    result = {"clips": clips, "pretrained": pretrained, "random": random, "random_per_seed": randoms}
+    model_cfg = str(run_dir / "export" / "config.yaml")
     out.mkdir(parents=True, exist_ok=True)
+    pretrained = zeroshot.run(str(run_dir / "export"), model_cfg, [held_out], predictions=str(out / "pretrained.jsonl"))
+    randoms = [zeroshot.run(None, model_cfg, [held_out], seed=s, predictions=str(out / f"random-seed{s}.jsonl"))
+               for s in cfg.finetune.seeds]  # fmt: skip
+    random = {k: sum(r[k] for r in randoms) / len(randoms) for k in randoms[0]}
+    clips = int(pretrained["clips"])
+    result = {"clips": clips, "pretrained": pretrained, "random": random, "random_per_seed": randoms}
     (out / "zeroshot.json").write_text(json.dumps(result, indent=1))
     for key, score in (("t2v", "sentence cosine"), ("taco", "TACo L1+L2")):
         print(f"  zero-shot R@10 on {clips} held-out clips ({score}): "
@@ -286,17 +290,29 @@ def zero_shot_stage(cfg: MainJobConfig, work: Path, out: Path) -> None:
 
 
 def collect_finetune(cfg: MainJobConfig, work: Path) -> dict[str, dict[str, list[dict]]]:
-    """recipe -> init -> the final eval metrics of each seed's run."""
+    """recipe -> init -> the final eval metrics of each seed's run, with its per-query values ("per_query")."""
     out: dict[str, dict[str, list[dict]]] = {}
     for run in finetune_runs(cfg, work, None):
         recipe, init = run.name.split("-")[:2]
         results = pipeline.read_json(run.run_dir / "results.json")
-        out.setdefault(recipe, {}).setdefault(init, []).append(results["metrics"])
+        path = results.get("files", {}).get("per_query")
+        per_query = pipeline.read_json(Path(path)) if path and Path(path).exists() else None
+        out.setdefault(recipe, {}).setdefault(init, []).append({**results["metrics"], "per_query": per_query})
     return out
+
+
+def zero_shot_ranks(cfg: MainJobConfig, folder: Path) -> dict[str, list[list[dict]]] | None:
+    """model -> per seed the zero-shot stage's per-query lines (pretrained: one), None when one is missing."""
+    files = {"pretrained": [folder / "pretrained.jsonl"],
+             "random": [folder / f"random-seed{s}.jsonl" for s in cfg.finetune.seeds]}  # fmt: skip
+    if not all(p.exists() for paths in files.values() for p in paths):
+        return None
+    return {model: [pipeline.read_jsonl(p) for p in paths] for model, paths in files.items()}
 
 
 def report_stage(cfg: MainJobConfig, work: Path, out: Path, tracker) -> None:
     zs = pipeline.read_json(work / "runs" / "zeroshot" / "zeroshot.json")
+    zs["ranks"] = zero_shot_ranks(cfg, work / "runs" / "zeroshot")
     heat = sorted((work / "runs" / "finetune").glob("tvr-pretrained-seed*/eval/*/step_*/similarity.png"))
     header = (f"# Main job report\n\n{cfg.videos} synthetic HowTo100M videos (seed {cfg.seed}); pretraining "
               f"{cfg.pretrain.steps} steps on {cfg.pretrain.ranks} ranks; finetuning {cfg.finetune.steps} steps, "

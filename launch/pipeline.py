@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,31 +109,10 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def read_jsonl(path: Path) -> list[Any]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def pretrain_losses(run_dir: Path) -> list[dict[str, float]]:
     """metrics.jsonl of a pretraining run: one dict per optimizer step."""
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
-def zero_shot(export: Path | None, model_config: Path, held_out: Sequence[str], seed: int = 0,
-              max_samples: int = 1000, batch_size: int = 16) -> dict[str, float]:  # fmt: skip
-    """Zero-shot text-to-video retrieval on held-out clips (pretrain/zeroshot.py), in process: the
-    pretrained model of `export`, or (export None) the same architecture with random video and
-    cross-modal layers, initialised by `seed` (the text encoder keeps its own weights in both)."""
-    import torch
-
-    from pretrain import config, session, zeroshot
-    from pretrain.loader import build_eval_loader
-    from pretrain.model import build_model, load_tokenizer
-
-    cfg = config.load(str(model_config), [])
-    torch.manual_seed(seed)
-    model = build_model(cfg.model)
-    if export is not None:
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(Path(export) / "model.safetensors")), strict=True)
-    else:  # the frame statistics pretraining would start from: the held-out shards' folder's
-        session.standardize_frames(model, replace(cfg.data, train=list(held_out), feature_stats=None))
-    tokenizer = load_tokenizer(cfg.model)
-    batches = build_eval_loader(list(held_out), cfg.data, tokenizer, batch_size)
-    return zeroshot.evaluate(model, batches, torch.device("cpu"), max_samples, cfg.objectives.taco)

@@ -81,9 +81,10 @@ def to_dict(cfg) -> dict:
 
 
 def _shard_manifest(url: str, s3_endpoint: str | None) -> dict | None:
-    """The shard folder's manifest.json (local or s3://), or None when there is none to read."""
+    """The manifest.json of a shard folder, or beside a shard path or brace pattern (local or s3://);
+    None when there is none to read."""
     if url.endswith(".tar") or "{" in url:
-        return None
+        url = url.rsplit("/", 1)[0] if "/" in url else "."
     if url.startswith("s3://"):
         import fsspec
 
@@ -130,10 +131,10 @@ def validate(cfg: PretrainConfig, world: int) -> None:
     for key, url in [("data.train", u) for u in train] + [("eval.held_out", u) for u in held_out]:
         if not url.startswith("s3://") and "{" not in url and not os.path.exists(url):
             raise ConfigError(f"{key}: {url} does not exist")
-    for url in train:
+    for key, url in [("data.train", u) for u in train] + [("eval.held_out", u) for u in held_out]:
         manifest = _shard_manifest(url, cfg.data.s3_endpoint)
         if manifest is not None and manifest["feature_spec"]["dim"] != model.frame_dim:
             raise ConfigError(
-                f"model.frame_dim {model.frame_dim} != the shards' feature dim "
-                f"{manifest['feature_spec']['dim']} ({url}/manifest.json)"
+                f"model.frame_dim {model.frame_dim} != the feature dim {manifest['feature_spec']['dim']} of "
+                f"{key} {url} (its manifest.json)"
             )

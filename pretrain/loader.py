@@ -236,12 +236,20 @@ def _folder_shards(
         raise FileNotFoundError(f"{folder}: {len(missing)} shard(s) of sizes.json missing, e.g. {missing[0]}")
     extras: dict[str, Any] = {}
     if schema.MANIFEST_FILE in names:
-        spec = _read_json(_join(folder, schema.MANIFEST_FILE), endpoint, retry).get("feature_spec") or {}
-        extras["feature_dim"] = spec.get("dim")
+        extras["feature_dim"] = _manifest_dim(folder, endpoint, retry)
     if schema.TOI_DF_FILE in names:
         extras["toi_df"] = _join(folder, schema.TOI_DF_FILE)
     names_sorted = sorted(sizes)
     return [_join(folder, n) for n in names_sorted], [int(sizes[n]) for n in names_sorted], extras
+
+
+def _manifest_dim(folder: str, endpoint: str | None, retry: RetryPolicy | None = None) -> int | None:
+    """The feature dim of the manifest.json in `folder`; None without one."""
+    url = _join(folder, schema.MANIFEST_FILE)
+    fs, path = _fs(url, endpoint)
+    if not retry_call(lambda: fs.exists(path), url, retry, "listing"):
+        return None
+    return (_read_json(url, endpoint, retry).get("feature_spec") or {}).get("dim")
 
 
 def _count_samples(url: str, endpoint: str | None) -> int:
@@ -292,10 +300,15 @@ def resolve_shards(
             files = [_normalise(u) for u in wds.shardlists.expand_urls(src)]
             urls += files
             sizes += _file_shards(files, endpoint, retry)
-            continue
-        folder_urls, folder_sizes, folder_extras = _folder_shards(_normalise(src).rstrip("/"), endpoint, retry)
-        urls, sizes = urls + folder_urls, sizes + folder_sizes
-        for key, value in folder_extras.items():
+            folders = sorted({u.rsplit("/", 1)[0] for u in files if "/" in u})  # their manifests' feature dims
+            dims = sorted({d for f in folders if (d := _manifest_dim(f, endpoint, retry)) is not None})
+            if len(dims) > 1:
+                raise ValueError(f"{src}: shards of feature dims {dims} in one source")
+            found = {"feature_dim": dims[0]} if dims else {}
+        else:
+            folder_urls, folder_sizes, found = _folder_shards(_normalise(src).rstrip("/"), endpoint, retry)
+            urls, sizes = urls + folder_urls, sizes + folder_sizes
+        for key, value in found.items():
             if key == "feature_dim" and extras.get(key, value) != value:
                 raise ValueError(f"{src}: feature dim {value} differs from the other sources' {extras[key]}")
             extras.setdefault(key, value)

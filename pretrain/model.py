@@ -243,7 +243,8 @@ class VideoLanguageModel(nn.Module):
         if M > self.config.max_frames:
             raise ValueError(f"{M} frames > model.max_frames {self.config.max_frames}")
         pos = self.frame_pos(torch.arange(M, device=frames.device))  # (M, d)
-        frames = (frames.to(self.dtype) - self.frame_mean) / self.frame_std  # (B, M, Dv)
+        dtype = self.dtype  # the buffers stay fp32 where DeepSpeed casts only the parameters (bf16)
+        frames = (frames.to(dtype) - self.frame_mean.to(dtype)) / self.frame_std.to(dtype)  # (B, M, Dv)
         x = self.frame_norm(self.frame_proj(frames) + pos)  # (B, M, d)
         if self.video_encoder is not None:
             x = self.video_encoder(x, frame_mask)  # (B, M, d)

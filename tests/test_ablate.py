@@ -35,10 +35,13 @@ def _list(values: list[str]) -> str:
 
 
 def tiny(main_work: Path, workdir: Path, *extra: str) -> list[str]:
-    """Overrides for a few-minute CPU run: 12 videos, 2 pretraining and 2 MSR-VTT steps, one seed."""
+    """Overrides for a few-minute CPU run: 12 videos (2 shards held out), 2 pretraining and 2 MSR-VTT steps,
+    one seed."""
     return [
-        f"main_overrides=[workdir={main_work},videos=12,tagger=heuristic,workers=1,shard_size=4,finetune_shard_size=2]",
-        f"workdir={workdir}", "pretrain.steps=2", "finetune.steps=2", "finetune.seeds=[0]",
+        f"main_overrides=[workdir={main_work},videos=12,eval_queries=0,tagger=heuristic,workers=1,shard_size=4,"
+        "finetune_shard_size=2]",
+        f"workdir={workdir}", "pretrain.steps=2", "pretrain.held_out_shards=2", "finetune.steps=2",
+        "finetune.seeds=[0]",
         "finetune.recipes=[msrvtt]", "finetune.parallel=1", "pretrain.ranks=1",
         f"pretrain.overrides={_list([*FAST, 'checkpoint.every=0', 'eval.every=0'])}",
         f"finetune.overrides={_list([*FINETUNE_TINY, 'checkpoint.export=false', 'eval.every=0'])}",
@@ -53,7 +56,7 @@ def main_work(tmp_path_factory) -> Path:
 
 
 def test_variants_are_the_papers_rows() -> None:
-    pretraining = {s: suite for s, suite in ablate.SUITES.items() if not suite.finetune_only}
+    pretraining = {s: ablate.SUITES[s] for s in ("feel", "taco")}
     assert all(not v.finetune for suite in pretraining.values() for v in suite.variants)
     assert {s: [(v.label, v.key, v.overrides) for v in suite.variants] for s, suite in pretraining.items()} == {
         "feel": [
@@ -85,6 +88,49 @@ def test_variants_are_the_papers_rows() -> None:
                     "full": (True, True, True, True)}  # fmt: skip
 
 
+def _reading(cfg) -> dict:
+    """The readings a `readings` row can change, as a pretraining config holds them."""
+    o, m = cfg.objectives, cfg.model
+    return {"taco": (o.taco.similarity, o.taco.tau1, o.taco.tau2), "mfm": (o.mfm_nce.target, o.mfm_nce.mask_embedding),
+            "sc": (o.self_contrast.relative_margin, o.self_contrast.margin, o.self_contrast.eq15_negative),
+            "idf": (cfg.data.idf, cfg.data.subword_weights), "text": (m.text_pooling, m.text_layers),
+            "frames": m.standardize_frames}  # fmt: skip
+
+
+def test_readings_rows_change_one_reading_each_in_pretraining_and_finetuning() -> None:
+    """Each row of the `readings` suite sets the previous reading of exactly what its label names (the
+    pretraining config, and every finetune run it launches), "previous" all of them, "paper" none."""
+    paper = _reading(pretrain_config.load("configs/pretrain/tiny_cpu.yaml", []))
+    assert paper == {"taco": ("dot", 1.0, 1.0), "mfm": ("raw", True), "sc": (True, 0.5, "e_v_prime"),
+                     "idf": ("taco", "share"), "text": (None, None), "frames": True}  # fmt: skip
+    changed = {}
+    for v in ablate.SUITES["readings"].variants:
+        got = _reading(pretrain_config.load("configs/pretrain/tiny_cpu.yaml", list(v.overrides)))
+        changed[v.key] = {k: got[k] for k in got if got[k] != paper[k]}
+    assert changed == {
+        "paper": {}, "taco-cosine": {"taco": ("cosine", 0.07, 0.07)},
+        "mfm-embedded": {"mfm": ("embedded", False)}, "sc-absolute": {"sc": (False, 1.0, "e_v_prime")},
+        "sc-eq15": {"sc": (True, 0.5, "e_t_prime")}, "idf-smooth": {"idf": ("smooth", "copy")},
+        "cls": {"text": ("cls", None)}, "raw-frames": {"frames": False},
+        "previous": {"taco": ("cosine", 0.07, 0.07), "mfm": ("embedded", False), "sc": (False, 1.0, "e_v_prime"),
+                     "idf": ("smooth", "copy"), "text": ("cls", 2), "frames": False},
+    }  # fmt: skip
+    plan = ablate.make_plan(ablate.load_config(ablate.DEFAULT_CONFIG, []), "readings")
+    for v in plan.variants:  # finetuning takes the row's model, data and (video retrieval) TACo readings too
+        for run in ablate.finetune_runs(plan, v, None):
+            schema, _ = RECIPES[Path(run.script).stem]
+            cfg = pretrain_config.load(run.config, run.overrides, schema)
+            pre = pretrain_config.load("configs/pretrain/tiny_cpu.yaml", list(v.overrides))
+            assert (cfg.model.text_pooling, cfg.model.text_layers, cfg.model.standardize_frames) == (
+                pre.model.text_pooling, pre.model.text_layers, pre.model.standardize_frames), (v.key, run.name)
+            assert (cfg.data.idf, cfg.data.subword_weights) == (pre.data.idf, pre.data.subword_weights), v.key
+            if run.script.endswith("msrvtt.py"):
+                taco = cfg.task.taco
+                assert (taco.similarity, taco.tau1, taco.tau2) == (pre.objectives.taco.similarity,
+                                                                  pre.objectives.taco.tau1, pre.objectives.taco.tau2)
+                assert cfg.task.rerank == (8 if v.key == "previous" else 0)
+
+
 def finetune_task(run) -> object:
     """The `task` section that a finetune run's recipe makes of its config and overrides, validated."""
     schema, _ = RECIPES[Path(run.script).stem]
@@ -102,12 +148,16 @@ def test_finetune_only_variants_are_the_papers_rows() -> None:
         ("Global", "global", (), ("task.align.glob=1", "task.align.seg=0")),
         ("Segment", "segment", (), ("task.align.glob=0", "task.align.seg=1")),
         ("Global + Segment", "global-segment", (), ("task.align.glob=1", "task.align.seg=1")),
+        ("Global + Segment ([CLS] / mean frame)", "global-segment-cls", (),
+         ("task.align.glob=1", "task.align.seg=1", "task.align.pooling=cls_mean")),
     ]  # fmt: skip
     assert [(v.label, v.key, v.overrides, v.finetune) for v in mesm.variants] == [
         ("XML head", "xml", (), ("task.mesm.fw=0", "task.mesm.ss=0", "task.mesm.enc=0")),
         ("MA + L_enc", "ma-enc", (), ("task.mesm.fw=0", "task.mesm.ss=0", "task.mesm.enc=1")),
         ("+FW-MESM", "fw", (), ("task.mesm.fw=1", "task.mesm.ss=0", "task.mesm.enc=1")),
         ("+SS-MESM", "ss", (), ("task.mesm.fw=0", "task.mesm.ss=1", "task.mesm.enc=1")),
+        ("+SS-MESM (2 layers)", "ss-2", (), ("task.mesm.fw=0", "task.mesm.ss=1", "task.mesm.enc=1",
+                                             "task.mesm.ss_layers=2")),
         ("+FW+SS", "fw-ss", (), ("task.mesm.fw=1", "task.mesm.ss=1", "task.mesm.enc=1")),
     ]  # fmt: skip
     # What each recipe's config makes of the runs the rows launch, the config's overrides first
@@ -121,17 +171,18 @@ def test_finetune_only_variants_are_the_papers_rows() -> None:
             assert run.script == f"finetune/{recipe}.py"
             assert f"init.checkpoint={plan.suite_dir / 'pretrain' / 'export'}" in run.overrides  # the shared export
             task = finetune_task(run)
-            seen[v.key] = (task.align.glob, task.align.seg)
-        assert seen == {"none": (0, 0), "global": (1, 0), "segment": (0, 1), "global-segment": (1, 1)}, recipe
+            seen[v.key] = (task.align.glob, task.align.seg, task.align.pooling)
+        assert seen == {"none": (0, 0, "attention"), "global": (1, 0, "attention"), "segment": (0, 1, "attention"),
+                        "global-segment": (1, 1, "attention"), "global-segment-cls": (1, 1, "cls_mean")}, recipe
     # ... and MESM's (aligner on, lambda_fw, lambda_ss, lambda_enc)
     plan = ablate.make_plan(cfg, "mesm")
     for recipe_index, recipe in enumerate(mesm.recipes):
         seen = {}
         for v in plan.variants:
             m = finetune_task(ablate.finetune_runs(plan, v, None)[recipe_index]).mesm
-            seen[v.key] = (m.enabled, m.fw, m.ss, m.enc)
-        assert seen == {"xml": (False, 0, 0, 0), "ma-enc": (True, 0, 0, 1), "fw": (True, 1, 0, 1),
-                        "ss": (True, 0, 1, 1), "fw-ss": (True, 1, 1, 1)}, recipe  # fmt: skip
+            seen[v.key] = (m.enabled, m.fw, m.ss, m.enc, m.ss_layers)
+        assert seen == {"xml": (False, 0, 0, 0, 4), "ma-enc": (True, 0, 0, 1, 4), "fw": (True, 1, 0, 1, 4),
+                        "ss": (True, 0, 1, 1, 4), "ss-2": (True, 0, 1, 1, 2), "fw-ss": (True, 1, 1, 1, 4)}, recipe
 
 
 def test_config_inherits_the_main_job_and_rejects_unknown_keys() -> None:

@@ -128,6 +128,17 @@ def test_random_matches_brute_force(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(3))
+def test_query_hits_average_to_the_metrics(seed: int) -> None:
+    """Per query 100 or 0; their mean, rounded as the official code rounds, is each metric of the brute force."""
+    sub, gt = rand_case(seed, didemo=seed == 2, typed=seed != 2)
+    hits, want = me.query_hits(sub, gt), ref_evaluate(sub, gt)
+    for task, keys in hits.items():
+        for key, values in keys.items():
+            assert len(values) == len(gt) and set(values) <= {0.0, 100.0}
+            assert round(sum(values) / len(values), 2) == pytest.approx(want[task][key], abs=1e-9), (task, key)
+
+
+@pytest.mark.parametrize("seed", range(3))
 def test_random_didemo_matches_brute_force(seed: int) -> None:
     sub, gt = rand_case(100 + seed, didemo=True, typed=False)
     got = me.evaluate(sub, gt)

@@ -130,6 +130,41 @@ def test_two_ranks_zero2_all_objectives_checkpoints_export_mlflow(straight, shar
 
 
 @pytest.mark.slow
+def test_zero_shot_command_reproduces_the_runs_final_evaluation(straight, shards, tmp_path) -> None:
+    """`python -m pretrain.zeroshot --export` on the held-out shards gives the metrics the run logged at its
+    last step (the same 32 clips, the same model), and its predictions file agrees with them; a random
+    init runs too, and held-out shards of another feature dim are a clear error (exit 2)."""
+    def zeroshot(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "pretrain.zeroshot", "--held-out", str(shards), "--max-samples", "32", *args]
+        return subprocess.run(cmd, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=300)
+
+    preds = tmp_path / "preds.jsonl"
+    proc = zeroshot("--export", str(straight / "export"), "--predictions", str(preds))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)
+    logged = _mlflow_runs(straight)[0].data.metrics  # MLflow turns "@" into "_" in metric names
+    assert got["clips"] == 32
+    for key in ("zeroshot_t2v_R@1", "zeroshot_t2v_R@10", "zeroshot_taco_R@5", "zeroshot_taco_MeanR"):
+        assert got[key] == pytest.approx(logged[key.replace("@", "_")], abs=1e-4), key
+    rows = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert len(rows) == 32 and len({r["key"] for r in rows}) == 32
+    for score in ("t2v", "taco"):
+        assert 100 * sum(r[f"rank_{score}"] <= 10 for r in rows) / 32 == pytest.approx(got[f"zeroshot_{score}_R@10"])
+        assert all((r[f"rank_{score}"] == 1) == (r[f"top_{score}"][0] == r["key"]) for r in rows)
+    random = zeroshot("--random-init", "--config", str(straight / "export" / "config.yaml"), "--seed", "1")
+    assert random.returncode == 0 and json.loads(random.stdout)["clips"] == 32, random.stderr[-3000:]
+    from omegaconf import OmegaConf
+
+    other = OmegaConf.load(straight / "export" / "config.yaml")
+    other.model.frame_dim = 32
+    OmegaConf.save(other, tmp_path / "other.yaml")
+    mismatch = zeroshot("--random-init", "--config", str(tmp_path / "other.yaml"))
+    assert mismatch.returncode == 2 and "64-d features" in mismatch.stderr and "frame_dim 32" in mismatch.stderr
+    missing = zeroshot("--export", str(tmp_path))
+    assert missing.returncode == 2 and "no model.safetensors" in missing.stderr
+
+
+@pytest.mark.slow
 def test_resume_after_kill_gives_the_same_losses(straight, shards, tmp_path) -> None:
     run_dir = tmp_path / "killed"
     cmd = _command("deepspeed", 2, run_dir, shards, "run.max_steps=4", "checkpoint.every=2", "eval.every=2",

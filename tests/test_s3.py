@@ -86,7 +86,8 @@ def test_every_file_is_in_the_bucket(s3, s3_run):
     keys = s3.keys(prefix)
     sizes = json.loads(s3.get(f"{prefix}/sizes.json"))
     stats = {json.loads(s3.get(f"{prefix}/{k}"))["index"] for k in keys if k.endswith(".stats.json")}
-    expected = {schema.SIZES_FILE, schema.MANIFEST_FILE, schema.REJECTS_FILE, schema.TOI_DF_FILE}
+    expected = {schema.SIZES_FILE, schema.MANIFEST_FILE, schema.REJECTS_FILE, schema.TOI_DF_FILE,
+                schema.FEATURE_STATS_FILE}
     for i in stats:
         expected |= {schema.stats_name(i), schema.shard_rejects_name(i), schema.shard_name(i)}
     assert set(keys) == expected  # no temporary object left behind
@@ -109,7 +110,7 @@ def test_shards_are_complete_and_identical_to_a_local_run(s3, s3_run):
                 assert len(tar.extractfile(m).read()) == m.size
         assert hashlib.sha256(data).hexdigest() == stats["sha256"] and len(data) == stats["bytes"]
         assert data == (local / name).read_bytes(), name
-    for name in ("rejects.jsonl", "toi_df.json"):
+    for name in ("rejects.jsonl", "toi_df.json", "feature_stats.json"):
         assert s3.get(f"{prefix}/{name}") == (local / name).read_bytes()
     assert manifest["counts"] == local_manifest["counts"]
     assert manifest["feature_spec"] == local_manifest["feature_spec"]

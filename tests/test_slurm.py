@@ -189,7 +189,8 @@ def _wait_done(job_id: int, log: Path, timeout: float = 300) -> dict[str, str]:
 def finetune_sets(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("slurm_finetune_sets")
     proc = subprocess.run([sys.executable, "-m", "launch.main_job", f"workdir={work}", "videos=24", "tagger=heuristic",
-                           "until=data"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+                           "eval_queries=0", "until=data"], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work / "shards"
 
