@@ -7,6 +7,13 @@
 One sample per clip: 60-second windows (FEEL, `--clip-seconds`) or adjacent ASR segments
 merged to at least N words (TACo, `--min-words`). Every input video (caption file and CSV)
 ends in a shard or in rejects.jsonl with its reason. See docs/shard_format.md.
+
+Captions that run past the features' end by more than `--tolerance` seconds (feature extractors
+often drop the last seconds of a video) are cut at the features' end: segments that start after
+it are dropped, the clips end there, and the video is counted in the manifest
+(`counts.videos_captions_clipped`; each of its samples carries `captions_clipped_at`). Only features
+that cover less than half of the captions' span reject the video (features_shorter_than_captions):
+a feature file that short is more likely another video's or a broken one.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from data_prep.tagger import get_tagger
 log = logging.getLogger("data_prep.howto100m")
 
 CSV_COLUMNS = ("video_id", "category_1", "category_2", "rank", "task_id")
+MIN_COVERAGE = 0.5  # features covering less of the captions' span than this reject the video
 
 
 @dataclass(frozen=True)
@@ -94,9 +102,12 @@ def build_clips(item: sharding.WorkItem, ctx: Context) -> list[schema.Sample]:
     step = ctx.reader.interval
     duration = len(feats) * step
     caption_end = max(seg[1] for _, _, segs in windows for seg in segs)
-    if caption_end > duration + ctx.tolerance:
-        detail = f"captions end at {caption_end:.1f}s, features at {duration:.1f}s"
+    clipped = caption_end > duration + ctx.tolerance
+    if clipped and duration < MIN_COVERAGE * caption_end:
+        detail = f"captions end at {caption_end:.1f}s, features at {duration:.1f}s (under {MIN_COVERAGE:.0%} of them)"
         raise Rejected("features_shorter_than_captions", detail)
+    if clipped:  # cut the captions at the features' end: segments starting after it have no frames
+        windows = [(s, e, kept) for s, e, segs in windows if (kept := [g for g in segs if g[0] < duration])]
     half = to_float16(feats, item.video_id)
     texts = [" ".join(seg[2] for seg in segs) for _, _, segs in windows]
     tois = get_tagger(ctx.tagger).tag(texts)
@@ -119,6 +130,8 @@ def build_clips(item: sharding.WorkItem, ctx: Context) -> list[schema.Sample]:
             "toi": toi,
             "features_sha256": sha,
         }
+        if clipped:
+            meta["captions_clipped_at"] = round(duration, 3)
         if row:
             meta["category"] = [row["category_1"], row["category_2"]]
             meta["task_id"] = row["task_id"]

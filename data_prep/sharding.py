@@ -166,6 +166,7 @@ def process_job(job: ShardJob, build: BuildFn, ctx: Any, loc: Location) -> dict[
         "videos_sharded": sharded,
         "rejected": len(rejects),
         "rejects_by_reason": dict(Counter(r["reason"] for r in rejects)),
+        "videos_captions_clipped": len({s.meta["video_id"] for s in samples if "captions_clipped_at" in s.meta}),
         "features_digest": source.hexdigest(),
         "toi_df": dict(sorted(df.items())),
         "feature_sum": frames.sum(0).tolist() if frames is not None else None,  # (D,) float64
@@ -306,6 +307,7 @@ def finalize(
         "videos_sharded": sum(len(st["videos_sharded"]) for st in stats),
         "videos_rejected": len(rejects),
         "rejects_by_reason": dict(sorted(Counter(r["reason"] for r in rejects).items())),
+        "videos_captions_clipped": sum(st.get("videos_captions_clipped", 0) for st in stats),
         "samples": samples,
         "frames": sum(st["frames"] for st in stats),
         "shards": len(sizes),

@@ -33,9 +33,17 @@ log = logging.getLogger(__name__)
 DS_MODEL_FILE = "mp_rank_00_model_states.pt"
 
 
+# The backbone's tensors that read raw frame features: their shape follows the feature dim.
+FRAME_INPUT = ("frame_mean", "frame_std", "frame_proj.weight", "frame_proj.bias", "mfm_regress_out.weight",
+               "mfm_regress_out.bias", "mfm_mask_vector")  # fmt: skip
+
+
 @dataclass
 class InitConfig:
     checkpoint: str | None = None  # pretraining export / run dir / DeepSpeed checkpoint; None: from scratch
+    # True: a checkpoint of another feature dim than the finetune set's keeps everything but the layers that
+    # read raw features (FRAME_INPUT), which start fresh (with the finetune set's frame statistics); a warning
+    reinit_frame_input: bool = False
 
 
 class TaskModel(nn.Module):
@@ -86,10 +94,20 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     return {k: v.float() for k, v in module.items()}
 
 
-def load_backbone(backbone: nn.Module, path: str) -> int:
-    """Copy a pretraining checkpoint into the backbone; every tensor must match. Returns the count."""
+def load_backbone(backbone: nn.Module, path: str, reinit_frame_input: bool = False) -> int:
+    """Copy a pretraining checkpoint into the backbone; every tensor must match, except, with
+    `reinit_frame_input`, the FRAME_INPUT tensors when the feature dims differ (they keep their fresh
+    init). Returns the number of tensors taken from the checkpoint (fewer than the backbone has when
+    the frame input starts fresh)."""
     state = read_state_dict(path)
     own = backbone.state_dict()
+    other_dim = any(k in state and state[k].shape != own[k].shape for k in FRAME_INPUT)
+    if reinit_frame_input and other_dim:
+        theirs = state["frame_mean"].shape[0] if "frame_mean" in state else state["frame_proj.weight"].shape[1]
+        log.warning("init.reinit_frame_input: %s holds %d-d frame features, the model takes %d-d: %s start fresh",
+                    path, theirs, own["frame_mean"].shape[0], ", ".join(FRAME_INPUT))  # fmt: skip
+        state = {k: v for k, v in state.items() if k not in FRAME_INPUT} | {k: own[k] for k in FRAME_INPUT}
+    fresh = len(FRAME_INPUT) if reinit_frame_input and other_dim else 0
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
@@ -98,7 +116,9 @@ def load_backbone(backbone: nn.Module, path: str) -> int:
         kinds = (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
         parts = [f"{name} ({len(keys)}): {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
                  for name, keys in kinds if keys]  # fmt: skip
-        raise ValueError(f"init.checkpoint {path} does not match model config: " + "; ".join(parts))
+        hint = ("; a checkpoint of another feature dim needs init.reinit_frame_input=true"
+                if other_dim and not reinit_frame_input else "")  # fmt: skip
+        raise ValueError(f"init.checkpoint {path} does not match model config: " + "; ".join(parts) + hint)
     backbone.load_state_dict(state, strict=True)
-    log.info("initialised %d backbone tensors from %s", len(state), path)
-    return len(state)
+    log.info("initialised %d backbone tensors from %s", len(state) - fresh, path)
+    return len(state) - fresh

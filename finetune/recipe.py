@@ -152,9 +152,8 @@ def finetune(name: str, cfg: FinetuneConfig, task: Any, rank: int, world: int) -
     session.seed_everything(cfg.run.seed)  # the same initial weights on every rank
     tokenizer = load_tokenizer(cfg.model)
     backbone = build_model(cfg.model)
-    if cfg.init.checkpoint:
-        load_backbone(backbone, cfg.init.checkpoint)  # with pretraining's frame statistics
-    else:
+    taken = load_backbone(backbone, cfg.init.checkpoint, cfg.init.reinit_frame_input) if cfg.init.checkpoint else 0
+    if taken < len(backbone.state_dict()):  # from scratch, or a fresh frame input: this set's frame statistics
         session.standardize_frames(backbone, cfg.data.loader_config(cfg.data.train_split, cfg.data.batch_size))
     run = session.Resumable(TaskModel(backbone, task.build_head(backbone)), cfg, rank, world)
     session.seed_everything(cfg.run.seed + rank)  # dropout differs across ranks

@@ -219,6 +219,28 @@ def test_init_from_export_and_deepspeed_checkpoint_loads_every_weight(pretrained
     assert resolve_checkpoint(str(pretrained / "checkpoints"))[0] == "deepspeed"
 
 
+def test_init_of_another_feature_dim_reinitialises_the_frame_input_on_request(pretrained, caplog) -> None:
+    """An export of 64-d features into a 32-d model: an error that names the option; with it, every tensor but
+    the ones that read raw features comes from the export, and those keep the fresh model's values."""
+    from safetensors.torch import load_file
+
+    from finetune.model import FRAME_INPUT
+
+    export = load_file(str(pretrained / "export" / "model.safetensors"))
+    cfg = ModelConfig(preset="tiny", text_layers=1, cross_layers=1, frame_dim=32)
+    torch.manual_seed(7)
+    backbone = build_model(cfg)
+    fresh = {k: v.clone() for k, v in backbone.state_dict().items()}
+    with pytest.raises(ValueError, match="init.reinit_frame_input=true"):
+        load_backbone(backbone, str(pretrained / "export"))
+    taken = load_backbone(backbone, str(pretrained / "export"), reinit_frame_input=True)
+    assert taken == len(export) - len(FRAME_INPUT)
+    for name, tensor in backbone.state_dict().items():
+        want = fresh[name] if name in FRAME_INPUT else export[name]
+        assert torch.equal(tensor, want), name
+    assert "64-d frame features, the model takes 32-d" in caplog.text
+
+
 def test_init_mismatch_names_the_tensors(pretrained, tmp_path) -> None:
     backbone = build_model(ModelConfig(preset="tiny", text_layers=1, cross_layers=2, hidden=192, heads=6))
     names = r"missing \(\d+\): cross_encoder\.layers\.1\..*shape \(\d+\): cross_encoder\.layers\.0\."

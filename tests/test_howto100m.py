@@ -441,6 +441,32 @@ def test_bad_videos_are_rejected_with_their_reason(corpus, tmp_path):
     assert [m["text"] for m in metas["dotted.id"]] == [m["text"] for m in metas[vids[11]]]
 
 
+def test_captions_past_the_features_end_are_cut_there_not_rejected(corpus, tmp_path):
+    """Features 8 s shorter than the captions (past the 3 s tolerance, most of the video covered): the video is
+    sharded with its captions cut at the features' end, and counted; features covering under half of the
+    captions still reject it."""
+    root = tmp_path / "howto100m"
+    shutil.copytree(corpus.root, root, ignore=shutil.ignore_patterns("2d", "3d", "caption.json"))
+    hero = root / "features" / "hero"
+    captions = json.loads((root / "raw_caption.json").read_text())
+    cut, short = sorted(captions)[0], sorted(captions)[1]
+    caption_end = max(captions[cut]["end"])
+    feats = _features(corpus, cut)
+    keep = int((caption_end - 8.0) // 1.5)  # rows of 1.5 s: the features end about 8 s before the captions
+    _write_npz(hero / f"{cut}.npz", feats[:keep])
+    _write_npz(hero / f"{short}.npz", _features(corpus, short)[:3])
+    out = tmp_path / "out"
+    manifest = run_main(converter_args(root, out, "hero", "clip60"))
+    rejects = {r["video_id"]: r["reason"] for r in read_jsonl(out / "rejects.jsonl")}
+    assert rejects == {short: "features_shorter_than_captions"}
+    assert manifest["counts"]["videos_captions_clipped"] == 1
+    clips = by_video(read_samples(out))[cut]
+    end = keep * 1.5
+    assert clips and all(m["captions_clipped_at"] == end for m in clips)
+    assert all(seg["start"] < end for m in clips for seg in m["segments"]) and max(m["end"] for m in clips) <= end
+    assert all("captions_clipped_at" not in m for v, ms in by_video(read_samples(out)).items() if v != cut for m in ms)
+
+
 def test_one_unreadable_file_of_the_howto100m_layout_rejects_the_video(corpus, tmp_path):
     root = tmp_path / "howto100m"
     shutil.copytree(corpus.root, root, ignore=shutil.ignore_patterns("hero", "caption.json"))
