@@ -15,8 +15,13 @@ layouts, generated from one hidden world so that "did pretraining learn anything
 - How2QA asks what an event's verb acts on: the answer is its noun, one wrong answer a noun
   shown in the same clip outside the span (only the time tells them apart), two are absent.
 
-The ground truth goes to `planted.json`. Same seed -> byte-identical files. See
-docs/synthetic_corpus.md for the formats, the scaling rule and how to use the ground truth.
+The numbers above are the default world's (`DEFAULT_WORLD`, world 0). `draw_world(n)` draws another
+world per seed n >= 1 from a larger word bank: its own domains, synonyms (narration and queries may name
+one concept differently), mention rate and timing, chatter, noise, feature dims and layout weights, and
+non-negative features in half of them (`World`).
+
+The ground truth goes to `planted.json`. Same seed and world -> byte-identical files. See
+docs/synthetic_corpus.md for the formats, the scaling rule, the worlds and how to use the ground truth.
 """
 
 from __future__ import annotations
@@ -31,13 +36,14 @@ import zipfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 DEFAULT_VIDEOS = 48  # HowTo100M videos; downstream sizes scale with videos / DEFAULT_VIDEOS
+# The default world's (world 0's) settings; a drawn world has its own (`World`, `draw_world`).
 LATENT_DIM = 24
 LAYOUT_DIM = 32  # each layout (and each half of the HERO layout) has 32 dims
 LATENT_NOISE = 0.2
@@ -52,7 +58,8 @@ LAYOUTS = {  # layout -> (noun weight, verb weight): appearance sees nouns, moti
     "howto_3d": (0.25, 1.0),
 }
 
-# category_1 | category_2 | nouns | verbs: a video draws all its concepts from one domain.
+# The default world's domains. category_1 | category_2 | nouns | verbs: a video draws all its concepts
+# from one domain.
 _DOMAIN_TABLE = """
 Food and Entertaining | Recipes | onion tomato garlic carrot egg flour butter bowl pan knife | cut pour mix stir peel
 Cars & Other Vehicles | Car Repair | engine wheel tire bolt battery wrench hose | screw remove tighten clean
@@ -178,6 +185,256 @@ ANET_WHO = ("man", "woman", "person", "boy", "girl")
 YT_CHARS = string.ascii_letters + string.digits + "-_"
 
 
+# ---------------------------------------------------------------- worlds
+
+Domain = tuple[str, str, tuple[str, ...], tuple[str, ...]]  # category_1, category_2, nouns, verbs
+
+# The word bank drawn worlds pick domains from. category_1 | category_2 | nouns | verbs; "a/b" are
+# one concept with two surface forms (its first is the concept's name). A concept in several domains
+# is one concept (one prototype); its synonyms are written once. Single words only, no surface form
+# in two concepts, none a noun and a verb, none in the templates or the chatter (tests check).
+_BANK_TABLE = """
+Food and Entertaining | Recipes | onion tomato garlic carrot potato bowl pan/skillet knife/blade pot/saucepan
+    | cut/chop/slice pour stir peel mix/combine
+Food and Entertaining | Baking | flour butter egg sugar dough oven cupcake/muffin batter
+    | whisk/whip/beat knead bake sift/sieve
+Cars & Other Vehicles | Car Repair | engine/motor wheel tire/tyre bolt battery wrench/spanner hose jack bumper
+    | screw remove/detach tighten clean/wipe/scrub
+Cars & Other Vehicles | Bike Repair | chain pedal saddle/seat tire rim brake gear/cog pump
+    | oil/lubricate inflate adjust/tune loosen/unscrew clean
+Home and Garden | Painting | brush roller tray door shelf fence wall ladder
+    | paint/coat sand clean scrape
+Home and Garden | Gardening | soil/dirt shovel/spade bulb bucket/pail rake hedge compost trowel
+    | dig prune/trim sow/plant spray/mist
+Home and Garden | Woodworking | plank/board hammer nail chisel screwdriver workbench dowel ruler
+    | measure drill/bore carve/whittle polish/buff
+Home and Garden | Cleaning | sink/basin counter/countertop window mirror floor sponge mop carpet/rug bucket
+    | clean rinse/wash vacuum/hoover sweep polish
+Hobbies and Crafts | Paper Crafts | paper/cardstock scissors ribbon card tape box/carton
+    | fold/crease cut wrap attach
+Hobbies and Crafts | Sewing | cloth/fabric needle thread/yarn button zipper/zip sleeve pocket collar
+    | sew/stitch cut iron/press measure
+Arts and Entertainment | Drawing | pencil eraser/rubber canvas easel ink palette sketchbook/notebook marker/pen
+    | draw/sketch shade/hatch erase color/colour
+Pets and Animals | Dog Grooming | dog/puppy comb leash towel paw ear shampoo/soap tail
+    | groom feed walk rinse
+"""
+
+
+def _parse_bank(table: str) -> tuple[tuple[Domain, ...], dict[str, tuple[str, ...]]]:
+    domains, synonyms = [], {}
+    for row in table.strip().replace("\n    |", " |").splitlines():  # a domain's verbs continue its line
+        c1, c2, nouns, verbs = (part.strip() for part in row.split("|"))
+        names = []
+        for words in (nouns.split(), verbs.split()):
+            names.append(tuple(w.split("/")[0] for w in words))
+            for forms in (tuple(w.split("/")) for w in words if "/" in w):
+                if synonyms.setdefault(forms[0], forms) != forms:
+                    raise ValueError(f"word bank: {forms[0]} has two synonym lists")
+        domains.append((c1, c2, names[0], names[1]))
+    for _, _, nouns, verbs in domains:
+        for concept in nouns + verbs:
+            synonyms.setdefault(concept, (concept,))
+    return tuple(domains), synonyms
+
+
+WORD_BANK, BANK_SYNONYMS = _parse_bank(_BANK_TABLE)  # BANK_SYNONYMS: concept -> its surface forms
+_DOUBLED = frozenset("cut stir chop whip dig trim wrap scrub drip snip plug rub pat tap stop shop".split())
+
+
+def verb_forms(base: str) -> tuple[str, str]:
+    """(third person, gerund) of a verb by rule: -es after s/sh/ch/x/z/o, consonant+y -> -ies; the gerund
+    drops a silent final e (not -ee/-ye/-oe), -ie -> -ying, and doubles the final consonant of the short
+    verbs in _DOUBLED (cut -> cutting)."""
+    if base.endswith(("s", "sh", "ch", "x", "z", "o")):
+        third = base + "es"
+    elif base.endswith("y") and base[-2:-1] not in tuple("aeiou"):
+        third = base[:-1] + "ies"
+    else:
+        third = base + "s"
+    if base in _DOUBLED:
+        gerund = base + base[-1] + "ing"
+    elif base.endswith("ie"):
+        gerund = base[:-2] + "ying"
+    elif base.endswith("e") and not base.endswith(("ee", "ye", "oe")):
+        gerund = base[:-1] + "ing"
+    else:
+        gerund = base + "ing"
+    return third, gerund
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything of a corpus's hidden structure besides the corpus seed (hashable: tuples only).
+
+    `World()` is the default world (world 0, `DEFAULT_WORLD`); `draw_world(n)` draws world n >= 1.
+    Concepts are what the features see; `forms` says how speech and queries name them.
+    """
+
+    seed: int = 0  # 0: the default world; n >= 1: draw_world(n)
+    domains: tuple[Domain, ...] = tuple(DOMAINS)
+    # every verb surface form -> (third person, gerund)
+    verb_forms: tuple[tuple[str, str, str], ...] = tuple((b, t, g) for b, (t, g) in VERB_FORMS.items())
+    # per concept: (concept, its surface forms, the form narration and subtitles use, the form queries,
+    # captions and answers use)
+    forms: tuple[tuple[str, tuple[str, ...], str, str], ...] = tuple((c, (c,), c, c) for c in NOUNS + VERBS)
+    synonym_p: float = 0.0  # chance a concept with synonyms is named differently by narration and queries
+    mention_p: float = MENTION_P  # HowTo100M: chance an event is narrated
+    subtitle_mention_p: float = SUBTITLE_MENTION_P  # TVR: chance an event is talked about
+    narration_offset: tuple[float, float] = (-2.0, 2.0)  # a mention is meant to start uniform(lo, hi) s after its event
+    chatter_seconds: float = 40.0  # unrelated utterances: one per this many seconds of video, plus one
+    latent_dim: int = LATENT_DIM
+    latent_noise: float = LATENT_NOISE
+    feature_noise: float = FEATURE_NOISE
+    # (layout, dims, noun weight, verb weight); hero_appearance and howto_2d have the same dims, as have
+    # hero_motion and howto_3d, so HowTo100M's 2d+3d and the HERO layout are equally wide
+    layouts: tuple[tuple[str, int, float, float], ...] = tuple((k, LAYOUT_DIM, n, v) for k, (n, v) in LAYOUTS.items())
+    non_negative: bool = False  # features ReLU'd and their noise clipped at 0, like real CNN features
+
+    def __post_init__(self) -> None:
+        lay = {name: dim for name, dim, _, _ in self.layouts}
+        if sorted(lay) != sorted(LAYOUTS) or len(lay) != len(self.layouts):
+            raise ValueError(f"world {self.seed}: layouts must be {sorted(LAYOUTS)}, got {sorted(lay)}")
+        if lay["hero_appearance"] != lay["howto_2d"] or lay["hero_motion"] != lay["howto_3d"]:
+            raise ValueError(f"world {self.seed}: hero appearance/motion dims must equal the 2d/3d dims: {lay}")
+        for _, _, nouns, verbs in self.domains:
+            if len(set(nouns)) != len(nouns) or len(set(verbs)) != len(verbs):
+                raise ValueError(f"world {self.seed}: a domain repeats a concept: {nouns} {verbs}")
+        if sorted(c for c, *_ in self.forms) != sorted(self.nouns + self.verbs):
+            raise ValueError(f"world {self.seed}: forms must name every concept once")
+        owner: dict[str, str] = {}
+        for concept, alts, said, written in self.forms:
+            if said not in alts or written not in alts:
+                raise ValueError(f"world {self.seed}: {concept}: {said}/{written} not among {alts}")
+            for form in alts:
+                if owner.setdefault(form, concept) != concept:
+                    raise ValueError(f"world {self.seed}: {form!r} names both {owner[form]} and {concept}")
+        missing = {f for c in self.verbs for f in self.synonyms(c)} - {v for v, _, _ in self.verb_forms}
+        if missing:
+            raise ValueError(f"world {self.seed}: no verb forms for {sorted(missing)}")
+
+    @cached_property
+    def nouns(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(n for d in self.domains for n in d[2]))
+
+    @cached_property
+    def verbs(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(v for d in self.domains for v in d[3]))
+
+    @cached_property
+    def _forms(self) -> dict[str, tuple[tuple[str, ...], str, str]]:
+        return {c: (alts, said, written) for c, alts, said, written in self.forms}
+
+    @cached_property
+    def _verb_forms(self) -> dict[str, tuple[str, str]]:
+        return {v: (t, g) for v, t, g in self.verb_forms}
+
+    def synonyms(self, concept: str) -> tuple[str, ...]:
+        return self._forms[concept][0]
+
+    def said(self, concept: str) -> str:
+        """The word narration and subtitles use for a concept."""
+        return self._forms[concept][1]
+
+    def written(self, concept: str) -> str:
+        """The word queries, captions and answers use for a concept."""
+        return self._forms[concept][2]
+
+    def inflect(self, verb: str) -> tuple[str, str]:
+        """(third person, gerund) of a verb surface form."""
+        return self._verb_forms[verb]
+
+    def layout(self, name: str) -> tuple[int, float, float]:
+        """(dims, noun weight, verb weight) of a feature layout."""
+        return next((d, n, v) for k, d, n, v in self.layouts if k == name)
+
+    @property
+    def hero_dims(self) -> tuple[int, int]:
+        """(appearance, motion) dims of the HERO layout; its rows are appearance then motion."""
+        return self.layout("hero_appearance")[0], self.layout("hero_motion")[0]
+
+    def describe(self) -> dict[str, Any]:
+        """Every field, as planted.json records a drawn world."""
+        return {
+            "seed": self.seed,
+            "domains": [
+                {"category_1": c1, "category_2": c2, "nouns": list(n), "verbs": list(v)}
+                for c1, c2, n, v in self.domains
+            ],
+            "concepts": {
+                c: {"forms": list(alts), "narration": said, "query": written} for c, alts, said, written in self.forms
+            },
+            "verb_forms": {v: [t, g] for v, t, g in self.verb_forms},
+            "synonym_p": self.synonym_p,
+            "mention_p": self.mention_p,
+            "subtitle_mention_p": self.subtitle_mention_p,
+            "narration_offset": list(self.narration_offset),
+            "chatter_seconds": self.chatter_seconds,
+            "latent_dim": self.latent_dim,
+            "noise": {"latent": self.latent_noise, "feature": self.feature_noise},
+            "layouts": {k: {"dim": d, "noun_weight": n, "verb_weight": v} for k, d, n, v in self.layouts},
+            "non_negative": self.non_negative,
+        }
+
+
+DEFAULT_WORLD = World()
+WORLD_DIMS = (24, 32, 48, 64)  # a drawn world's appearance and motion dims
+WORLD_LATENT_DIMS = (16, 24, 32)
+
+
+def draw_world(seed: int) -> World:
+    """World `seed`: 0 is DEFAULT_WORLD; n >= 1 draws 4-6 of the word bank's domains and every rate,
+    noise, dim and weight (ranges in docs/synthetic_corpus.md, "Worlds"). Deterministic per seed."""
+    if seed == 0:
+        return DEFAULT_WORLD
+    if seed < 0:
+        raise ValueError(f"need a world seed >= 0, got {seed}")
+    rng = _rng(seed, "world")
+    picked = sorted(int(i) for i in rng.choice(len(WORD_BANK), size=int(rng.integers(4, 7)), replace=False))
+    domains = tuple(WORD_BANK[i] for i in picked)
+    nouns, verbs = (list(dict.fromkeys(c for d in domains for c in d[k])) for k in (2, 3))
+    synonym_p = _r2(rng.uniform(0.3, 0.8))
+    forms = []
+    for concept in nouns + verbs:
+        alts = BANK_SYNONYMS[concept]
+        if len(alts) > 1 and rng.random() < synonym_p:  # narration and queries name it differently
+            said, written = (int(i) for i in rng.choice(len(alts), size=2, replace=False))
+        else:
+            said = written = int(rng.integers(len(alts)))
+        forms.append((concept, alts, alts[said], alts[written]))
+    mention_p = _r2(rng.uniform(0.4, 0.85))
+    subtitle_mention_p = _r2(rng.uniform(0.3, 0.7))
+    offset = (_r2(rng.uniform(-4.0, 0.0)), _r2(rng.uniform(1.0, 8.0)))
+    chatter_seconds = _r2(rng.uniform(15.0, 60.0))
+    latent_dim = int(rng.choice(WORLD_LATENT_DIMS))
+    latent_noise, feature_noise = _r2(rng.uniform(0.1, 0.45)), _r2(rng.uniform(0.02, 0.2))
+    appearance, motion = (int(d) for d in rng.choice(WORLD_DIMS, size=2))
+    app_w = (_r2(rng.uniform(0.7, 1.0)), _r2(rng.uniform(0.0, 0.5)))  # (noun, verb): appearance sees nouns
+    mot_w = (_r2(rng.uniform(0.0, 0.5)), _r2(rng.uniform(0.7, 1.0)))  # motion sees verbs
+    non_negative = bool(rng.random() < 0.5)
+    return World(
+        seed=seed,
+        domains=domains,
+        verb_forms=tuple((f, *verb_forms(f)) for v in verbs for f in BANK_SYNONYMS[v]),
+        forms=tuple(forms),
+        synonym_p=synonym_p,
+        mention_p=mention_p,
+        subtitle_mention_p=subtitle_mention_p,
+        narration_offset=offset,
+        chatter_seconds=chatter_seconds,
+        latent_dim=latent_dim,
+        latent_noise=latent_noise,
+        feature_noise=feature_noise,
+        layouts=(
+            ("hero_appearance", appearance, *app_w),
+            ("hero_motion", motion, *mot_w),
+            ("howto_2d", appearance, *app_w),
+            ("howto_3d", motion, *mot_w),
+        ),
+        non_negative=non_negative,
+    )
+
+
 @dataclass
 class Event:
     start: float
@@ -222,18 +479,26 @@ def _pick(rng: np.random.Generator, items: Sequence[Any]) -> Any:
     return items[int(rng.integers(len(items)))]
 
 
+def _world_keys(world: World) -> tuple[str | int, ...]:
+    """Extra rng keys of a drawn world's prototypes and projections (none for the default world, whose
+    keys are what they were before worlds existed), so worlds differ even with the same corpus seed."""
+    return ("world", world.seed) if world.seed else ()
+
+
 @lru_cache(maxsize=8)
-def concept_prototypes(seed: int) -> dict[str, np.ndarray]:
-    """Latent prototype (unit-ish norm) of every noun and verb; depends only on the seed."""
-    names = NOUNS + VERBS
-    protos = _rng(seed, "prototypes").normal(size=(len(names), LATENT_DIM)) / math.sqrt(LATENT_DIM)
+def concept_prototypes(seed: int, world: World = DEFAULT_WORLD) -> dict[str, np.ndarray]:
+    """Latent prototype (unit-ish norm) of every noun and verb; depends only on the seed and the world."""
+    names = world.nouns + world.verbs
+    dim = world.latent_dim
+    protos = _rng(seed, "prototypes", *_world_keys(world)).normal(size=(len(names), dim)) / math.sqrt(dim)
     return dict(zip(names, protos, strict=True))
 
 
 @lru_cache(maxsize=32)
-def layout_projection(seed: int, layout: str) -> np.ndarray:
-    """Fixed [LAYOUT_DIM, LATENT_DIM] map from latent space to one feature layout."""
-    return _rng(seed, "projection", layout).normal(size=(LAYOUT_DIM, LATENT_DIM))
+def layout_projection(seed: int, layout: str, world: World = DEFAULT_WORLD) -> np.ndarray:
+    """Fixed [layout dims, latent dims] map from latent space to one feature layout."""
+    rng = _rng(seed, "projection", layout, *_world_keys(world))
+    return rng.normal(size=(world.layout(layout)[0], world.latent_dim))
 
 
 def num_rows(duration: float, interval: float) -> int:
@@ -241,30 +506,36 @@ def num_rows(duration: float, interval: float) -> int:
     return math.ceil(round(duration / interval, 6))
 
 
-def layout_features(video: Video, seed: int, layout: str, interval: float) -> np.ndarray:
-    """[T, 32] float32: row k = projection of the concepts visible in [k*iv, (k+1)*iv) + noise."""
+def layout_features(video: Video, seed: int, layout: str, interval: float, world: World = DEFAULT_WORLD) -> np.ndarray:
+    """[T, dims] float32: row k = projection of the concepts visible in [k*iv, (k+1)*iv) + noise
+    (ReLU'd, noise clipped at 0, in a non-negative world)."""
     rows = num_rows(video.duration, interval)
     starts = np.arange(rows) * interval
     ends = starts + interval
-    noun_w, verb_w = LAYOUTS[layout]
-    protos = concept_prototypes(seed)
+    _, noun_w, verb_w = world.layout(layout)
+    protos = concept_prototypes(seed, world)
     visible = [(s, e, video.background, noun_w) for s, e in video.background_spans]
     for ev in video.events:
         visible += [(ev.start, ev.end, ev.noun, noun_w), (ev.start, ev.end, ev.verb, verb_w)]
-    latent = np.zeros((rows, LATENT_DIM))
+    latent = np.zeros((rows, world.latent_dim))
     for s, e, concept, weight in visible:
         frac = np.clip(np.minimum(ends, e) - np.maximum(starts, s), 0.0, None) / interval
         latent += weight * frac[:, None] * protos[concept]
     rng = _rng(seed, "features", layout, video.vid)  # keyed by id: a shared video matches
-    latent += rng.normal(0.0, LATENT_NOISE, latent.shape)
-    feats = latent @ layout_projection(seed, layout).T
-    feats += rng.normal(0.0, FEATURE_NOISE, feats.shape)
+    latent += rng.normal(0.0, world.latent_noise, latent.shape)
+    feats = latent @ layout_projection(seed, layout, world).T
+    if world.non_negative:
+        feats = np.maximum(feats, 0.0)
+        feats = np.maximum(feats + rng.normal(0.0, world.feature_noise, feats.shape), 0.0)
+    else:
+        feats += rng.normal(0.0, world.feature_noise, feats.shape)
     return feats.astype(np.float32)
 
 
-def hero_features(video: Video, seed: int) -> np.ndarray:
-    """[T, 64]: 32 appearance ("ResNet") dims then 32 motion ("SlowFast") dims, 1.5 s rows."""
-    halves = [layout_features(video, seed, lay, INTERVALS["hero"]) for lay in LAYOUTS if lay.startswith("hero")]
+def hero_features(video: Video, seed: int, world: World = DEFAULT_WORLD) -> np.ndarray:
+    """[T, appearance + motion dims] (64 in the default world): the appearance ("ResNet") dims then the
+    motion ("SlowFast") dims, 1.5 s rows."""
+    halves = [layout_features(video, seed, lay, INTERVALS["hero"], world) for lay in ("hero_appearance", "hero_motion")]
     return np.concatenate(halves, axis=1)
 
 
@@ -272,13 +543,14 @@ def _timeline(
     rng: np.random.Generator,
     duration: float,
     domain: int,
+    world: World,
     span: tuple[float, float] = (4.0, 15.0),
     gap: tuple[float, float] = (1.0, 12.0),
     margin: float = 4.0,
     max_events: int = 1000,
 ) -> tuple[str, list[tuple[float, float]], list[Event]]:
     """Background noun + its long span, and non-overlapping events separated by gaps."""
-    nouns, verbs = DOMAINS[domain][2], DOMAINS[domain][3]
+    nouns, verbs = world.domains[domain][2], world.domains[domain][3]
     background = _pick(rng, nouns)
     bg_start = rng.uniform(0.0, 0.3) * duration
     bg_span = (_r2(bg_start), _r2(min(duration, bg_start + rng.uniform(0.4, 0.7) * duration)))
@@ -302,17 +574,20 @@ def _fresh_pair(rng: np.random.Generator, nouns: Sequence[str], verbs: Sequence[
     return _pick(rng, [(n, v) for n in nouns for v in verbs if (n, v) not in recent])
 
 
-def _video(rng: np.random.Generator, vid: str, durations: tuple[float, float], **timeline: Any) -> Video:
+def _video(rng: np.random.Generator, vid: str, durations: tuple[float, float], world: World, **timeline: Any) -> Video:
     duration = _r2(rng.uniform(*durations))
-    domain = int(rng.integers(len(DOMAINS)))
-    background, spans, events = _timeline(rng, duration, domain, **timeline)
+    domain = int(rng.integers(len(world.domains)))
+    background, spans, events = _timeline(rng, duration, domain, world, **timeline)
     return Video(vid, duration, domain, background, spans, events)
 
 
-def _fill(template: str, ev: Event, **extra: str) -> str:
-    third, gerund = VERB_FORMS[ev.verb]
-    a_noun = ("an " if ev.noun[0] in "aeiou" else "a ") + ev.noun
-    return template.format(verb=ev.verb, verbs=third, ving=gerund, noun=ev.noun, a_noun=a_noun, **extra)
+def _fill(template: str, ev: Event, world: World, spoken: bool, **extra: str) -> str:
+    """A template filled with an event's noun and verb, in the words speech (spoken) or queries use."""
+    name = world.said if spoken else world.written
+    noun, verb = name(ev.noun), name(ev.verb)
+    third, gerund = world.inflect(verb)
+    a_noun = ("an " if noun[0] in "aeiou" else "a ") + noun
+    return template.format(verb=verb, verbs=third, ving=gerund, noun=noun, a_noun=a_noun, **extra)
 
 
 # ---------------------------------------------------------------- speech
@@ -367,24 +642,27 @@ def _mark_mentioned(video: Video) -> None:
         ev.mentioned = i in tags
 
 
-def _narrate(rng: np.random.Generator, video: Video) -> None:
-    """HowTo100M-style ASR: mentions of ~70% of the events (±2 s) mixed with chatter."""
+def _narrate(rng: np.random.Generator, video: Video, world: World) -> None:
+    """HowTo100M-style ASR: mentions of ~70% of the events (±2 s) mixed with chatter (the default world's
+    numbers; a drawn world's mention_p, narration_offset and chatter_seconds)."""
     utts = []
+    lo, hi = world.narration_offset
     for i, ev in enumerate(video.events):
-        if rng.random() < MENTION_P:
-            utts.append((max(0.0, ev.start + rng.uniform(-2, 2)), _fill(_pick(rng, MENTION_TEMPLATES), ev), i))
-    for _ in range(int(video.duration // 40) + 1):
+        if rng.random() < world.mention_p:
+            at = max(0.0, ev.start + rng.uniform(lo, hi))  # drawn before the template
+            utts.append((at, _fill(_pick(rng, MENTION_TEMPLATES), ev, world, spoken=True), i))
+    for _ in range(int(video.duration // world.chatter_seconds) + 1):
         utts.append((rng.uniform(0, video.duration), _pick(rng, CHATTER), -1))
     video.lines = _speak(rng, utts, video.duration, split=True)
     _mark_mentioned(video)
 
 
-def _subtitle(rng: np.random.Generator, video: Video, cast: Sequence[str]) -> None:
-    """TV-style subtitles: "(Name:) ..." lines, about half the events talked about."""
+def _subtitle(rng: np.random.Generator, video: Video, cast: Sequence[str], world: World) -> None:
+    """TV-style subtitles: "(Name:) ..." lines, about half the events talked about (world.subtitle_mention_p)."""
     utts = []
     for i, ev in enumerate(video.events):
-        if rng.random() < SUBTITLE_MENTION_P:
-            text = f"({_pick(rng, cast)}:) {_fill(_pick(rng, SUB_MENTIONS), ev)}"
+        if rng.random() < world.subtitle_mention_p:
+            text = f"({_pick(rng, cast)}:) {_fill(_pick(rng, SUB_MENTIONS), ev, world, spoken=True)}"
             utts.append((max(0.0, ev.start + rng.uniform(-2, 2)), text, i))
     for _ in range(int(video.duration // 8)):
         utts.append((rng.uniform(0, video.duration), f"({_pick(rng, cast)}:) {_pick(rng, SUB_CHATTER)}", -1))
@@ -467,10 +745,10 @@ def _write_npz(path: Path, arr: np.ndarray) -> None:
         zf.writestr(info, buf.getvalue())
 
 
-def _planted(video: Video, with_lines: bool = False) -> dict:
+def _planted(video: Video, world: World, with_lines: bool = False) -> dict:
     rec = {
         "duration": video.duration,
-        "domain": DOMAINS[video.domain][1],
+        "domain": world.domains[video.domain][1],
         "background": {"noun": video.background, "spans": [list(s) for s in video.background_spans]},
         "events": [
             {"start": e.start, "end": e.end, "noun": e.noun, "verb": e.verb, "mentioned": e.mentioned}
@@ -527,33 +805,35 @@ def _split_by_weight(weights: Sequence[int], names: Sequence[str], fracs: Sequen
 # ---------------------------------------------------------------- datasets
 
 
-def _narrated_video(seed: int, vid: str, durations: tuple[float, float]) -> Video:
+def _narrated_video(seed: int, world: World, vid: str, durations: tuple[float, float]) -> Video:
     """A HowTo100M-style YouTube video: timeline plus ASR narration."""
     rng = _rng(seed, "video", vid)
-    video = _video(rng, vid, durations)
-    _narrate(rng, video)
+    video = _video(rng, vid, durations, world)
+    _narrate(rng, video, world)
     return video
 
 
-def _write_asr_and_features(root: Path, seed: int, videos: list[Video], extractor: bool) -> None:
+def _write_asr_and_features(root: Path, seed: int, world: World, videos: list[Video], extractor: bool) -> None:
     raw = {v.vid: rolling_captions(_rng(seed, "rolling", v.vid), v.lines, v.duration) for v in videos}
     _write_json(root / "raw_caption.json", raw)
     hero_dir = root / "features" / "hero" if extractor else root / "features"
     for v in videos:
-        _write_npz(hero_dir / f"{v.vid}.npz", hero_features(v, seed))
+        _write_npz(hero_dir / f"{v.vid}.npz", hero_features(v, seed, world))
         if extractor:
-            _write_npy(root / "features" / "2d" / f"{v.vid}.npy", layout_features(v, seed, "howto_2d", INTERVALS["2d"]))
-            _write_npy(root / "features" / "3d" / f"{v.vid}.npy", layout_features(v, seed, "howto_3d", INTERVALS["3d"]))
+            for sub in ("2d", "3d"):
+                feats = layout_features(v, seed, f"howto_{sub}", INTERVALS[sub], world)
+                _write_npy(root / "features" / sub / f"{v.vid}.npy", feats)
 
 
-def _write_howto100m(root: Path, seed: int, videos: list[Video]) -> tuple[dict, dict]:
+def _write_howto100m(root: Path, seed: int, world: World, videos: list[Video]) -> tuple[dict, dict]:
     rng = _rng(seed, "howto100m", "meta")
-    tasks = [[int(t) for t in rng.integers(10_000, 130_000, size=3)] for _ in DOMAINS]
-    rows = [[v.vid, *DOMAINS[v.domain][:2], int(rng.integers(1, 200)), _pick(rng, tasks[v.domain])] for v in videos]
+    tasks = [[int(t) for t in rng.integers(10_000, 130_000, size=3)] for _ in world.domains]
+    rows = [[v.vid, *world.domains[v.domain][:2], int(rng.integers(1, 200)), _pick(rng, tasks[v.domain])]
+            for v in videos]  # fmt: skip
     _write_csv(root / "HowTo100M_v1.csv", ["video_id", "category_1", "category_2", "rank", "task_id"], rows)
     _write_json(root / "caption.json", {v.vid: cleaned_captions(v.lines) for v in videos})
-    _write_asr_and_features(root, seed, videos, extractor=True)
-    planted = {"videos": {v.vid: _planted(v, with_lines=True) for v in videos}}
+    _write_asr_and_features(root, seed, world, videos, extractor=True)
+    planted = {"videos": {v.vid: _planted(v, world, with_lines=True) for v in videos}}
     return planted, {"videos": len(videos), "asr_lines": sum(len(v.lines) for v in videos)}
 
 
@@ -563,7 +843,7 @@ def _tvr_name(rng: np.random.Generator, show: str) -> str:
     return name if show == "bbt" else f"{show}_{name}"  # real TVR/TVQA: bbt clips have no prefix
 
 
-def _write_tvr(root: Path, seed: int, n: int, min_val_queries: int = 0) -> tuple[dict, dict]:
+def _write_tvr(root: Path, seed: int, world: World, n: int, min_val_queries: int = 0) -> tuple[dict, dict]:
     """n videos split 70/15/15, then more val videos until val holds `min_val_queries` queries."""
     rng = _rng(seed, "tvr")
     videos, shows, taken = [], [], set()
@@ -576,8 +856,8 @@ def _write_tvr(root: Path, seed: int, n: int, min_val_queries: int = 0) -> tuple
                 break
         taken.add(name)
         vrng = _rng(seed, "video", name)
-        video = _video(vrng, name, (60.0, 90.0), gap=(1.0, 8.0))
-        _subtitle(vrng, video, SHOWS[show])
+        video = _video(vrng, name, (60.0, 90.0), world, gap=(1.0, 8.0))
+        _subtitle(vrng, video, SHOWS[show], world)
         videos.append(video)
         shows.append(show)
 
@@ -594,7 +874,7 @@ def _write_tvr(root: Path, seed: int, n: int, min_val_queries: int = 0) -> tuple
         for i in sorted(rng.choice(len(video.events), size=k, replace=False)):
             ev = video.events[i]
             qtype = _pick(rng, ("t", "vt")) if ev.mentioned else "v"
-            desc = _fill(_pick(rng, TVR_DESC[qtype]), ev, who=_pick(rng, SHOWS[show]))
+            desc = _fill(_pick(rng, TVR_DESC[qtype]), ev, world, spoken=False, who=_pick(rng, SHOWS[show]))
             row = {
                 "desc": desc,
                 "duration": video.duration,
@@ -621,24 +901,24 @@ def _write_tvr(root: Path, seed: int, n: int, min_val_queries: int = 0) -> tuple
     ]
     _write_jsonl(root / "tvqa_preprocessed_subtitles.jsonl", subs)
     for v in videos:
-        _write_npz(root / "features" / f"{v.vid}.npz", hero_features(v, seed))
-    return {"videos": {v.vid: _planted(v) for v in videos}}, {"videos": n, "queries": desc_id}
+        _write_npz(root / "features" / f"{v.vid}.npz", hero_features(v, seed, world))
+    return {"videos": {v.vid: _planted(v, world) for v in videos}}, {"videos": n, "queries": desc_id}
 
 
-def _didemo_video(rng: np.random.Generator, name: str) -> tuple[Video, int]:
+def _didemo_video(rng: np.random.Generator, name: str, world: World) -> tuple[Video, int]:
     """A 25-30 s video whose 1-3 events are aligned to DiDeMo's 5 s chunks."""
     duration = _r2(rng.uniform(25.0, 30.0))
     n_seg = math.ceil(duration / 5)
-    domain = int(rng.integers(len(DOMAINS)))
-    background, spans, _ = _timeline(rng, duration, domain, max_events=0)
-    nouns = [x for x in DOMAINS[domain][2] if x != background]
+    domain = int(rng.integers(len(world.domains)))
+    background, spans, _ = _timeline(rng, duration, domain, world, max_events=0)
+    nouns = [x for x in world.domains[domain][2] if x != background]
     events, chunk = [], int(rng.integers(0, 2))
     while chunk < n_seg and len(events) < 3:
         last = min(chunk + int(rng.integers(0, 3)), n_seg - 1)
         end = min((last + 1) * 5.0, duration)
         if end - chunk * 5.0 < 3.0:  # a sliver of the last chunk is no moment
             break
-        events.append(Event(chunk * 5.0, end, *_fresh_pair(rng, nouns, DOMAINS[domain][3], events)))
+        events.append(Event(chunk * 5.0, end, *_fresh_pair(rng, nouns, world.domains[domain][3], events)))
         chunk = last + 1 + int(rng.integers(0, 2))
     return Video(name, duration, domain, background, spans, events), n_seg
 
@@ -657,7 +937,7 @@ def _didemo_times(rng: np.random.Generator, s: int, e: int, n_seg: int) -> list[
     return times
 
 
-def _write_didemo(root: Path, seed: int, n: int) -> tuple[dict, dict]:
+def _write_didemo(root: Path, seed: int, world: World, n: int) -> tuple[dict, dict]:
     rng = _rng(seed, "didemo")
     videos, taken = [], set()
     while len(videos) < n:
@@ -671,13 +951,13 @@ def _write_didemo(root: Path, seed: int, n: int) -> tuple[dict, dict]:
     splits: dict[str, list] = {"train": [], "val": [], "test": []}
     planted, ann_id = {}, 0
     for (name, link), split in zip(videos, _split_labels(n, list(splits), (0.7, 0.15, 0.15)), strict=True):
-        video, n_seg = _didemo_video(_rng(seed, "video", name), name)
+        video, n_seg = _didemo_video(_rng(seed, "video", name), name, world)
         for ev in video.events:
             s, e = int(ev.start // 5), math.ceil(ev.end / 5) - 1
             splits[split].append(
                 {
                     "annotation_id": ann_id,
-                    "description": _fill(_pick(rng, DIDEMO_DESC), ev),
+                    "description": _fill(_pick(rng, DIDEMO_DESC), ev, world, spoken=False),
                     "video": name,
                     "times": _didemo_times(rng, s, e, n_seg),
                     "download_link": link,
@@ -685,8 +965,8 @@ def _write_didemo(root: Path, seed: int, n: int) -> tuple[dict, dict]:
                 }
             )
             ann_id += 1
-        planted[name] = _planted(video)
-        _write_npz(root / "features" / f"{name}.npz", hero_features(video, seed))
+        planted[name] = _planted(video, world)
+        _write_npz(root / "features" / f"{name}.npz", hero_features(video, seed, world))
     for split, rows in splits.items():
         _write_json(root / f"{split}_data.json", rows)
     return {"videos": planted}, {"videos": n, "queries": ann_id}
@@ -709,14 +989,16 @@ def _howto_overlap(howto: list[Video]) -> list[Video]:
     return [candidates[i * len(candidates) // n_overlap] for i in range(n_overlap)]
 
 
-def _write_how2r(root: Path, seed: int, n_clips: int, howto: list[Video], taken: set[str]) -> tuple[dict, dict]:
+def _write_how2r(
+    root: Path, seed: int, world: World, n_clips: int, howto: list[Video], taken: set[str]
+) -> tuple[dict, dict]:
     """How2R clips from YouTube videos; a few are HowTo100M videos (real How2R overlaps it)."""
     overlap = _howto_overlap(howto)
     n_overlap = len(overlap)
     extras: list[Video] = []
     ids_rng = _rng(seed, "how2r", "ids")
     while len(extras) + n_overlap < 3 or sum(len(_clips(v)) for v in extras + overlap) < n_clips:
-        extras.append(_narrated_video(seed, _youtube_ids(ids_rng, 1, taken)[0], (180.0, 300.0)))
+        extras.append(_narrated_video(seed, world, _youtube_ids(ids_rng, 1, taken)[0], (180.0, 300.0)))
     sources = extras + overlap  # overlaps last, so they land in val/test
     rng = _rng(seed, "how2r", "queries")
     csv_rows: dict[str, list] = {"train": [], "val": [], "test": []}
@@ -727,7 +1009,7 @@ def _write_how2r(root: Path, seed: int, n_clips: int, howto: list[Video], taken:
             clip = f"{video.vid}_{st}_{ed}"
             clips_planted[clip] = split
             for ev in events:
-                query = _fill(_pick(rng, HOW2R_DESC), ev)
+                query = _fill(_pick(rng, HOW2R_DESC), ev, world, spoken=False)
                 csv_rows[split].append([video.vid, f"[{st}:{ed}]", f"[{ev.start}:{ev.end}]", query])
                 value_rows[split].append(
                     {
@@ -750,11 +1032,11 @@ def _write_how2r(root: Path, seed: int, n_clips: int, howto: list[Video], taken:
         _write_csv(root / f"how2r_{split}.csv", None, csv_rows[split])
         _write_jsonl(root / "value" / f"how2r_{split}_release.jsonl", value_rows[split])
     _write_jsonl(root / "value" / "how2r_subtitles.jsonl", subs)
-    _write_asr_and_features(root, seed, sources, extractor=False)
+    _write_asr_and_features(root, seed, world, sources, extractor=False)
     planted = {
         "overlap_with_howto100m": [v.vid for v in overlap],
         "clips": clips_planted,
-        "videos": {v.vid: _planted(v, with_lines=True) for v in sources},
+        "videos": {v.vid: _planted(v, world, with_lines=True) for v in sources},
     }
     return planted, {"videos": len(sources), "clips": len(clips_planted), "queries": desc_id}
 
@@ -781,7 +1063,7 @@ def _nouns_shown(video: Video, st: float, ed: float) -> dict[str, set[str]]:
     return out
 
 
-def _questions(rng: np.random.Generator, video: Video) -> list[_Question]:
+def _questions(rng: np.random.Generator, video: Video, world: World) -> list[_Question]:
     """≤3 questions per clip, on the events whose clip shows another noun outside their span; at
     most one event per video crosses a grid line (its clip is two windows long)."""
     out: list[_Question] = []
@@ -796,14 +1078,16 @@ def _questions(rng: np.random.Generator, video: Video) -> list[_Question]:
             continue
         wide |= crosses
         same_verb = [n for n in outside if ev.verb in shown[n]]
-        domain = [n for n in DOMAINS[video.domain][2] if n not in shown]
-        others = [n for n in NOUNS if n not in shown and n not in domain]
+        domain = [n for n in world.domains[video.domain][2] if n not in shown]
+        others = [n for n in world.nouns if n not in shown and n not in domain]
         absent = [domain[i] for i in rng.permutation(len(domain))] + [others[i] for i in rng.permutation(len(others))]
         out.append(_Question(window, ev, _pick(rng, same_verb or outside), (absent[0], absent[1]), bool(same_verb)))
     return out
 
 
-def _write_how2qa(root: Path, seed: int, n_clips: int, howto: list[Video], taken: set[str]) -> tuple[dict, dict]:
+def _write_how2qa(
+    root: Path, seed: int, world: World, n_clips: int, howto: list[Video], taken: set[str]
+) -> tuple[dict, dict]:
     """How2QA: 4-way questions on events of 60 s clips of YouTube videos, a few of them How2R's
     HowTo100M videos (the only ones the main job leaves out of pretraining).
 
@@ -811,12 +1095,12 @@ def _write_how2qa(root: Path, seed: int, n_clips: int, howto: list[Video], taken
     shown in the same clip outside the span, two are nouns the clip does not show. Two extra
     train rows are bad: one repeats its correct answer as a wrong one, one has an unquoted comma.
     """
-    ask = lambda v: _questions(_rng(seed, "how2qa", "questions", v.vid), v)
+    ask = lambda v: _questions(_rng(seed, "how2qa", "questions", v.vid), v, world)
     overlap = [(v, qs) for v in _howto_overlap(howto) if (qs := ask(v))]
     extras: list[tuple[Video, list[_Question]]] = []
     ids_rng = _rng(seed, "how2qa", "ids")
     while len(extras) + len(overlap) < 3 or sum(len({q.window for q in qs}) for _, qs in extras + overlap) < n_clips:
-        video = _narrated_video(seed, _youtube_ids(ids_rng, 1, taken)[0], (180.0, 300.0))
+        video = _narrated_video(seed, world, _youtube_ids(ids_rng, 1, taken)[0], (180.0, 300.0))
         if qs := ask(video):
             extras.append((video, qs))
     sources = extras + overlap  # overlaps last, so they land in val/test
@@ -829,13 +1113,13 @@ def _write_how2qa(root: Path, seed: int, n_clips: int, howto: list[Video], taken
         for q in qs:
             ev, clip = q.event, f"{video.vid}_{q.window[0]}_{q.window[1]}"
             clips[clip] = split
-            wrong = [f"the {n}" for n in (q.in_clip, *q.absent)]
+            wrong = [f"the {world.written(n)}" for n in (q.in_clip, *q.absent)]
             wrong = [wrong[i] for i in rng.permutation(3)]
-            question = _fill(_pick(rng, HOW2QA_QUESTIONS), ev)
+            question = _fill(_pick(rng, HOW2QA_QUESTIONS), ev, world, spoken=False)
             truth[split].append({"row": len(rows[split]), "clip": clip, "span": [ev.start, ev.end], "verb": ev.verb,
                                  "answer": ev.noun, "in_clip": q.in_clip, "absent": list(q.absent),
                                  "same_verb": q.same_verb, "reject": None})  # fmt: skip
-            rows[split].append([video.vid, f"[{ev.start}:{ev.end}]", *wrong, question, f"the {ev.noun}"])
+            rows[split].append([video.vid, f"[{ev.start}:{ev.end}]", *wrong, question, f"the {world.written(ev.noun)}"])
     first, second = rows["train"][0], rows["train"][1 % len(rows["train"])]
     bad = [
         ("duplicate_answers", truth["train"][0]["clip"], [*first[:4], first[6].upper(), *first[5:]]),
@@ -846,19 +1130,21 @@ def _write_how2qa(root: Path, seed: int, n_clips: int, howto: list[Video], taken
         rows["train"].append(row)
     for split, split_rows in rows.items():
         _write_csv(root / f"how2qa_{split}.csv", None, split_rows)
-    _write_asr_and_features(root, seed, [v for v, _ in sources], extractor=False)
+    _write_asr_and_features(root, seed, world, [v for v, _ in sources], extractor=False)
     planted = {
         "clip_length": HOW2QA_CLIP,
         "overlap_with_howto100m": [v.vid for v, _ in overlap],
         "clips": clips,
         "questions": truth,
-        "videos": {v.vid: _planted(v, with_lines=True) for v, _ in sources},
+        "videos": {v.vid: _planted(v, world, with_lines=True) for v, _ in sources},
     }
     counts = {split: len(split_rows) for split, split_rows in rows.items()}
     return planted, {"videos": len(sources), "clips": len(clips), **counts, "bad_rows": len(bad)}
 
 
-def _write_msrvtt(root: Path, seed: int, n: int, taken: set[str], min_test_queries: int = 0) -> tuple[dict, dict]:
+def _write_msrvtt(
+    root: Path, seed: int, world: World, n: int, taken: set[str], min_test_queries: int = 0
+) -> tuple[dict, dict]:
     """n videos split 55/5/40 (at least `min_test_queries` / 0.4 when that is more); the 1k-A test
     (JSFusion) takes half of the test videos, or `min_test_queries` of them when that is more."""
     n = max(n, math.ceil(min_test_queries / 0.4))
@@ -868,9 +1154,8 @@ def _write_msrvtt(root: Path, seed: int, n: int, taken: set[str], min_test_queri
     records, sentences, planted = [], [], {}
     for i, (split, url_id) in enumerate(zip(labels, urls, strict=True)):
         vid = f"video{i}"
-        video = _video(
-            _rng(seed, "video", vid), vid, (10.0, 30.0), span=(3.0, 8.0), gap=(0.5, 3.0), margin=0.5, max_events=3
-        )
+        timeline = {"span": (3.0, 8.0), "gap": (0.5, 3.0), "margin": 0.5, "max_events": 3}
+        video = _video(_rng(seed, "video", vid), vid, (10.0, 30.0), world, **timeline)
         start = _r2(rng.uniform(0, 300))
         records.append(
             {
@@ -885,10 +1170,10 @@ def _write_msrvtt(root: Path, seed: int, n: int, taken: set[str], min_test_queri
         )
         for k in range(20):
             ev = video.events[k % len(video.events)]
-            caption = _fill(_pick(rng, MSRVTT_DESC), ev, who=_pick(rng, MSRVTT_WHO))
+            caption = _fill(_pick(rng, MSRVTT_DESC), ev, world, spoken=False, who=_pick(rng, MSRVTT_WHO))
             sentences.append({"caption": caption, "video_id": vid, "sen_id": len(sentences)})
-        planted[vid] = _planted(video)
-        _write_npz(root / "features" / f"{vid}.npz", hero_features(video, seed))
+        planted[vid] = _planted(video, world)
+        _write_npz(root / "features" / f"{vid}.npz", hero_features(video, seed, world))
     info = {
         "contributor": "Microsoft MSM group",
         "data_created": "2016-04-14 14:30:20",
@@ -919,28 +1204,30 @@ def _write_msrvtt(root: Path, seed: int, n: int, taken: set[str], min_test_queri
     return {"videos": planted}, summary
 
 
-def _anet_sentences(rng: np.random.Generator, video: Video) -> list[str]:
+def _anet_sentences(rng: np.random.Generator, video: Video, world: World) -> list[str]:
     """Capitalised sentences with periods; all but the first usually start with a space."""
     who = _pick(rng, ANET_WHO)
     out = []
     for i, ev in enumerate(video.events):
-        text = _fill(_pick(rng, ANET_DESC), ev, who=who)
+        text = _fill(_pick(rng, ANET_DESC), ev, world, spoken=False, who=who)
         out.append((" " if i and rng.random() < 0.7 else "") + text[0].upper() + text[1:])
     return out
 
 
-def _write_activitynet(root: Path, seed: int, n: int, taken: set[str]) -> tuple[dict, dict]:
+def _write_activitynet(root: Path, seed: int, world: World, n: int, taken: set[str]) -> tuple[dict, dict]:
     ids = [f"v_{vid}" for vid in _youtube_ids(_rng(seed, "activitynet", "ids"), n, taken)]
     files: dict[str, dict] = {"train": {}, "val_1": {}, "val_2": {}}
     planted = {}
     for vid, split in zip(ids, _split_labels(n, ["train", "val"], (2 / 3, 1 / 3)), strict=True):
-        video = _video(_rng(seed, "video", vid), vid, (60.0, 180.0), span=(5.0, 25.0), gap=(2.0, 20.0), margin=3.0)
+        video = _video(
+            _rng(seed, "video", vid), vid, (60.0, 180.0), world, span=(5.0, 25.0), gap=(2.0, 20.0), margin=3.0
+        )
         stamps = [[ev.start, ev.end] for ev in video.events]
         for name in ("train",) if split == "train" else ("val_1", "val_2"):
-            sents = _anet_sentences(_rng(seed, "activitynet", name, vid), video)
+            sents = _anet_sentences(_rng(seed, "activitynet", name, vid), video, world)
             files[name][vid] = {"duration": video.duration, "timestamps": stamps, "sentences": sents}
-        planted[vid] = _planted(video)
-        _write_npz(root / "features" / f"{vid}.npz", hero_features(video, seed))
+        planted[vid] = _planted(video, world)
+        _write_npz(root / "features" / f"{vid}.npz", hero_features(video, seed, world))
     for name, data in files.items():
         _write_json(root / f"{name}.json", data)
     summary = {
@@ -955,54 +1242,60 @@ def _write_activitynet(root: Path, seed: int, n: int, taken: set[str]) -> tuple[
 # ---------------------------------------------------------------- entry points
 
 
-def generate(out_dir: Path, videos: int = DEFAULT_VIDEOS, seed: int = 0, eval_queries: int = 0) -> dict:
+def generate(
+    out_dir: Path, videos: int = DEFAULT_VIDEOS, seed: int = 0, eval_queries: int = 0, world: int | World = 0
+) -> dict:
     """Write the whole corpus under out_dir and return a summary of counts per dataset.
 
     eval_queries: at least this many queries in TVR's val split and MSR-VTT's 1k-A test (the
     splits the main job scores), added as extra videos of those splits (0: the scaling rule only).
+    world: the world's seed (0: DEFAULT_WORLD; n >= 1: draw_world(n)), or a World.
 
     Existing files of the same names are overwritten; stale extra files are not removed, so
     use a fresh directory when changing --videos.
     """
     if videos < 1 or seed < 0 or eval_queries < 0:
         raise ValueError(f"need videos >= 1, seed >= 0, eval_queries >= 0, got {videos}, {seed}, {eval_queries}")
+    w = world if isinstance(world, World) else draw_world(world)
     out = Path(out_dir)
     taken: set[str] = set()
     ids = _youtube_ids(_rng(seed, "howto100m", "ids"), videos, taken)
-    howto = [_narrated_video(seed, vid, (90.0, 300.0)) for vid in ids]
+    howto = [_narrated_video(seed, w, vid, (90.0, 300.0)) for vid in ids]
     results = {
-        "howto100m": _write_howto100m(out / "howto100m", seed, howto),
-        "tvr": _write_tvr(out / "tvr", seed, _scaled(40, videos, 3), eval_queries),
-        "didemo": _write_didemo(out / "didemo", seed, _scaled(30, videos, 3)),
-        "how2r": _write_how2r(out / "how2r", seed, _scaled(30, videos, 3), howto, taken),
-        "how2qa": _write_how2qa(out / "how2qa", seed, _scaled(40, videos, 3), howto, taken),
-        "msrvtt": _write_msrvtt(out / "msrvtt", seed, _scaled(40, videos, 4), taken, eval_queries),
-        "activitynet": _write_activitynet(out / "activitynet", seed, _scaled(30, videos, 2), taken),
+        "howto100m": _write_howto100m(out / "howto100m", seed, w, howto),
+        "tvr": _write_tvr(out / "tvr", seed, w, _scaled(40, videos, 3), eval_queries),
+        "didemo": _write_didemo(out / "didemo", seed, w, _scaled(30, videos, 3)),
+        "how2r": _write_how2r(out / "how2r", seed, w, _scaled(30, videos, 3), howto, taken),
+        "how2qa": _write_how2qa(out / "how2qa", seed, w, _scaled(40, videos, 3), howto, taken),
+        "msrvtt": _write_msrvtt(out / "msrvtt", seed, w, _scaled(40, videos, 4), taken, eval_queries),
+        "activitynet": _write_activitynet(out / "activitynet", seed, w, _scaled(30, videos, 2), taken),
     }
+    appearance, motion = w.hero_dims
     planted = {
         "seed": seed,
         "howto100m_videos": videos,
+        **({"world": w.describe()} if w != DEFAULT_WORLD else {}),  # world 0's planted.json is as it always was
         "vocabulary": {
-            "nouns": list(NOUNS),
-            "verbs": list(VERBS),
-            "verb_forms": {v: list(f) for v, f in VERB_FORMS.items()},
+            "nouns": list(w.nouns),
+            "verbs": list(w.verbs),
+            "verb_forms": {v: [t, g] for v, t, g in w.verb_forms},
             "unrelated_words": list(UNRELATED_WORDS),
             "domains": [
-                {"category_1": c1, "category_2": c2, "nouns": list(n), "verbs": list(v)} for c1, c2, n, v in DOMAINS
+                {"category_1": c1, "category_2": c2, "nouns": list(n), "verbs": list(v)} for c1, c2, n, v in w.domains
             ],
         },
-        "latent_dim": LATENT_DIM,
-        "noise": {"latent": LATENT_NOISE, "feature": FEATURE_NOISE},
-        "layouts": {k: {"noun_weight": n, "verb_weight": v} for k, (n, v) in LAYOUTS.items()},
+        "latent_dim": w.latent_dim,
+        "noise": {"latent": w.latent_noise, "feature": w.feature_noise},
+        "layouts": {k: {"noun_weight": n, "verb_weight": v} for k, _, n, v in w.layouts},
         "features": {
             "hero": {
-                "dim": 2 * LAYOUT_DIM,
+                "dim": appearance + motion,
                 "interval": INTERVALS["hero"],
-                "appearance": [0, LAYOUT_DIM],
-                "motion": [LAYOUT_DIM, 2 * LAYOUT_DIM],
+                "appearance": [0, appearance],
+                "motion": [appearance, appearance + motion],
             },
-            "2d": {"dim": LAYOUT_DIM, "interval": INTERVALS["2d"]},
-            "3d": {"dim": LAYOUT_DIM, "interval": round(INTERVALS["3d"], 6)},
+            "2d": {"dim": w.layout("howto_2d")[0], "interval": INTERVALS["2d"]},
+            "3d": {"dim": w.layout("howto_3d")[0], "interval": round(INTERVALS["3d"], 6)},
         },
         "datasets": {name: part for name, (part, _) in results.items()},
     }
@@ -1019,8 +1312,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-queries", type=int, default=0,
                         help="at least this many queries in TVR val and the MSR-VTT 1k-A test")  # fmt: skip
+    parser.add_argument("--world", type=int, default=0,
+                        help="the world's seed: 0 the default world, n >= 1 a drawn one (draw_world)")  # fmt: skip
     args = parser.parse_args(argv)
-    print(json.dumps(generate(args.out, args.videos, args.seed, args.eval_queries), indent=1))
+    print(json.dumps(generate(args.out, args.videos, args.seed, args.eval_queries, args.world), indent=1))
 
 
 if __name__ == "__main__":

@@ -345,11 +345,16 @@ def pretrain_run(plan: Plan, pre: Pretraining, parent: str | None) -> pipeline.R
     objectives, none for the shared pretraining of a finetune-only suite."""
     p, folder = plan.cfg.pretrain, plan.shards / "howto100m"
     train, held_out = plan.held_out()
-    overrides = [*p.overrides, *pre.overrides, f"run.max_steps={p.steps}", f"run.seed={p.seed}",
+    overrides = [*p.overrides, *pre.overrides, *frame_dim(folder), f"run.max_steps={p.steps}", f"run.seed={p.seed}",
                  f"data.train=[{','.join(train)}]", f"data.toi_df={folder / 'toi_df.json'}",
                  f"eval.held_out={held_out}", *plan.tracking(pre.name, parent)]  # fmt: skip
     return pipeline.Run(pre.name, "pretrain/train.py", p.config, pre.folder / "pretrain", overrides, p.ranks,
                         p.threads)  # fmt: skip
+
+
+def frame_dim(split_dir: Path) -> list[str]:
+    """model.frame_dim from a converted split's manifest (a drawn world has its own); none before the data exist."""
+    return [f"model.frame_dim={main_job.feature_dim(split_dir)}"] if (split_dir / "manifest.json").exists() else []
 
 
 def finetune_dir(plan: Plan, v: Variant, recipe: str, seed: int) -> Path:
@@ -364,7 +369,8 @@ def finetune_runs(plan: Plan, v: Variant, parent: str | None) -> list[pipeline.R
     for recipe in plan.recipes:
         for seed in f.seeds:
             name = f"{v.key}/{recipe}-seed{seed}"
-            overrides = [*f.overrides, *f.recipe_overrides.get(recipe, []), *v.finetune_for(recipe),
+            given = [*f.overrides, *f.recipe_overrides.get(recipe, []), *v.finetune_for(recipe)]
+            overrides = [*given, *frame_dim(plan.shards / recipe / main_job.train_split(recipe, given)),
                          f"data.root={plan.shards / recipe}", f"run.max_steps={f.steps}", f"run.seed={seed}",
                          f"data.seed={seed}", f"data.toi_df={plan.shards / 'howto100m' / 'toi_df.json'}",
                          f"init.checkpoint={export}", *plan.tracking(name, parent)]  # fmt: skip

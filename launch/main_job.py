@@ -3,7 +3,8 @@
     bash scripts/main.sh [key=value ...]
     python -m launch.main_job [--config configs/main_job.yaml] [key=value ...]
 
-1. a synthetic corpus in the real public formats        -> <workdir>/raw
+1. a synthetic corpus in the real public formats, of world `world` (0: the default world; n >= 1 a
+   drawn one: other vocabulary, synonyms, rates, noise and feature dims)   -> <workdir>/raw
 2. its HowTo100M part -> clip shards (finetune videos excluded) -> <workdir>/shards/howto100m
 3. the six finetune sets -> per-split shards + gt/       -> <workdir>/shards/<dataset>
 4. pretraining, all five objectives, DeepSpeed on `pretrain.ranks` CPU ranks, the last
@@ -15,6 +16,8 @@
 7. the report: a results table (mean +- std over seeds), loss curves, plots
                                                           -> <workdir>/report/
 Every run logs to one MLflow store, <workdir>/mlflow.db, nested under one "main job" run.
+
+Training runs take model.frame_dim from the shards' manifests (a drawn world has its own feature dim).
 
 Each stage is skipped when its output is complete, and resumed when it was interrupted (a
 training run from its latest checkpoint); `start_over=true` deletes the workdir first. A stage's
@@ -40,9 +43,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from data_prep import activitynet, didemo, how2qa, how2r, howto100m, msrvtt, synthetic, tvr
 from data_prep.errors import DataPrepError
-from launch import pipeline, report
+from launch import pipeline, public_data, report
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "main_job.yaml"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "configs" / "main_job.yaml"
 DONE = ".stage_done"
 STAGES = ("data", "pretrain", "zeroshot", "finetune", "report")
 
@@ -73,6 +77,8 @@ class MainJobConfig:
     workdir: str = "runs/main"
     videos: int = 48
     seed: int = 0
+    world: int = 0  # the corpus's world: 0 the default, n >= 1 data_prep.synthetic.draw_world(n)
+    data: str | None = None  # a folder of public-format files (launch/public_data.py) instead of the synthetic corpus
     eval_queries: int = 0  # at least this many queries in the scored eval splits (TVR val, MSR-VTT 1k-A)
     clip_seconds: float = 60.0
     shard_size: int = 16
@@ -96,6 +102,8 @@ def load_config(path: Path, overrides: list[str]) -> MainJobConfig:
     cfg = OmegaConf.to_object(cfg)
     if cfg.until not in STAGES:
         raise SystemExit(f"config error ({path}): until={cfg.until!r} is not one of {STAGES}")
+    if cfg.world < 0:
+        raise SystemExit(f"config error ({path}): world={cfg.world} (0 the default world, n >= 1 a drawn one)")
     unknown = sorted(set(cfg.finetune.recipes) - {"tvr", "didemo", "how2r", "how2qa", "msrvtt", "activitynet"})
     if unknown:
         raise SystemExit(f"config error ({path}): finetune.recipes has unknown recipes {unknown}")
@@ -110,6 +118,10 @@ def stage_settings(cfg: MainJobConfig) -> dict[str, dict[str, Any]]:
     """Per stage, the config values its output depends on (its own and its inputs'), kept in its marker.
     Speed-only keys (workers, threads, parallel, until, start_over) are left out."""
     corpus = {"videos": cfg.videos, "seed": cfg.seed, "eval_queries": cfg.eval_queries}
+    if cfg.data:  # the files of a data folder, not a generated corpus
+        corpus = {"data": str(Path(cfg.data).resolve())}
+    if cfg.world:  # left out for world 0, so the markers written before worlds existed still match
+        corpus["world"] = cfg.world
     clips = {**corpus, "clip_seconds": cfg.clip_seconds, "shard_size": cfg.shard_size, "tagger": cfg.tagger}
     sets = {**corpus, "finetune_shard_size": cfg.finetune_shard_size, "tagger": cfg.tagger}
     pre = {**clips, "pretrain": {k: v for k, v in asdict(cfg.pretrain).items() if k != "threads"}}
@@ -163,7 +175,7 @@ def how2r_youtube_ids(how2r_dir: Path) -> list[str]:
 def make_corpus(cfg: MainJobConfig, raw: Path) -> None:
     if raw.exists():  # interrupted before its marker
         shutil.rmtree(raw)
-    synthetic.generate(raw, videos=cfg.videos, seed=cfg.seed, eval_queries=cfg.eval_queries)
+    synthetic.generate(raw, videos=cfg.videos, seed=cfg.seed, eval_queries=cfg.eval_queries, world=cfg.world)
 
 
 def shard_howto100m(cfg: MainJobConfig, raw: Path, out: Path) -> None:
@@ -171,29 +183,12 @@ def shard_howto100m(cfg: MainJobConfig, raw: Path, out: Path) -> None:
     exclude.parent.mkdir(parents=True, exist_ok=True)
     ids = sorted({*how2r_youtube_ids(raw / "how2r"), *how2r_youtube_ids(raw / "how2qa")})
     exclude.write_text("".join(f"{v}\n" for v in ids))
-    src = raw / "howto100m"
     howto100m.main([
-        "--captions", str(src / "raw_caption.json"), "--csv", str(src / "HowTo100M_v1.csv"),
-        "--features", str(src / "features" / "hero"), "--out", str(out),
+        *public_data.converter_inputs("howto100m", raw / "howto100m"), "--out", str(out),
         "--clip-seconds", str(cfg.clip_seconds), "--exclude", str(exclude),
         "--shard-size", str(cfg.shard_size), "--workers", str(cfg.workers), "--tagger", cfg.tagger,
         *(["--resume"] if out.exists() else []),
     ])
-
-
-def finetune_argv(name: str, src: Path) -> list[str]:
-    """Each finetune converter's inputs in the synthetic corpus."""
-    args = {
-        "tvr": ["--annotations", str(src), "--subtitles", str(src / "tvqa_preprocessed_subtitles.jsonl")],
-        "didemo": ["--annotations", str(src)],
-        "how2r": ["--train", str(src / "how2r_train.csv"), "--val", str(src / "how2r_val.csv"),
-                  "--test", str(src / "how2r_test.csv"), "--captions", str(src / "raw_caption.json")],
-        "how2qa": ["--train", str(src / "how2qa_train.csv"), "--val", str(src / "how2qa_val.csv"),
-                   "--test", str(src / "how2qa_test.csv"), "--captions", str(src / "raw_caption.json")],
-        "msrvtt": ["--annotations", str(src)],
-        "activitynet": ["--annotations", str(src)],
-    }
-    return [*args[name], "--features", str(src / "features")]
 
 
 CONVERTERS = {"tvr": tvr, "didemo": didemo, "how2r": how2r, "how2qa": how2qa, "msrvtt": msrvtt,
@@ -204,9 +199,36 @@ def shard_finetune_set(cfg: MainJobConfig, name: str, src: Path, out: Path) -> N
     if out.exists():  # interrupted before its marker: small enough to redo
         shutil.rmtree(out)
     CONVERTERS[name].main([
-        *finetune_argv(name, src), "--out", str(out), "--shard-size", str(cfg.finetune_shard_size),
+        *public_data.converter_inputs(name, src), "--out", str(out), "--shard-size", str(cfg.finetune_shard_size),
         "--workers", "1", "--tagger", cfg.tagger,
     ])
+
+
+def data_stages(cfg: MainJobConfig, work: Path) -> list[tuple[str, str, Path, Callable[[], None]]]:
+    """(settings key, name, output, function) of the data stages: the synthetic corpus and all seven
+    datasets, or (`data=DIR`) the datasets that folder holds; `finetune.recipes` keeps those it holds."""
+    shards = work / "shards"
+    if cfg.data:
+        raw = Path(cfg.data).resolve()
+        found = public_data.discover(raw)
+        stages = []
+        missing = [r for r in cfg.finetune.recipes if r not in found]
+        if missing:
+            print(f"data={raw}: no {', '.join(missing)} folder, not finetuned", flush=True)
+            cfg.finetune.recipes = [r for r in cfg.finetune.recipes if r in found]
+    else:
+        raw, found = work / "raw", dict.fromkeys(public_data.DATASETS)
+        stages = [("corpus", "synthetic corpus", raw, lambda: make_corpus(cfg, raw))]
+    if "howto100m" in found:
+        stages.append(("howto100m", "HowTo100M -> shards", shards / "howto100m",
+                       lambda: shard_howto100m(cfg, raw, shards / "howto100m")))  # fmt: skip
+    elif cfg.until != "data":
+        raise DataPrepError(f"data={raw}: no howto100m folder to pretrain on (until=data converts the rest)")
+    for name in (n for n in CONVERTERS if n in found):
+        out = shards / name
+        stages.append(("sets", f"{name} -> shards", out,
+                       lambda n=name, o=out: shard_finetune_set(cfg, n, raw / n, o)))  # fmt: skip
+    return stages
 
 
 def summary(shards: Path) -> str:
@@ -236,10 +258,29 @@ def held_out_split(folder: Path, n: int) -> tuple[list[str], str]:
     return [str(p) for p in shards[:-n]], str(folder / f"shard-{{{first}..{last}}}.tar")
 
 
+def feature_dim(split_dir: Path) -> int:
+    """The frame feature dim of a converted split (its manifest's feature_spec.dim): the model's frame_dim."""
+    manifest = split_dir / "manifest.json"
+    if not manifest.exists():
+        raise FileNotFoundError(f"{manifest} is missing: run the data stages first")
+    return int(json.loads(manifest.read_text())["feature_spec"]["dim"])
+
+
+def train_split(recipe: str, overrides: list[str]) -> str:
+    """The split a finetune recipe trains on: its config's data.train_split, or the overrides' last."""
+    recipe_cfg = OmegaConf.load(REPO / "configs" / "finetune" / f"{recipe}.yaml")
+    split = str(OmegaConf.select(recipe_cfg, "data.train_split", default="train"))
+    for item in overrides:
+        key, _, value = item.partition("=")
+        split = value.strip() if key.strip() == "data.train_split" else split
+    return split
+
+
 def pretrain_run(cfg: MainJobConfig, work: Path, parent: str | None) -> pipeline.Run:
     folder = work / "shards" / "howto100m"
     train, held_out = held_out_split(folder, cfg.pretrain.held_out_shards)
-    overrides = [*cfg.pretrain.overrides, f"run.max_steps={cfg.pretrain.steps}", f"run.seed={cfg.pretrain.seed}",
+    overrides = [*cfg.pretrain.overrides, f"model.frame_dim={feature_dim(folder)}",
+                 f"run.max_steps={cfg.pretrain.steps}", f"run.seed={cfg.pretrain.seed}",
                  f"data.train=[{','.join(train)}]", f"data.toi_df={folder / 'toi_df.json'}",
                  f"eval.held_out={held_out}", *tracking(work, "pretrain", parent)]  # fmt: skip
     return pipeline.Run("pretrain", "pretrain/train.py", cfg.pretrain.config, work / "runs" / "pretrain", overrides,
@@ -254,10 +295,12 @@ def finetune_runs(cfg: MainJobConfig, work: Path, parent: str | None) -> list[pi
     export = work / "runs" / "pretrain" / "export"
     toi_df = work / "shards" / "howto100m" / "toi_df.json"  # TACo's IDF weights from the pretraining corpus
     for recipe in cfg.finetune.recipes:
+        given = [*cfg.finetune.overrides, *cfg.finetune.recipe_overrides.get(recipe, [])]
+        frame_dim = feature_dim(work / "shards" / recipe / train_split(recipe, given))
         for init in INITS:
             for seed in cfg.finetune.seeds:
                 name = f"{recipe}-{init}-seed{seed}"
-                overrides = [*cfg.finetune.overrides, *cfg.finetune.recipe_overrides.get(recipe, []),
+                overrides = [*given, f"model.frame_dim={frame_dim}",
                              f"data.root={work / 'shards' / recipe}", f"run.max_steps={cfg.finetune.steps}",
                              f"run.seed={seed}", f"data.seed={seed}", f"data.toi_df={toi_df}",
                              *([f"init.checkpoint={export}"] if init == "pretrained" else []),
@@ -314,9 +357,9 @@ def report_stage(cfg: MainJobConfig, work: Path, out: Path, tracker) -> None:
     zs = pipeline.read_json(work / "runs" / "zeroshot" / "zeroshot.json")
     zs["ranks"] = zero_shot_ranks(cfg, work / "runs" / "zeroshot")
     heat = sorted((work / "runs" / "finetune").glob("tvr-pretrained-seed*/eval/*/step_*/similarity.png"))
-    header = (f"# Main job report\n\n{cfg.videos} synthetic HowTo100M videos (seed {cfg.seed}); pretraining "
-              f"{cfg.pretrain.steps} steps on {cfg.pretrain.ranks} ranks; finetuning {cfg.finetune.steps} steps, "
-              f"seeds {list(cfg.finetune.seeds)}.")  # fmt: skip
+    header = (f"# Main job report\n\n{cfg.videos} synthetic HowTo100M videos (seed {cfg.seed}, world {cfg.world}); "
+              f"pretraining {cfg.pretrain.steps} steps on {cfg.pretrain.ranks} ranks; finetuning "
+              f"{cfg.finetune.steps} steps, seeds {list(cfg.finetune.seeds)}.")  # fmt: skip
     markdown, summary = report.write(out, zs, collect_finetune(cfg, work), pipeline.pretrain_losses(
         work / "runs" / "pretrain"), heat[0] if heat else None, header)  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -347,19 +390,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(cfg.workdir).resolve()
     if cfg.start_over and work.exists():
         shutil.rmtree(work)
-    raw, shards = work / "raw", work / "shards"
+    shards = work / "shards"
     settings = stage_settings(cfg)
-    stages: list[tuple[str, str, Path, Callable[[], None]]] = [
-        ("corpus", "synthetic corpus", raw, lambda: make_corpus(cfg, raw)),
-        ("howto100m", "HowTo100M -> shards", shards / "howto100m",
-         lambda: shard_howto100m(cfg, raw, shards / "howto100m")),
-    ]  # fmt: skip
-    for name in CONVERTERS:
-        out = shards / name
-        stages.append(("sets", f"{name} -> shards", out,
-                       lambda n=name, o=out: shard_finetune_set(cfg, n, raw / n, o)))  # fmt: skip
     t0 = time.time()
     try:
+        stages = data_stages(cfg, work)
         for i, (key, name, out, fn) in enumerate(stages, 1):
             run_stage(i, len(stages) + STAGES.index(cfg.until), name, out, fn, settings[key])
     except (DataPrepError, StageChanged) as e:

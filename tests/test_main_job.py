@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from data_prep import synthetic
 from launch import main_job
 
 DATASETS = {
@@ -96,6 +97,42 @@ def test_main_job_finishes_an_interrupted_stage(tmp_path: Path, capsys) -> None:
     assert (stage / "train" / "manifest.json").exists()
 
 
+def test_a_drawn_world_and_the_frame_dim_its_runs_take_from_the_shards(tmp_path: Path, capsys) -> None:
+    """world=3: the corpus is that world's (its vocabulary and feature dims), and the training runs the job
+    would launch take model.frame_dim from the shards' manifests instead of the presets' 64."""
+    args = [f"workdir={tmp_path}", "videos=12", "world=3", "tagger=heuristic", "workers=1", "until=data",
+            "pretrain.held_out_shards=1"]  # fmt: skip
+    assert main_job.main(args) == 0, capsys.readouterr()
+    world = synthetic.draw_world(3)
+    planted = json.loads((tmp_path / "raw" / "planted.json").read_text())
+    assert planted["world"]["seed"] == 3 and planted["vocabulary"]["nouns"] == list(world.nouns)
+    assert set(world.nouns) != set(synthetic.NOUNS)
+    dim = sum(world.hero_dims)
+    assert dim != 64 and planted["features"]["hero"]["dim"] == dim
+    shards = tmp_path / "shards"
+    manifest = json.loads((shards / "howto100m" / "manifest.json").read_text())
+    assert manifest["feature_spec"]["dim"] == dim
+
+    cfg = main_job.load_config(main_job.DEFAULT_CONFIG, args)
+    pretrain = main_job.pretrain_run(cfg, tmp_path, None)
+    assert f"model.frame_dim={dim}" in pretrain.overrides
+    runs = main_job.finetune_runs(cfg, tmp_path, None)
+    assert {r.name.split("-")[0] for r in runs} == set(cfg.finetune.recipes) == {"tvr", "msrvtt"}
+    for run in runs:
+        recipe = run.name.split("-")[0]
+        split = {"tvr": "train", "msrvtt": "train_9k"}[recipe]
+        manifest = json.loads((shards / recipe / split / "manifest.json").read_text())
+        frame_dims = [o for o in run.overrides if o.startswith("model.frame_dim=")]
+        assert frame_dims == [f"model.frame_dim={manifest['feature_spec']['dim']}"] == [f"model.frame_dim={dim}"]
+    assert main_job.train_split("msrvtt", []) == "train_9k"
+    assert main_job.train_split("msrvtt", ["data.max_frames=16", "data.train_split=train_7k"]) == "train_7k"
+
+    # the world is a corpus setting: another one is a change, world 0 keeps the markers made before worlds existed
+    assert main_job.main([*args[:2], "world=4", *args[3:]]) == 2
+    assert "world: 3 -> 4" in capsys.readouterr().err
+    assert "world" not in main_job.stage_settings(main_job.load_config(main_job.DEFAULT_CONFIG, []))["corpus"]
+
+
 @pytest.mark.slow
 def test_short_main_job_runs_every_stage(tmp_path: Path, capsys) -> None:
     """README command 1 with its default corpus and pretraining, finetuning shortened to 3 steps and one
@@ -140,3 +177,41 @@ def test_short_main_job_runs_every_stage(tmp_path: Path, capsys) -> None:
     again = _run(tmp_path, capsys, "until=report", "videos=96", "tagger=auto", "pretrain.steps=60", "finetune.steps=3",
                  "finetune.seeds=[0]")  # fmt: skip
     assert "report: done already" in again and "pretraining (2 ranks, 60 steps): done already" in again
+
+
+def _hand_made_folder(root: Path) -> Path:
+    """A data folder the generator did not lay out: HowTo100M with caption.json only (no raw_caption.json, no
+    CSV) and the extractor's 2d/ + 3d/ features only (no HERO .npz), MSR-VTT with its .npz files, nothing else;
+    the contents come from a drawn world (96-d features)."""
+    src = root / "generated"
+    synthetic.generate(src, videos=16, seed=3, world=2)
+    data = root / "downloaded"
+    (data / "howto100m" / "features").mkdir(parents=True)
+    (src / "howto100m" / "caption.json").rename(data / "howto100m" / "caption.json")
+    for layout in ("2d", "3d"):
+        (src / "howto100m" / "features" / layout).rename(data / "howto100m" / "features" / layout)
+    (src / "msrvtt").rename(data / "msrvtt")
+    return data
+
+
+@pytest.mark.slow
+def test_main_job_on_a_folder_of_public_files(tmp_path: Path, capsys) -> None:
+    """`main.sh data=DIR`: the datasets the folder holds are converted in the layout they come in, the feature
+    dim comes from the data, recipes whose dataset is absent are skipped with a message, every stage runs."""
+    data = _hand_made_folder(tmp_path)
+    work = tmp_path / "work"
+    out = _run(work, capsys, f"data={data}", "until=report", "pretrain.steps=2", "pretrain.held_out_shards=1",
+               "finetune.steps=2", "finetune.seeds=[0]", "finetune.recipes=[tvr,msrvtt]")  # fmt: skip
+    assert "no tvr folder, not finetuned" in out and not (work / "raw").exists()
+    assert sorted(p.name for p in (work / "shards").iterdir() if p.is_dir()) == ["howto100m", "msrvtt"]
+    manifest = json.loads((work / "shards" / "howto100m" / "manifest.json").read_text())
+    assert manifest["feature_spec"]["layout"] == "howto100m" and manifest["feature_spec"]["dim"] != 64
+    from omegaconf import OmegaConf
+
+    export = OmegaConf.load(work / "runs" / "pretrain" / "export" / "config.yaml")
+    assert export.model.frame_dim == manifest["feature_spec"]["dim"]
+    results = json.loads((work / "runs" / "finetune" / "msrvtt-pretrained-seed0" / "results.json").read_text())
+    assert {"R@1", "R@10"} <= set(results["metrics"])
+    assert (work / "report" / "report.md").exists() and not (work / "runs" / "finetune" / "tvr-scratch-seed0").exists()
+    missing = main_job.main([f"workdir={tmp_path / 'w2'}", f"data={tmp_path / 'nothing'}", "until=data"])
+    assert missing == 2 and "not a folder" in capsys.readouterr().err
