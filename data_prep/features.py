@@ -19,6 +19,7 @@ import io
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,6 +61,9 @@ class FeatureReader:
     normalisation: str = "none"
 
     def paths(self, video_id: str) -> list[str]:
+        """The video's feature files; an id that would leave the feature folder is Rejected."""
+        if not video_id or video_id in (".", "..") or "/" in video_id or "\\" in video_id or "\0" in video_id:
+            raise Rejected("unsafe_video_id", f"{video_id!r} would name a file outside {self.root}")
         if self.layout == "hero":
             return [os.path.join(self.root, f"{video_id}.npz")]
         if self.layout == "howto100m":
@@ -107,7 +111,7 @@ def _decode(data: bytes, path: str) -> np.ndarray:
                 feats = archive["features"]
         else:
             feats = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # zlib: a damaged deflate stream
         raise Rejected("unreadable_features", f"{name}: {e}") from None
     if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] == 0 or feats.dtype.kind != "f":
         raise Rejected("unreadable_features", f"{name}: expected float [T, D], got {feats.dtype} {feats.shape}")

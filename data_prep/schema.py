@@ -50,6 +50,7 @@ REJECT_REASONS = (
     "nonfinite_features",  # NaN or inf values (also after the cast to float16)
     "features_shorter_than_captions",  # the captions run past the end of the features
     "missing_annotations",  # finetune sets: a video without a usable query
+    "unsafe_video_id",  # an id that would name a file outside the feature folder ("../x", "a/b")
 )
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")

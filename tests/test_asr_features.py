@@ -302,6 +302,15 @@ def _truncated_npz(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
+def _damaged_deflate_npz(path: Path) -> None:
+    """A compressed .npz whose deflate stream holds garbage bytes: zlib itself fails (not the zip's CRC)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, features=np.arange(3200, dtype=np.float32).reshape(50, 64))
+    data = bytearray(buf.getvalue())
+    data[70:78] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+
+
 def _truncated_npy(path: Path) -> None:
     buf = io.BytesIO()
     np.save(buf, np.ones((50, 8), np.float32))
@@ -318,14 +327,27 @@ def _truncated_npy(path: Path) -> None:
         lambda p: save_npz(p, features=np.ones((2, 3, 4), np.float32)),  # 3-D
         lambda p: save_npz(p, features=np.ones((0, 4), np.float32)),  # no frames
         lambda p: save_npz(p, features=np.ones((5, 4), np.int64)),  # not float
+        _damaged_deflate_npz,
     ],
-    ids=["no-key", "truncated-npz", "garbage", "1d", "3d", "empty", "int"],
+    ids=["no-key", "truncated-npz", "garbage", "1d", "3d", "empty", "int", "damaged-deflate"],
 )
 def test_unreadable_hero_features(tmp_path, make):
     make(tmp_path / "v.npz")
     with pytest.raises(Rejected) as e:
         FeatureReader(str(tmp_path)).read("v")
     assert e.value.reason == "unreadable_features"
+
+
+@pytest.mark.parametrize("vid", ["../outside", "sub/v", "..", "", "a\\b"])
+def test_a_video_id_never_leaves_the_feature_folder(tmp_path, vid):
+    """An id such as ../outside names a file beside the feature folder: rejected, never read."""
+    (tmp_path / "features").mkdir()
+    save_npz(tmp_path / "outside.npz", features=np.ones((5, 4), np.float32))
+    save_npz(tmp_path / "features" / "sub" / "v.npz", features=np.ones((5, 4), np.float32))
+    for layout in ("hero", "howto100m"):
+        with pytest.raises(Rejected) as e:
+            FeatureReader(str(tmp_path / "features"), layout=layout).read(vid)
+        assert e.value.reason == "unsafe_video_id" and "outside" in e.value.detail
 
 
 @pytest.mark.parametrize("which", ["2d", "3d"])
