@@ -31,7 +31,7 @@ from finetune.model import InitConfig, TaskModel, load_backbone, resolve_checkpo
 from finetune.moment import MomentConfig, MomentTask
 from finetune.qa import QAConfig, QATask
 from finetune.video_retrieval import VideoRetrievalConfig, VideoRetrievalTask
-from pretrain import checkpoint, config, runtime, session, text
+from pretrain import checkpoint, config, runtime, session
 from pretrain.config import ConfigError
 from pretrain.loop import Trainer, TrainState
 from pretrain.model import ModelConfig, build_model, load_tokenizer
@@ -101,7 +101,7 @@ def validate(cfg: FinetuneConfig, world: int) -> None:
     """Checks beyond types, before any work: task options, batch arithmetic, paths, feature dims."""
     try:
         cfg.task.validate()
-        text.check_weighting(cfg.data.idf, cfg.data.subword_weights)
+        cfg.data.loader_config(cfg.data.train_split, cfg.data.batch_size).validate()  # idf, workers, sizes
     except ValueError as e:
         raise ConfigError(str(e)) from None
     model = config.validate_run(cfg, world)

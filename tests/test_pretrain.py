@@ -233,6 +233,11 @@ def test_two_ranks_zero3_bf16_torchrun_one_objective_per_step(shards, tmp_path) 
         ("runtime.global_batch_size=6", "global_batch_size"),
         ("model.preset=huge", "huge"),
         ("model.frame_dim=32", "frame_dim"),
+        ("data.batch_size=-1", "batch_size"),  # the loader's settings are checked with the rest, before any set-up
+        ("data.max_frames=0", "max_frames"),
+        ("data.num_workers=3", "num_workers"),  # does not divide data.streams
+        ("data.idf=bm25", "data.idf"),
+        ("model.text_pooling=max", "text_pooling"),
     ],
 )
 def test_config_errors_name_the_key_before_any_work(override, message, shards, tmp_path) -> None:
