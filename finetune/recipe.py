@@ -141,10 +141,7 @@ def main(name: str, argv: list[str] | None = None) -> dict[str, Any]:
     cfg = config.load(args.config, args.overrides, schema)
     validate(cfg, runtime.launch_world_size())
     rank, _, world = runtime.init_distributed(cfg.runtime)
-    try:
-        return finetune(name, cfg, task_cls(cfg.task), rank, world)
-    finally:
-        runtime.shutdown()
+    return runtime.run_then_shutdown(lambda: finetune(name, cfg, task_cls(cfg.task), rank, world))
 
 
 def finetune(name: str, cfg: FinetuneConfig, task: Any, rank: int, world: int) -> dict[str, Any]:

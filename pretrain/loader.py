@@ -416,6 +416,8 @@ class Cursor(NamedTuple):
 
 
 _logged: Counter[str] = Counter()  # per process, for rate-limited logging
+# What a loader skips, by kind (`VideoTextLoader.skipped`); the training loop sums each over the ranks.
+SKIP_KINDS = ("unreadable_shard", "corrupt_shard", "bad_member", "incomplete_sample", "bad_sample")
 
 
 def log_skip(kind: str, detail: Any) -> None:
@@ -528,8 +530,9 @@ def read_block(
     for sample in pipeline:
         try:
             samples.append(validate(sample, feature_dim))
-        except Exception as exn:  # noqa: BLE001 - counted and logged
-            errors.skip("incomplete_sample" if isinstance(exn, KeyError) else "bad_sample", exn)
+        except Exception as exn:  # noqa: BLE001 - counted and logged, naming the shard and the sample
+            kind = "incomplete_sample" if isinstance(exn, KeyError) else "bad_sample"
+            errors.skip(kind, f"{sample.get('__url__', errors.url)}: sample {sample.get('__key__')}: {exn}")
     return samples, errors.counts
 
 

@@ -164,7 +164,7 @@ class Trainer:
         record = {
             "step": step, **means, "lr": self.engine.get_lr()[0], "grad_norm": _grad_norm(self.engine),
             "samples_per_s": rate, "skipped_steps": self.state.skipped,
-            "data_skipped": float(sum(getattr(self.loader, "skipped", {}).values())),  # corrupt shards/samples
+            **self._data_skipped(),
         }
         if self.rank == 0:
             os.makedirs(self.run_dir, exist_ok=True)
@@ -179,6 +179,18 @@ class Trainer:
             if self.rank == 0:
                 log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s", step, self.max_steps,
                          record.get("loss", float("nan")), record["lr"], rate)
+
+    def _data_skipped(self) -> dict[str, float]:
+        """What the loaders of all ranks skipped so far (corrupt shards, bad samples), in all and by kind
+        (`data_skipped_<kind>`; `other` for kinds outside SKIP_KINDS): one all-reduce, on every rank."""
+        from pretrain.loader import SKIP_KINDS
+
+        counts = getattr(self.loader, "skipped", {})
+        local = [float(counts.get(k, 0)) for k in SKIP_KINDS] + [float(sum(counts.values()))]
+        total = runtime.all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=self.device)).tolist()
+        by_kind = dict(zip(SKIP_KINDS, total))
+        by_kind["other"] = total[-1] - sum(total[:-1])
+        return {"data_skipped": total[-1], **{f"data_skipped_{k}": v for k, v in by_kind.items()}}
 
     def save(self) -> str:
         """A checkpoint of the engine and the train state (all ranks)."""

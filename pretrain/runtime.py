@@ -17,8 +17,9 @@ import math
 import os
 import socket
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -243,8 +244,25 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def shutdown() -> None:
-    """Destroy the process group (a ZeRO-3 run aborted at teardown without it)."""
+def shutdown(wait: bool = True) -> None:
+    """Destroy the process group (a ZeRO-3 run aborted at teardown without it). `wait=False` on the way
+    out of an error: the other ranks may never reach a barrier, and waiting for them would hide the
+    error (a Python exception propagates only after its `finally` ends)."""
     if torch.distributed.is_initialized():
-        barrier()
+        if wait:
+            barrier()
         torch.distributed.destroy_process_group()
+
+
+T = TypeVar("T")
+
+
+def run_then_shutdown(fn: Callable[[], T]) -> T:
+    """fn(), then `shutdown()`; on an error, shutdown without the barrier and re-raise at once."""
+    try:
+        out = fn()
+    except BaseException:
+        shutdown(wait=False)
+        raise
+    shutdown()
+    return out

@@ -43,10 +43,7 @@ def main(argv: list[str] | None = None) -> TrainState:
     cfg = config.load(args.config, args.overrides)
     config.validate(cfg, runtime.launch_world_size())
     rank, _, world = runtime.init_distributed(cfg.runtime)
-    try:
-        return train(cfg, rank, world)
-    finally:
-        runtime.shutdown()
+    return runtime.run_then_shutdown(lambda: train(cfg, rank, world))
 
 
 def train(cfg: config.PretrainConfig, rank: int, world: int) -> TrainState:

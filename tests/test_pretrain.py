@@ -3,6 +3,7 @@ exact resume after a kill, resume at another world size, MLflow, export, config 
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -162,6 +163,48 @@ def test_zero_shot_command_reproduces_the_runs_final_evaluation(straight, shards
     assert mismatch.returncode == 2 and "64-d features" in mismatch.stderr and "frame_dim 32" in mismatch.stderr
     missing = zeroshot("--export", str(tmp_path))
     assert missing.returncode == 2 and "no model.safetensors" in missing.stderr
+
+
+@pytest.mark.slow
+def test_skipped_data_is_summed_over_ranks_by_kind(shards, tmp_path, caplog) -> None:
+    """A corrupt shard and a sample without features: metrics.jsonl's data_skipped counts what every rank's
+    loader skipped (their train states), by kind; the log names the shard and the sample."""
+    import shutil
+    import tarfile
+
+    bad = tmp_path / "bad"
+    shutil.copytree(shards, bad)
+    names = sorted(p.name for p in bad.glob("shard-*.tar"))
+    (bad / names[1]).write_bytes(b"this is not a tar file " * 100)
+    with tarfile.open(bad / names[-1]) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(bad / names[-1], "w") as tar:
+        for m, data in members:
+            if m.name != members[0][0].name:  # the first sample loses its features
+                tar.addfile(m, io.BytesIO(data))
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(_command("torchrun", 2, run_dir, bad, "run.max_steps=6", "checkpoint.every=6",
+                                   "eval.every=0", "tracking.enabled=false", "data.streams=1"),
+                          cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = _metrics(run_dir)[-1]
+    states = [torch.load(p, weights_only=False)["loader"]["skipped"]
+              for p in sorted((run_dir / "checkpoints" / "step_00000006").glob("train_state_rank*.pt"))]
+    assert len(states) == 2
+    for kind in ("corrupt_shard", "incomplete_sample"):
+        assert last[f"data_skipped_{kind}"] == sum(s.get(kind, 0) for s in states), (kind, states)
+    assert last["data_skipped"] == sum(sum(s.values()) for s in states) >= 1
+    log = proc.stderr + proc.stdout
+    if last["data_skipped_incomplete_sample"]:
+        assert f"{names[-1]}: sample {members[0][0].name.split('.')[0]}" in log
+    # With 2 streams a rank the corrupt shard is, in some epoch, a stream's only shard: that rank stops with
+    # a clear error, and the job ends (it used to hang: the failing rank waited in the teardown barrier, so
+    # neither its error nor an exit ever came).
+    failed = subprocess.run(_command("torchrun", 2, tmp_path / "run2", bad, "run.max_steps=6", "data.batch_size=8",
+                                     "eval.every=0",
+                                     "tracking.enabled=false", "checkpoint.every=0"),
+                            cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert failed.returncode != 0 and "no readable sample in its shards" in failed.stderr
 
 
 @pytest.mark.slow
