@@ -48,6 +48,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -421,6 +422,23 @@ def variant_results(plan: Plan, v: Variant) -> dict[str, tuple[float, float]]:
     return out
 
 
+def zero_shot_differences(plan: Plan, variants: list[Variant]) -> str:
+    """Each row's zero-shot R@10 minus the first row's, with a 95% CI paired over the held-out clips (from
+    the rows' zeroshot.jsonl); empty when a row has none."""
+    files = [plan.pretraining(v).folder / "zeroshot.jsonl" for v in variants]
+    if len(variants) < 2 or not all(f.exists() for f in files):
+        return ""
+    hits = [np.asarray([[100.0 * (r["rank_taco"] <= 10) for r in pipeline.read_jsonl(f)]]) for f in files]
+    lines = []
+    for v, h in zip(variants[1:], hits[1:]):
+        draws = report.bootstrap([h, hits[0]])
+        lo, hi = report.interval(draws[:, 0] - draws[:, 1])
+        lines.append(f"- {v.label}: {h.mean() - hits[0].mean():+.1f} [{lo:+.1f}, {hi:+.1f}]")
+    return (f'\nZero-shot R@10 against "{variants[0].label}", with a 95% CI paired over the {hits[0].shape[1]} '
+            "held-out clips (one pretraining per row: the interval covers the choice of clips, not the "
+            "pretraining's seed):\n\n" + "\n".join(lines) + "\n")
+
+
 def markdown(plan: Plan, results: dict[Variant, dict[str, tuple[float, float]]]) -> str:
     """The table: one row per variant, mean ± std over seeds where there are several."""
     seeds, p, f = len(plan.cfg.finetune.seeds), plan.cfg.pretrain, plan.cfg.finetune
@@ -431,9 +449,9 @@ def markdown(plan: Plan, results: dict[Variant, dict[str, tuple[float, float]]])
     if not plan.spec.finetune_only:
         return (f"# Ablation: {plan.spec.title}\n\nEach variant pretrained {p.steps} steps ({p.config}) on "
                 f"{plan.shards / 'howto100m'}, then finetuned {f.steps} steps from its export, seeds "
-                f"{list(f.seeds)}{std}. Zero-shot: text-to-video R@10 on the "
+                f"{list(f.seeds)}{std}. Zero-shot: text-to-video R@10 (TACo's L1+L2 score) on the "
                 f"{p.held_out_shards} held-out shards. Numbers as the runs gave them, nothing tuned.\n\n"
-                f"{report.table(rows)}\n")  # fmt: skip
+                f"{report.table(rows)}\n{zero_shot_differences(plan, list(results))}")  # fmt: skip
     zs = zero_shot(plan, plan.shared)[ZERO_SHOT_KEY]
     overrides = "\n".join(f"- {v.label}: `{' '.join(v.finetune)}`" for v in results)
     return (f"# Ablation: {plan.spec.title}\n\nEvery row shares one pretraining, {p.steps} steps ({p.config}) on "

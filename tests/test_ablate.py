@@ -225,6 +225,8 @@ def test_feel_suite_locally(main_work: Path, tmp_path: Path, capsys) -> None:
     assert rows[0] == ["variant", "zero-shot R@10", "MSR-VTT R@1", "MSR-VTT R@5", "MSR-VTT R@10"]
     assert [r[0] for r in rows[1:]] == ["MLM+MFM", "+GMR+CS"]
     assert all(re.fullmatch(r"\d+\.\d\d", c) for r in rows[1:] for c in r[1:]), rows
+    text = (work / "ablation_feel.md").read_text()  # the second row's zero-shot against the first, with its CI
+    assert re.search(r'against "MLM\+MFM".*\n\n- \+GMR\+CS: [+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]', text), text
 
     runs = runs_of(work / "mlflow.db")
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
