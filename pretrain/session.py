@@ -22,16 +22,26 @@ import torch
 
 from pretrain import checkpoint, runtime
 from pretrain.config import ConfigError
-from pretrain.loop import PREEMPTED_EXIT, NonFiniteLoss, Preempted, Trainer, TrainState
+from pretrain.loop import PREEMPTED_EXIT, Preempted, Trainer, TrainState
 
 log = logging.getLogger(__name__)
 
 _EARLY_STOP = {"requested": False}  # a SIGUSR1 that arrives before the Trainer exists
 
 
+class Terminated(SystemExit):
+    """SIGTERM (a launcher stopping its workers, `scancel`): raised so the MLflow run ends KILLED."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated(128 + signum)
+
+
 def install_early_stop() -> None:
-    """First thing an entry point does: Slurm's warning signal may come before the Trainer exists."""
+    """First thing an entry point does: Slurm's warning signal may come before the Trainer exists;
+    SIGTERM becomes an exception, so that the run's bookkeeping (MLflow status) happens on the way out."""
     signal.signal(signal.SIGUSR1, lambda *_: _EARLY_STOP.update(requested=True))
+    signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
 
@@ -114,11 +124,16 @@ def fit(trainer: Trainer, tracker: Any) -> TrainState:
     signal.signal(signal.SIGUSR1, trainer.request_stop)  # Slurm's warning before the time limit
     try:
         return trainer.fit()
-    except NonFiniteLoss:
-        tracker.end("FAILED")
-        raise
     except Preempted:
         tracker.end("KILLED")  # a resumed job sets it running again
+        raise
+    except (Terminated, KeyboardInterrupt) as e:
+        tracker.set_tags({"error": f"{type(e).__name__}: stopped by a signal"})
+        tracker.end("KILLED")
+        raise
+    except BaseException as e:  # a crash (disk full, bad data, a bug) is FAILED, with its error
+        tracker.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]})
+        tracker.end("FAILED")
         raise
 
 

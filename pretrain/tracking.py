@@ -4,7 +4,11 @@ The tracking URI comes from config, else MLFLOW_TRACKING_URI, else a sqlite stor
 run directory (MLflow 3's file store refuses to start without an opt-in). Params: the
 flattened resolved config within MLflow's limits (100 per batch, 6000 characters a value);
 the full resolved YAML is logged as an artifact. A resumed run passes the run id kept in
-its checkpoint and continues the same MLflow run.
+its checkpoint and continues the same MLflow run, logging each metric's steps once: the steps
+between the checkpoint and the interruption, already in the store, are not logged again (a resume
+is exact, so they would carry the same values). A run id the store does not know (a copied
+checkpoint, a lost mlflow.db, another tracking URI) continues in a new run, tagged
+`resumed_from_run_id`, with a warning.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class Tracker:
         self.active = cfg.enabled and rank == 0
         self.cfg, self.run_dir, self.run_id = cfg, run_dir, None
         self.uri = tracking_uri(cfg, run_dir)
+        self.logged: dict[str, int] = {}  # a continued run: metric -> the last step already in the store
 
     def start(self, params: dict[str, Any], config_yaml: str, run_id: str | None = None) -> str | None:
         """Start a run (or continue `run_id`); log params once and the YAML as an artifact."""
@@ -79,20 +84,40 @@ class Tracker:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = before
+        if run_id is not None and not self._known(run_id):
+            log.warning("MLflow run %s of the checkpoint is not in %s: continuing in a new run", run_id, self.uri)
+            lost, run_id = run_id, None
+        else:
+            lost = None
         if run_id is None:
             self._set_experiment()
-            tags = {"mlflow.parentRunId": self.cfg.parent_run_id} if self.cfg.parent_run_id else None
-            run = mlflow.start_run(run_name=self.cfg.run_name, log_system_metrics=self.cfg.system_metrics, tags=tags)
+            tags = {"mlflow.parentRunId": self.cfg.parent_run_id} if self.cfg.parent_run_id else {}
+            tags |= {"resumed_from_run_id": lost} if lost else {}
+            run = mlflow.start_run(run_name=self.cfg.run_name, log_system_metrics=self.cfg.system_metrics,
+                                   tags=tags or None)  # fmt: skip
             self._log_params(flatten(params))
             path = os.path.join(self.run_dir, "config.yaml")
             with open(path, "w") as f:
                 f.write(config_yaml)
             mlflow.log_artifact(path)
-        else:  # a resumed job continues its run
+        else:  # a resumed job continues its run, each metric's steps once
             run = mlflow.start_run(run_id=run_id, log_system_metrics=self.cfg.system_metrics)
+            client = mlflow.MlflowClient()
+            self.logged = {k: max(m.step for m in client.get_metric_history(run_id, k)) for k in run.data.metrics}
         self.run_id = run.info.run_id
         log.info("MLflow run %s at %s", self.run_id, self.uri)
         return self.run_id
+
+    @staticmethod
+    def _known(run_id: str) -> bool:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mlflow.MlflowClient().get_run(run_id)
+        except MlflowException:
+            return False
+        return True
 
     def _set_experiment(self) -> None:
         """With a sqlite store MLflow puts artifacts in ./mlruns of the current directory; a new
@@ -113,10 +138,13 @@ class Tracker:
             mlflow.log_params(dict(items[i : i + MAX_PARAMS_PER_BATCH]))
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self.active and metrics:
+        """Log at `step`, except a metric a continued run already holds at this step or later."""
+        named = {metric_name(k): float(v) for k, v in metrics.items()}
+        named = {k: v for k, v in named.items() if step > self.logged.get(k, -1)}
+        if self.active and named:
             import mlflow
 
-            mlflow.log_metrics({metric_name(k): float(v) for k, v in metrics.items()}, step=step)
+            mlflow.log_metrics(named, step=step)
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         if self.active:

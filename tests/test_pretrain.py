@@ -201,10 +201,27 @@ def test_skipped_data_is_summed_over_ranks_by_kind(shards, tmp_path, caplog) -> 
     # a clear error, and the job ends (it used to hang: the failing rank waited in the teardown barrier, so
     # neither its error nor an exit ever came).
     failed = subprocess.run(_command("torchrun", 2, tmp_path / "run2", bad, "run.max_steps=6", "data.batch_size=8",
-                                     "eval.every=0",
-                                     "tracking.enabled=false", "checkpoint.every=0"),
+                                     "eval.every=0", "checkpoint.every=0"),
                             cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert failed.returncode != 0 and "no readable sample in its shards" in failed.stderr
+    (run,) = _mlflow_runs(tmp_path / "run2")  # a crash is FAILED, with the error rank 0 saw (not FINISHED)
+    assert run.info.status == "FAILED" and run.data.tags["error"]
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_mlflow_run_killed(shards, tmp_path) -> None:
+    run_dir = tmp_path / "terminated"
+    proc = subprocess.Popen(_command("torchrun", 1, run_dir, shards, "run.max_steps=200", "checkpoint.every=0"),
+                            cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not ((run_dir / "metrics.jsonl").exists() and len(_metrics(run_dir)) >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) != 0
+    (run,) = _mlflow_runs(run_dir)
+    assert run.info.status == "KILLED" and "signal" in run.data.tags["error"]
 
 
 @pytest.mark.slow
@@ -216,7 +233,8 @@ def test_resume_after_kill_gives_the_same_losses(straight, shards, tmp_path) -> 
                             start_new_session=True)
     marker = run_dir / "checkpoints" / "step_00000002" / "COMPLETE"
     deadline = time.monotonic() + 400
-    while not marker.exists():
+    logged = lambda: (run_dir / "metrics.jsonl").exists() and len(_metrics(run_dir)) >= 3  # noqa: E731
+    while not (marker.exists() and logged()):  # step 3 logged (MLflow too), after the checkpoint of step 2
         assert proc.poll() is None, "the run ended before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint in time"
         time.sleep(0.2)
@@ -230,7 +248,13 @@ def test_resume_after_kill_gives_the_same_losses(straight, shards, tmp_path) -> 
     assert [r["step"] for r in got] == [1, 2, 3, 4]
     for a, b in zip(want, got):
         assert {k: a[k] for k in (*LOSS_KEYS, "lr", "grad_norm")} == {k: b[k] for k in (*LOSS_KEYS, "lr", "grad_norm")}
-    assert len(_mlflow_runs(run_dir)) == 1  # the resumed job continued its MLflow run
+    runs = _mlflow_runs(run_dir)
+    assert len(runs) == 1  # the resumed job continued its MLflow run, each step once
+    import mlflow
+
+    history = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}").get_metric_history(runs[0].info.run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx([r["loss"] for r in want])
 
 
 @pytest.mark.slow
@@ -241,10 +265,12 @@ def test_resume_at_another_world_size(straight, shards, tmp_path) -> None:
     run_dir = tmp_path / "resized"
     (run_dir / "checkpoints").mkdir(parents=True)
     shutil.copytree(straight / "checkpoints" / "step_00000002", run_dir / "checkpoints" / "step_00000002")
-    _train("torchrun", 1, run_dir, shards, "run.max_steps=3", "checkpoint.every=0", "runtime.zero_stage=2",
-           "tracking.enabled=false")
+    _train("torchrun", 1, run_dir, shards, "run.max_steps=3", "checkpoint.every=0", "runtime.zero_stage=2")
     rows = _metrics(run_dir)
     assert [r["step"] for r in rows] == [3]
+    (run,) = _mlflow_runs(run_dir)  # the checkpoint's MLflow run is in another store: a new run, tagged
+    assert run.data.tags["resumed_from_run_id"] == _mlflow_runs(straight)[0].info.run_id
+    assert run.info.status == "FINISHED" and "loss" in run.data.metrics
     assert (run_dir / "checkpoints" / "step_00000002_universal" / "COMPLETE").exists()
     assert (run_dir / "export" / "model.safetensors").exists()
 
