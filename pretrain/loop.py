@@ -99,17 +99,21 @@ class Trainer:
                 continue
             step = self.state.step
             rate = (self.state.samples - samples0) / max(time.time() - t0, 1e-9)
-            self._log_step(step, rate)
+            due = self.eval_every and step % self.eval_every == 0 or step == self.max_steps
+            self._log_step(step, rate, self.evaluate(step) if self.evaluate and due else {})
             if self._stop_agreed and step < self.max_steps:
                 log.warning("stop requested: checkpoint at step %d, then exit", step)
                 self.save()
                 raise Preempted(f"stopped at step {step} on request; resume from {self.ckpt_dir}")
-            if self.evaluate and self.eval_every and step % self.eval_every == 0 and step < self.max_steps:
-                self.tracker.log_metrics(self.evaluate(step), step)
             if self.checkpoint_every and step % self.checkpoint_every == 0 and step < self.max_steps:
                 self.save()
-        if self.evaluate:
-            self.tracker.log_metrics(self.evaluate(self.state.step), self.state.step)
+            if step == self.max_steps:
+                break
+        else:  # a resumed run that had already reached max_steps: its evaluation again, logged and printed
+            if self.evaluate:
+                results = self.evaluate(self.state.step)
+                self.tracker.log_metrics(results, self.state.step)
+                self._say_eval(self.state.step, results)
         self.save()
         return self.state
 
@@ -158,13 +162,19 @@ class Trainer:
         logs.update({k: v / self.world for k, v in zip(keys, t[2:].tolist())})
         return finite
 
-    def _log_step(self, step: int, rate: float) -> None:
+    def _say_eval(self, step: int, results: dict[str, float]) -> None:
+        if self.rank == 0 and results:
+            log.info("step %d evaluation: %s", step, " ".join(f"{k} {v:.4g}" for k, v in sorted(results.items())))
+
+    def _log_step(self, step: int, rate: float, evaluation: dict[str, float] | None = None) -> None:
+        """metrics.jsonl (one line a step, with the step's evaluation when there is one), MLflow every
+        log_every steps and at evaluations, the log."""
         means = {k: sum(v) / len(v) for k, v in self._window.items()}
         self._window.clear()
         record = {
             "step": step, **means, "lr": self.engine.get_lr()[0], "grad_norm": _grad_norm(self.engine),
             "samples_per_s": rate, "skipped_steps": self.state.skipped,
-            **self._data_skipped(),
+            **self._data_skipped(), **(evaluation or {}),
         }
         if self.rank == 0:
             os.makedirs(self.run_dir, exist_ok=True)
@@ -174,7 +184,8 @@ class Trainer:
         if collapsed and self.rank == 0:
             log.warning("step %d: embeddings collapsing, mean pairwise cosine %s > %s: texts (or videos) are no "
                         "longer told apart (docs/objectives.md, collapse guard)", step, collapsed, COLLAPSE_WARN)
-        if step % self.log_every == 0 or step == self.max_steps:
+        self._say_eval(step, evaluation or {})
+        if step % self.log_every == 0 or step == self.max_steps or evaluation:
             self.tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
             if self.rank == 0:
                 log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s", step, self.max_steps,

@@ -99,6 +99,8 @@ def test_two_ranks_zero2_all_objectives_checkpoints_export_mlflow(straight, shar
     for row in rows:
         for key in LOSS_KEYS:
             assert key in row and torch.isfinite(torch.tensor(row[key])), (key, row)
+    # zero-shot results every eval.every=2 steps, in metrics.jsonl too (and MLflow, below)
+    assert ["zeroshot_taco_R@10" in r for r in rows] == [False, True, False, True]
     # it learns something in 4 steps (MLM: TACo's dot-product losses at tau 1 swing over 4 steps of 8 clips)
     assert rows[-1]["mlm_loss"] < rows[0]["mlm_loss"]
     ckpts = sorted(p.name for p in (straight / "checkpoints").iterdir() if p.name.startswith("step_"))
