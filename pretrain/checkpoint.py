@@ -7,6 +7,13 @@ Layout under `<run dir>/checkpoints/`:
         COMPLETE                   written by rank 0 after every rank saved: only such a
                                    checkpoint is ever picked as the latest
     step_00000100_universal/       made from it when resuming at another world size
+    latest                         the newest complete tag, written after its COMPLETE (DeepSpeed's
+                                   convention: zero_to_fp32.py and get_fp32_state_dict_from_zero_checkpoint
+                                   find the checkpoint without an explicit tag)
+
+A save that runs out of disk stops the run with one line saying so: where, how much is free, and
+what the checkpoint needs (the size of the last complete one, when there is one); the partial
+folder is removed, so it holds no space.
 
 The export (`<run dir>/export/`) holds `config.yaml`, `model.safetensors` (fp32, gathered
 from any ZeRO stage) and the tokenizer: what finetuning and anyone else loads.
@@ -23,6 +30,7 @@ ranks (a cluster filesystem), as DeepSpeed's checkpoints already assume.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -94,18 +102,59 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+FULL_BELOW = 16 * 2**20  # bytes free under which a failed save counts as the disk being full
+
+
+class DiskFull(OSError):
+    """A checkpoint that did not fit on its disk (the partial folder is removed)."""
+
+
+def _disk_full(exc: BaseException | None, folder: str) -> bool:
+    """ENOSPC in the error's chain, or a filesystem left (nearly) without free space: torch's writer says
+    only "unexpected pos ... iostream error" when the disk fills up."""
+    while exc is not None:
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return shutil.disk_usage(folder).free < FULL_BELOW
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
 def save(engine, ckpt_dir: str, step: int, train_state: dict[str, Any], rank: int, world: int,
          keep_last: int) -> str:
-    """Every rank: DeepSpeed's save + its own train state; rank 0 marks it complete and prunes."""
+    """Every rank: DeepSpeed's save + its own train state; rank 0 marks it complete, points `latest`
+    at it and prunes. Out of disk: DiskFull, with the partial folder removed."""
     tag = tag_for(step)
-    runtime.save(engine, ckpt_dir, tag)
     path = os.path.join(ckpt_dir, tag)
-    torch.save({**train_state, "rng": rng_state()}, os.path.join(path, f"train_state_rank{rank}.pt"))
+    try:
+        runtime.save(engine, ckpt_dir, tag)
+        torch.save({**train_state, "rng": rng_state()}, os.path.join(path, f"train_state_rank{rank}.pt"))
+    except Exception as e:  # noqa: BLE001 - re-raised, as DiskFull when the disk is full
+        if not _disk_full(e, ckpt_dir):
+            raise
+        shutil.rmtree(path, ignore_errors=True)
+        previous = complete_tags(ckpt_dir)
+        if previous:
+            last = _folder_bytes(os.path.join(ckpt_dir, previous[-1])) / 2**30
+            need = f"; the last complete checkpoint takes {last:.2f} GiB"
+        else:  # fp32 weights + Adam's two moments (+ the master copy under mixed precision): ~16 bytes a parameter
+            params = sum(getattr(q, "ds_numel", q.numel()) for q in engine.module.parameters())
+            need = f"; a checkpoint of this model takes about {16 * params / 2**30:.2f} GiB"
+        free = shutil.disk_usage(ckpt_dir).free / 2**30
+        raise DiskFull(errno.ENOSPC, f"no space left on device for checkpoint {path}: {free:.2f} GiB free on that "
+                                     f"filesystem{need}; the partial checkpoint was removed (free space, lower "
+                                     "checkpoint.keep_last, or point run.output_dir elsewhere)") from None
     runtime.barrier()
     if rank == 0:
         with open(os.path.join(path, COMPLETE + ".tmp"), "w") as f:
             json.dump({"step": step, "world_size": world}, f)
         os.replace(os.path.join(path, COMPLETE + ".tmp"), os.path.join(path, COMPLETE))
+        with open(os.path.join(ckpt_dir, "latest.tmp"), "w") as f:
+            f.write(tag)
+        os.replace(os.path.join(ckpt_dir, "latest.tmp"), os.path.join(ckpt_dir, "latest"))
         _prune(ckpt_dir, keep_last, newest=tag)
     runtime.barrier()
     return path

@@ -145,6 +145,9 @@ def run_entry(main: Callable[[], Any]) -> None:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except checkpoint.DiskFull as e:
+        print(f"error: {e.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
     except Preempted as e:
         log.warning("%s", e)
         raise SystemExit(PREEMPTED_EXIT) from None

@@ -106,6 +106,10 @@ def test_two_ranks_zero2_all_objectives_checkpoints_export_mlflow(straight, shar
     ckpts = sorted(p.name for p in (straight / "checkpoints").iterdir() if p.name.startswith("step_"))
     assert ckpts == ["step_00000002", "step_00000004"]
     assert all((straight / "checkpoints" / c / "COMPLETE").exists() for c in ckpts)
+    assert (straight / "checkpoints" / "latest").read_text() == "step_00000004"  # DeepSpeed's tools need no tag
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    assert "frame_proj.weight" in get_fp32_state_dict_from_zero_checkpoint(str(straight / "checkpoints"))
 
     from safetensors.torch import load_file
 
@@ -208,6 +212,31 @@ def test_skipped_data_is_summed_over_ranks_by_kind(shards, tmp_path, caplog) -> 
     assert failed.returncode != 0 and "no readable sample in its shards" in failed.stderr
     (run,) = _mlflow_runs(tmp_path / "run2")  # a crash is FAILED, with the error rank 0 saw (not FINISHED)
     assert run.info.status == "FAILED" and run.data.tags["error"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_clear_line_and_leaves_no_partial_checkpoint(shards, tmp_path) -> None:
+    """The run dir on a 48 MiB tmpfs: the first checkpoint does not fit. One line says so (where, how much
+    is free, what a checkpoint needs), the partial folder is gone, the MLflow run (stored elsewhere) is FAILED."""
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48M", "tmpfs", str(disk)], check=True)
+    try:
+        run_dir = disk / "run"
+        proc = subprocess.run(_command("torchrun", 1, run_dir, shards, "run.max_steps=4", "checkpoint.every=2",
+                                       "eval.every=0", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"),
+                              cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert proc.returncode != 0
+        line = next(x for x in proc.stderr.splitlines() if "no space left on device for checkpoint" in x)
+        assert "GiB free" in line and "a checkpoint of this model takes about" in line, line
+        assert not (run_dir / "checkpoints" / "step_00000002").exists()
+        import mlflow
+
+        client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert run.info.status == "FAILED" and "no space left" in run.data.tags["error"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
 
 
 @pytest.mark.slow
