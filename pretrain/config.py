@@ -113,7 +113,20 @@ def validate_run(cfg, world: int) -> ModelConfig:
         raise ConfigError(str(e)) from None
     if cfg.run.max_steps < 1:
         raise ConfigError(f"run.max_steps must be >= 1, got {cfg.run.max_steps}")
+    check_writable(cfg.run.output_dir)
     return model
+
+
+def check_writable(run_dir: str) -> None:
+    """The run directory can be made and written (before any model or engine is set up)."""
+    probe = os.path.join(run_dir, f".write_test_{os.getpid()}")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"run.output_dir {run_dir} is not writable: {e.strerror or e}") from None
 
 
 def validate(cfg: PretrainConfig, world: int) -> None:

@@ -338,6 +338,7 @@ def test_two_ranks_zero3_bf16_torchrun_one_objective_per_step(shards, tmp_path) 
         ("data.num_workers=3", "num_workers"),  # does not divide data.streams
         ("data.idf=bm25", "data.idf"),
         ("model.text_pooling=max", "text_pooling"),
+        ("run.output_dir=/proc/run", "not writable"),  # checked before any set-up
     ],
 )
 def test_config_errors_name_the_key_before_any_work(override, message, shards, tmp_path) -> None:
