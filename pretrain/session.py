@@ -8,11 +8,14 @@ A config here is any tree with `run` (output_dir, seed, max_steps, ...), `runtim
 
 from __future__ import annotations
 
+import datetime
+import fcntl
 import json
 import logging
 import os
 import random
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +46,33 @@ def install_early_stop() -> None:
     signal.signal(signal.SIGUSR1, lambda *_: _EARLY_STOP.update(requested=True))
     signal.signal(signal.SIGTERM, _terminate)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+
+
+_LOCKS: list[Any] = []  # the open lock files: held until the process exits (the kernel drops them then)
+
+
+def lock_run_dir(run_dir: str, rank: int) -> None:
+    """Global rank 0 takes an exclusive lock on <run dir>/.lock for the life of the process: a second job
+    on the same run dir (say, a relaunch while the workers of a killed launcher still train) is refused
+    with a message naming the holder. The kernel releases the lock when its process dies, so a killed run
+    leaves no stale lock."""
+    if rank != 0:
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    f = open(os.path.join(run_dir, ".lock"), "a+")  # noqa: SIM115 - held open on purpose
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise ConfigError(f"run.output_dir {run_dir} is in use by {holder}: stop that run, or use another "
+                          "run.output_dir") from None  # fmt: skip
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {datetime.datetime.now():%Y-%m-%d %H:%M:%S}")
+    f.flush()
+    _LOCKS.append(f)
 
 
 def seed_everything(seed: int) -> None:

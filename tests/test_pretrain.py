@@ -240,7 +240,7 @@ def test_a_full_disk_is_one_clear_line_and_leaves_no_partial_checkpoint(shards, 
 
 
 @pytest.mark.slow
-def test_sigterm_ends_the_mlflow_run_killed(shards, tmp_path) -> None:
+def test_sigterm_ends_the_mlflow_run_killed_and_a_second_writer_is_refused(shards, tmp_path) -> None:
     run_dir = tmp_path / "terminated"
     proc = subprocess.Popen(_command("torchrun", 1, run_dir, shards, "run.max_steps=200", "checkpoint.every=0"),
                             cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -249,6 +249,10 @@ def test_sigterm_ends_the_mlflow_run_killed(shards, tmp_path) -> None:
     while not ((run_dir / "metrics.jsonl").exists() and len(_metrics(run_dir)) >= 2):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.2)
+    second = subprocess.run([sys.executable, "pretrain/train.py", "--config", "configs/pretrain/tiny_cpu.yaml",
+                             f"data.train={shards}", f"run.output_dir={run_dir}"], cwd=REPO, env=launch_env(),
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert second.returncode == 2 and "is in use by pid" in second.stderr and "stop that run" in second.stderr
     os.killpg(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=120) != 0
     (run,) = _mlflow_runs(run_dir)
