@@ -33,7 +33,7 @@ from finetune.qa import QAConfig, QATask
 from finetune.video_retrieval import VideoRetrievalConfig, VideoRetrievalTask
 from pretrain import checkpoint, config, runtime, session
 from pretrain.config import ConfigError
-from pretrain.distributed import rank_and_world
+from pretrain.distributed import rank_info
 from pretrain.loop import Trainer, TrainState
 from pretrain.model import ModelConfig, build_model, load_tokenizer
 from pretrain.runtime import OptimConfig, RuntimeConfig
@@ -141,7 +141,7 @@ def main(name: str, argv: list[str] | None = None) -> dict[str, Any]:
     schema, task_cls = RECIPES[name]
     cfg = config.load(args.config, args.overrides, schema)
     validate(cfg, runtime.launch_world_size())
-    session.lock_run_dir(cfg.run.output_dir, rank_and_world()[0])  # before the rendezvous: a refusal ends the job
+    session.lock_run_dir(cfg.run.output_dir, rank_info()[0])  # before the rendezvous: a refusal ends the job
     rank, _, world = runtime.init_distributed(cfg.runtime)
     return runtime.run_then_shutdown(lambda: finetune(name, cfg, task_cls(cfg.task), rank, world))
 

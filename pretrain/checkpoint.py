@@ -199,9 +199,27 @@ def load_train_state(ckpt_dir: str, tag: str, rank: int, same_world: bool) -> di
     return state
 
 
+def _export_text_encoder(module: Any, state: dict[str, Any], out_dir: str, tokenizer: Any) -> None:
+    """The text encoder alone as a Hugging Face model folder (config.json, model.safetensors, tokenizer):
+    `AutoModel.from_pretrained(out_dir)` loads it without this project."""
+    from safetensors.torch import save_file
+
+    holder = module if hasattr(module, "text") else getattr(module, "backbone", None)
+    if holder is None or not hasattr(holder, "text"):
+        return
+    prefix = "text." if holder is module else "backbone.text."
+    weights = {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
+    os.makedirs(out_dir, exist_ok=True)
+    holder.text.config.save_pretrained(out_dir)
+    save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+
+
 def export(engine, ckpt_dir: str, tag: str, out_dir: str, config_yaml: str, tokenizer, zero_stage: int,
            rank: int) -> None:
-    """Consolidated export (rank 0 writes): config.yaml, model.safetensors (fp32), tokenizer."""
+    """Consolidated export (rank 0 writes): config.yaml (every model field resolved), model.safetensors
+    (fp32), the tokenizer, and text_encoder/ (the text encoder as a Hugging Face model folder)."""
     from safetensors.torch import save_file
 
     if rank == 0:
@@ -215,6 +233,7 @@ def export(engine, ckpt_dir: str, tag: str, out_dir: str, config_yaml: str, toke
             f.write(config_yaml)
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
+        _export_text_encoder(engine.module, state, os.path.join(out_dir, "text_encoder"), tokenizer)
         log.info("exported %d tensors to %s", len(state), out_dir)
     runtime.barrier()
 

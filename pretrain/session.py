@@ -143,9 +143,14 @@ class Resumable:
 
 
 def config_yaml(cfg: Any) -> str:
+    """The export's config.yaml: the run's config with every model field resolved from its preset."""
+    from dataclasses import replace
+
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    from pretrain.model import resolve
+
+    return OmegaConf.to_yaml(OmegaConf.structured(replace(cfg, model=resolve(cfg.model))))
 
 
 def fit(trainer: Trainer, tracker: Any) -> TrainState:

@@ -20,7 +20,7 @@ if __package__ in (None, ""):  # run as a script (`deepspeed pretrain/train.py`)
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from pretrain import config, runtime, session, zeroshot
-from pretrain.distributed import rank_and_world
+from pretrain.distributed import rank_info
 from pretrain.loader import build_eval_loader, build_train_loader
 from pretrain.loop import Trainer, TrainState
 from pretrain.model import build_model, load_tokenizer
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> TrainState:
     args = parse_args(argv)
     cfg = config.load(args.config, args.overrides)
     config.validate(cfg, runtime.launch_world_size())
-    session.lock_run_dir(cfg.run.output_dir, rank_and_world()[0])  # before the rendezvous: a refusal ends the job
+    session.lock_run_dir(cfg.run.output_dir, rank_info()[0])  # before the rendezvous: a refusal ends the job
     rank, _, world = runtime.init_distributed(cfg.runtime)
     return runtime.run_then_shutdown(lambda: train(cfg, rank, world))
 

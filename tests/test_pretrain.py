@@ -124,6 +124,17 @@ def test_two_ranks_zero2_all_objectives_checkpoints_export_mlflow(straight, shar
     torch.testing.assert_close(weights["frame_mean"], torch.tensor(stats["mean"]))  # standardised as the corpus
     torch.testing.assert_close(weights["frame_std"], torch.tensor(stats["std"]))
     assert (straight / "export" / "tokenizer.json").exists()
+    resolved = cfg.model  # every preset field resolved in the export's config
+    assert (resolved.hidden, resolved.frame_dim, resolved.text_pooling, resolved.cross_layers) == (384, 64, "mean", 1)
+    from transformers import AutoModel, AutoTokenizer  # the text encoder alone, loadable without this project
+
+    text = AutoModel.from_pretrained(str(straight / "export" / "text_encoder")).eval()
+    tok = AutoTokenizer.from_pretrained(str(straight / "export" / "text_encoder"))
+    enc = tok(["cut the onion"], return_tensors="pt")
+    model = VideoLanguageModel(cfg.model).eval()
+    model.load_state_dict(weights)
+    with torch.no_grad():
+        torch.testing.assert_close(text(**enc).last_hidden_state, model.text(**enc).last_hidden_state)
 
     runs = _mlflow_runs(straight)
     assert len(runs) == 1
