@@ -118,15 +118,18 @@ def validate_run(cfg, world: int) -> ModelConfig:
 
 
 def check_writable(run_dir: str) -> None:
-    """The run directory can be made and written (before any model or engine is set up)."""
-    probe = os.path.join(run_dir, f".write_test_{os.getpid()}")
+    """The run directory can be written, or made: a file is created and removed in it, or in its nearest
+    existing ancestor (so that a config error leaves nothing behind), before any model or engine is set up."""
+    path = os.path.abspath(run_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    probe = os.path.join(path, f".write_test_{os.getpid()}")
     try:
-        os.makedirs(run_dir, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
+        with open(probe, "w"):
+            pass
         os.remove(probe)
     except OSError as e:
-        raise ConfigError(f"run.output_dir {run_dir} is not writable: {e.strerror or e}") from None
+        raise ConfigError(f"run.output_dir {run_dir} is not writable: {path}: {e.strerror or e}") from None
 
 
 def validate(cfg: PretrainConfig, world: int) -> None:
