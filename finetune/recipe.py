@@ -21,7 +21,7 @@ import argparse
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -159,7 +159,7 @@ def finetune(name: str, cfg: FinetuneConfig, task: Any, rank: int, world: int) -
     loader = data.build_loader(cfg.data, cfg.data.train_split, tokenizer, rank, world, True, task.uniform_frames,
                                task.row_options)  # fmt: skip
     state = run.restore(loader, rank, world)
-    tracker = Tracker(cfg.tracking, run_dir, rank)
+    tracker = Tracker(replace(cfg.tracking, run_name=cfg.tracking.run_name or cfg.run.name), run_dir, rank)
     state.mlflow_run_id = tracker.start(config.to_dict(cfg), config.to_yaml(cfg), state.mlflow_run_id)
     reporter = Reporter(name, cfg, task, run.engine, tokenizer, device, tracker, rank)
     trainer = Trainer(run.engine, loader, task.loss, tracker, state, run_dir, cfg.run.max_steps, cfg.run.log_every,

@@ -363,6 +363,7 @@ def report_stage(cfg: MainJobConfig, work: Path, out: Path, tracker) -> None:
     markdown, summary = report.write(out, zs, collect_finetune(cfg, work), pipeline.pretrain_losses(
         work / "runs" / "pretrain"), heat[0] if heat else None, header)  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    tracker.log_metrics(report.headline(summary), step=0)  # the parent run sorts and charts by its results
     tracker.log_artifact(str(out), "report")
     print("\n" + markdown)
 

@@ -100,6 +100,20 @@ def metric_values(tree: dict[str, Any], path: Sequence[str]) -> list[float]:
     return value
 
 
+def headline(summary: dict[str, Any]) -> dict[str, float]:
+    """The report's numbers as flat metric names: zero-shot/<model>/<metric> and
+    <recipe>/<init>/<metric> (means over seeds), <recipe>/difference/<metric>."""
+    out: dict[str, float] = {}
+    for model in ("pretrained", "random"):
+        out |= {f"zero-shot/{model}/{k.removeprefix('zeroshot_')}": float(v)
+                for k, v in summary["zero_shot"].get(model, {}).items() if k.startswith("zeroshot_")}  # fmt: skip
+    for recipe, metrics in summary["finetune"].items():
+        for label, arms in metrics.items():
+            for arm, entry in arms.items():
+                out[f"{recipe}/{arm}/{label}"] = float(entry["value"] if arm == "difference" else entry["mean"])
+    return out
+
+
 def table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows[1:]])

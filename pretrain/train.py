@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import replace
 
 if __package__ in (None, ""):  # run as a script (`deepspeed pretrain/train.py`): import the package
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,7 +60,7 @@ def train(cfg: config.PretrainConfig, rank: int, world: int) -> TrainState:
     session.seed_everything(cfg.run.seed + rank)  # dropout differs across ranks
     loader = build_train_loader(cfg.data, tokenizer, rank, world)
     state = run.restore(loader, rank, world)
-    tracker = Tracker(cfg.tracking, run_dir, rank)
+    tracker = Tracker(replace(cfg.tracking, run_name=cfg.tracking.run_name or cfg.run.name), run_dir, rank)
     state.mlflow_run_id = tracker.start(config.to_dict(cfg), config.to_yaml(cfg), state.mlflow_run_id)
     evaluate = None
     if cfg.eval.held_out:

@@ -169,6 +169,9 @@ def test_short_main_job_runs_every_stage(tmp_path: Path, capsys) -> None:
     found = client.search_runs([e.experiment_id for e in client.search_experiments()])
     parent = [r for r in found if r.info.run_name == "main job"]
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    metrics = parent[0].data.metrics  # the headline results, sortable in MLflow
+    assert metrics["zero-shot/pretrained/taco_R_10"] == pytest.approx(zs["pretrained"]["zeroshot_taco_R@10"])
+    assert "msrvtt/difference/R_1" in metrics and "tvr/pretrained/VCMR 0.5-r1" in metrics
     children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert sorted(r.info.run_name for r in children) == sorted(
         ["pretrain"] + [f"{r}-{i}-seed0" for r in ("tvr", "msrvtt") for i in ("pretrained", "scratch")])

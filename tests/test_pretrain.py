@@ -142,6 +142,7 @@ def test_two_ranks_zero2_all_objectives_checkpoints_export_mlflow(straight, shar
     for key in (*LOSS_KEYS, "lr", "grad_norm", "samples_per_s", "zeroshot_t2v_R_1", "zeroshot_t2v_R_10"):
         assert key in run.data.metrics, key
     assert run.data.params["model.preset"] == "tiny" and run.data.params["runtime.zero_stage"] == "2"
+    assert run.info.run_name == "tiny-cpu"  # run.name, not a random MLflow name
     assert (straight / "mlartifacts").is_dir() and not (REPO / "mlruns").exists()  # artifacts beside the store
     artifacts = list((straight / "mlartifacts").rglob("config.yaml"))
     assert artifacts and "preset: tiny" in artifacts[0].read_text()
