@@ -130,6 +130,8 @@ def parse_args(name: str, argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--config", default=None, help=f"YAML config (configs/finetune/{name}.yaml)")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # appended by the launcher
+    p.add_argument("--check", action="store_true",
+                   help="check the config (keys, types, paths, feature dims, batch sizes), exit 0 or 2 and one line")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. init.checkpoint=runs/pretrain/export")
     return p.parse_args(argv)
 
@@ -141,6 +143,9 @@ def main(name: str, argv: list[str] | None = None) -> dict[str, Any]:
     schema, task_cls = RECIPES[name]
     cfg = config.load(args.config, args.overrides, schema)
     validate(cfg, runtime.launch_world_size())
+    if args.check:  # what the sbatch scripts run before srun: a config error ends the job with this one line
+        print(f"config ok: {args.config} {' '.join(args.overrides)}".rstrip())
+        raise SystemExit(0)
     session.lock_run_dir(cfg.run.output_dir, rank_info()[0])  # before the rendezvous: a refusal ends the job
     rank, _, world = runtime.init_distributed(cfg.runtime)
     return runtime.run_then_shutdown(lambda: finetune(name, cfg, task_cls(cfg.task), rank, world))

@@ -24,5 +24,6 @@ vlp_runtime_env "$REPO"
 unset RANK LOCAL_RANK WORLD_SIZE MASTER_ADDR MASTER_PORT  # torchrun sets them
 echo "launch: $NPROC local ranks, DS_ACCELERATOR=${DS_ACCELERATOR:-auto}, OMP_NUM_THREADS=$OMP_NUM_THREADS," \
      "run dir $(vlp_run_dir "$CONFIG" "$@")"
+"$PYTHON" "$REPO/pretrain/train.py" --config "$CONFIG" "$@" --check >/dev/null || exit  # one line, exit 2
 exec "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NPROC" \
   "$REPO/pretrain/train.py" --config "$CONFIG" "$@"

@@ -80,6 +80,9 @@ vlp_header() {
 vlp_run() {
   local rc=0
   VLP_PREEMPTED=0 VLP_TERMINATED=0
+  # The config first, in this shell: an error is one line and exit 2 (under srun --kill-on-bad-exit
+  # the ranks' exit 2 would reach the job as 143, after a minute of start-up).
+  "$PYTHON" "$@" --check || { rc=$?; echo "launch: the config check failed (exit $rc); no srun" >&2; return "$rc"; }
   echo "launch: srun $*"
   srun --kill-on-bad-exit=1 "$PYTHON" "$@" &
   SRUN_PID=$!

@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (see configs/pretrain/)")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # appended by the launcher
+    p.add_argument("--check", action="store_true",
+                   help="check the config (keys, types, paths, feature dims, batch sizes), exit 0 or 2 and one line")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.max_steps=10")
     return p.parse_args(argv)
 
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> TrainState:
     args = parse_args(argv)
     cfg = config.load(args.config, args.overrides)
     config.validate(cfg, runtime.launch_world_size())
+    if args.check:  # what the sbatch scripts run before srun: a config error ends the job with this one line
+        print(f"config ok: {args.config} {' '.join(args.overrides)}".rstrip())
+        raise SystemExit(0)
     session.lock_run_dir(cfg.run.output_dir, rank_info()[0])  # before the rendezvous: a refusal ends the job
     rank, _, world = runtime.init_distributed(cfg.runtime)
     return runtime.run_then_shutdown(lambda: train(cfg, rank, world))

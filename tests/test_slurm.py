@@ -130,6 +130,17 @@ def test_sbatch_two_tasks_trains_checkpoints_exports_and_logs(slurm_node, shards
 
 
 @pytest.mark.slow
+def test_a_config_error_ends_the_job_with_one_line_and_exit_2(slurm_node, shards, tmp_path) -> None:
+    """Checked in the batch shell before srun: the documented exit 2 and the one-line message, not srun's 143."""
+    submit, run_dir = _submit_dir(tmp_path), tmp_path / "run"
+    job_id, proc = _sbatch(submit, "--wait", *CPU_NODE, *_train_args(shards, run_dir, "run.max_stepz=4"))
+    text = (submit / "logs" / f"vlp-pretrain-{job_id}.out").read_text()
+    assert proc.returncode == 2, text[-3000:]
+    errors = [line for line in text.splitlines() if line.startswith("config error")]
+    assert len(errors) == 1 and "max_stepz" in errors[0] and "launch: srun" not in text
+
+
+@pytest.mark.slow
 def test_warning_signal_checkpoints_requeues_and_resumes(slurm_node, shards, tmp_path) -> None:
     """USR1 to the batch shell (what --signal=B:USR1@300 sends) mid-run: the trainer checkpoints and
     exits 3, the script requeues the job, the same job id resumes and finishes all 8 steps."""
