@@ -322,6 +322,12 @@ def mesm_pairs(model: nn.Module, pairs: dict) -> Tensor:
     return mesm.align(f_v_enh, q_tok, q_mask) * frame_mask[..., None]  # (P, M, d)
 
 
+def svmr_predictions(queries: list[dict], found: dict[int, list], video2idx: dict[str, int]) -> list[list]:
+    """Per query, its SVMR predictions: `found[i]` for a query whose video was searched, else one empty span
+    `[idx, 0.0, 0.0, 0.0]` on its video, a miss at any IoU that TVR's eval.py can read (it fails on [])."""
+    return [found[i] if i in found else [[video2idx[q["video_id"]], 0.0, 0.0, 0.0]] for i, q in enumerate(queries)]
+
+
 def search_corpus_of(encoded: EncodedCorpus, video2idx: dict[str, int]) -> Corpus:
     return Corpus(
         frame_counts=encoded.frame_mask.sum(1), intervals=[m["interval"] for m in encoded.meta],
@@ -412,9 +418,7 @@ class MomentTask:
         if with_gt:
             have = (gt_rows >= 0).nonzero().flatten()  # queries whose video is searchable
             svmr = search_single(span_logits, have, gt_rows[have], corpus, self.cfg.search)
-            per_query: list[list] = [[] for _ in queries]
-            for i, p in zip(have.tolist(), svmr):
-                per_query[i] = p
+            per_query = svmr_predictions(queries, dict(zip(have.tolist(), svmr)), video2idx)
             sub["SVMR"] = [{**e, "predictions": p} for e, p in zip(entry, per_query)]
         sub["VR"] = [{**e, "predictions": p} for e, p in zip(entry, vr)]
         out: dict[str, Any] = {"submission": sub, "gt_rows": gt_rows, "queries": queries,

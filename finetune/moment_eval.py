@@ -144,8 +144,15 @@ def _gt_type(line: dict[str, Any], where: str) -> int | None:
     return DESC_TYPES.index(t)
 
 
-def ground_truth_table(gt: Sequence[dict[str, Any]], video2idx: Mapping[str, int]) -> GroundTruth:
-    """Check the gt lines against the submission's video2idx and pack them into arrays."""
+def ground_truth_table(
+    gt: Sequence[dict[str, Any]],
+    video2idx: Mapping[str, int],
+    durations: Mapping[str, float | None] | None = None,
+    duration_tolerance: float = DURATION_TOLERANCE,
+) -> GroundTruth:
+    """Check the gt lines against the submission's video2idx (and the videos' durations, when given:
+    a span must start before the end and end by the duration + tolerance, as data_prep keeps them)
+    and pack them into arrays."""
     if not gt:
         raise EvalInputError("the ground truth is empty")
     seen: set[int] = set()
@@ -163,6 +170,13 @@ def ground_truth_table(gt: Sequence[dict[str, Any]], video2idx: Mapping[str, int
             raise EvalInputError(f"{where}: video {vid!r} is not in the submission's video2idx")
         videos.append(video2idx[vid])
         spans.append(_gt_spans(line.get("ts"), where))
+        duration = (durations or {}).get(vid)
+        for st, ed in spans[-1] if duration is not None else ():
+            if st >= duration or ed > duration + duration_tolerance:
+                raise EvalInputError(
+                    f"{where}: ground-truth span [{st!r}, {ed!r}] is past the end of {vid} ({duration!r} s, "
+                    f"+ {duration_tolerance!r} s tolerance)"
+                )
         types.append(_gt_type(line, where))
     g = max(len(s) for s in spans)
     table = np.zeros((len(gt), g, 2), dtype=np.float32)  # (Q, G, 2)
@@ -221,10 +235,14 @@ def _first_bad(bad: np.ndarray, task: str, desc_ids: Sequence[int], problem: str
     """Raise for the first query with a bad prediction (`bad` (Q, P)), quoting that prediction."""
     if bad.any():
         q, p = np.argwhere(bad)[0]
-        vid, st, ed = rows[q, p]
-        raise EvalInputError(
-            f"{task} desc_id {desc_ids[q]}: prediction {p} [{vid:g}, {st:g}, {ed:g}] {problem}"
-        )
+        vid, st, ed = (_exact(x) for x in rows[q, p])
+        raise EvalInputError(f"{task} desc_id {desc_ids[q]}: prediction {p} [{vid}, {st}, {ed}] {problem}")
+
+
+def _exact(x: float) -> str:
+    """A number as the JSON held it: 99999999, not 1e+08; 91.28999999999999, not 91.29."""
+    x = float(x)
+    return str(int(x)) if x.is_integer() else repr(x)
 
 
 def _video_durations(
@@ -391,7 +409,7 @@ def eval_task(
     if task not in TASKS:
         raise EvalInputError(f"task must be one of {list(TASKS)}, got {task!r}")
     _check_thresholds(iou_thds)
-    truth = ground_truth_table(gt, _video2idx(video2idx))
+    truth = ground_truth_table(gt, _video2idx(video2idx), durations, duration_tolerance)
     preds = prediction_table(predictions, task, video2idx, truth.desc_ids, durations, duration_tolerance)
     return _task_metrics(preds, truth, task, iou_thds, topks)
 
@@ -411,7 +429,7 @@ def evaluate(
     if not tasks:
         raise EvalInputError(f"the submission holds none of the tasks {list(TASKS)}")
     _check_thresholds(iou_thds)
-    truth = ground_truth_table(gt, video2idx)
+    truth = ground_truth_table(gt, video2idx, durations, duration_tolerance)
     results = {}
     for task in tasks:
         preds = prediction_table(submission[task], task, video2idx, truth.desc_ids, durations, duration_tolerance)
@@ -428,7 +446,7 @@ def query_hits(
     """What `evaluate`'s recalls average, per query: {task: {key: 100.0 or 0.0 for each gt query, in gt
     order}}; the mean of a list is the metric (before the official rounding). For confidence intervals."""
     video2idx = _video2idx(submission.get("video2idx"))
-    truth = ground_truth_table(gt, video2idx)
+    truth = ground_truth_table(gt, video2idx, durations)
     out = {}
     for task in (t for t in TASKS if t in submission):
         preds = prediction_table(submission[task], task, video2idx, truth.desc_ids, durations, DURATION_TOLERANCE)
@@ -457,6 +475,9 @@ def _check_entry(e: Any, where: str, task: str, video_ids: set[int], max_predict
     if not _is_int(e["desc_id"]) or not isinstance(e["desc"], str) or not isinstance(e["predictions"], list):
         raise EvalInputError(f"{where}: desc_id must be int, desc str and predictions a list")
     preds = e["predictions"]
+    if not preds:
+        raise EvalInputError(f"{where}: no predictions; TVR's eval.py fails on an empty list (IndexError): "
+                             "give a query that cannot be answered one that misses, e.g. [idx, 0, 0, score]")
     if len(preds) > max_predictions:
         raise EvalInputError(f"{where}: {len(preds)} predictions, at most {max_predictions} allowed")
     for n, p in enumerate(preds):

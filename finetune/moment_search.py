@@ -16,7 +16,8 @@ K best videos of each query (by VR score) are scored, and their moments are held
 (start i, length l) of shape (Qc, K, M, L), L = max_len - min_len + 1 (a moment longer than the
 longest ground truth is never needed, so L << M). The best `candidates` moments per query then go
 through temporal NMS within each video (as TVR's `filter_vcmr_by_nms`) and the first `predictions`
-survivors are returned.
+survivors are returned; a query with fewer survivors has its pool doubled until `predictions`
+survive (TVR's fixed pool of 200 leaves 14-88 at real scale, so R@100 was scored on fewer).
 
 Ties are broken deterministically, whatever the chunk sizes: videos by ascending corpus row; moments
 by the rank of their video (itself by VR score, then corpus row), then the start frame, then the
@@ -38,6 +39,7 @@ from torch import Tensor
 VrScores = Callable[[int, int], Tensor]  # (q0, q1) -> (q1 - q0, V) video scores, higher is better
 SpanLogits = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]  # (Qc,), (Qc, K) -> st, ed, each (Qc, K, M)
 Prediction = list[float | int]  # [video_idx, st seconds, ed seconds, score]
+NMS_BLOCK = 256  # candidates per step of temporal_nms: (Q, block, block + predictions) bool and float64
 POSITIVE_INTS = ("top_videos", "min_moment_frames", "max_moment_frames", "candidates", "predictions",
                  "query_chunk", "moment_chunk")  # fmt: skip
 
@@ -49,8 +51,8 @@ class SearchConfig:
     top_videos: int = 100  # K: videos per query (best VR scores) whose moments are scored; min(K, V)
     min_moment_frames: int = 1  # shortest moment, frames
     max_moment_frames: int = 16  # longest moment, frames (TVR: 1.5 s frames, moments up to ~24 s)
-    candidates: int = 200  # best moments per query kept before NMS (TVR's max_before_nms)
-    nms_iou: float = 0.7  # suppress IoU > nms_iou within a video (TVR's comparison); <= 0 or >= 1: no NMS
+    candidates: int = 200  # best moments per query NMS starts from (TVR's max_before_nms), doubled until enough survive
+    nms_iou: float = 0.7  # suppress IoU > nms_iou within a video (TVR's comparison); <= 0 or >= 1: no NMS (XML's -1)
     predictions: int = 100  # moments (and videos) returned per query
     vr_temperature: float = 1.0  # divides the VR scores before the softmax over videos
     query_chunk: int = 256  # queries per VR call: the model's (Qc, V, ...) tensors and a (Qc, V) sort
@@ -152,34 +154,59 @@ def band_scores(log_st: Tensor, log_ed: Tensor, prior: Tensor, min_len: int, max
     return ends + (log_st + prior[..., None])[..., None]  # (Qc, K, M, L)
 
 
-def temporal_iou(st: Tensor, ed: Tensor) -> Tensor:
-    """(Q, C, C) IoU of every pair of each row's spans (ed >= st); 0 where the union is empty.
+def temporal_iou(st_a: Tensor, ed_a: Tensor, st_b: Tensor, ed_b: Tensor) -> Tensor:
+    """(Q, A, B) IoU of every span of each row of a with every span of the same row of b (ed >= st); 0 where
+    the union is empty.
 
     The union is len_a + len_b - inter. TVR's utils/temporal_nms.py divides by the hull
     max(ed) - min(st) instead, which is the same number whenever the spans overlap and gives 0
-    either way when they do not, so the two agree. In-place steps: at (64, 200, 200) float64 every
-    fresh 20 MB temporary costs more in page faults than its arithmetic.
+    either way when they do not, so the two agree. In-place steps: every fresh (Q, A, B) float64
+    temporary costs more in page faults than its arithmetic.
     """
-    inter = torch.minimum(ed[:, :, None], ed[:, None])  # (Q, C, C)
-    inter.sub_(torch.maximum(st[:, :, None], st[:, None])).clamp_(min=0)  # (Q, C, C)
-    length = ed - st  # (Q, C)
-    union = (length[:, :, None] + length[:, None]).sub_(inter)  # (Q, C, C)
-    return inter.div_(union).nan_to_num_(0.0)  # (Q, C, C): 0 / 0 -> 0
+    inter = torch.minimum(ed_a[:, :, None], ed_b[:, None])  # (Q, A, B)
+    inter.sub_(torch.maximum(st_a[:, :, None], st_b[:, None])).clamp_(min=0)  # (Q, A, B)
+    union = ((ed_a - st_a)[:, :, None] + (ed_b - st_b)[:, None]).sub_(inter)  # (Q, A, B)
+    return inter.div_(union).nan_to_num_(0.0)  # (Q, A, B): 0 / 0 -> 0
 
 
-def temporal_nms(st: Tensor, ed: Tensor, video: Tensor, valid: Tensor, iou: float) -> Tensor:
+def temporal_nms(st: Tensor, ed: Tensor, video: Tensor, valid: Tensor, iou: float, limit: int | None = None,
+                 block: int = NMS_BLOCK) -> Tensor:  # fmt: skip
     """(Q, C) bool keep mask of greedy NMS over each row's candidates, which must be sorted best first.
 
     A candidate is dropped when its IoU with an already kept candidate of the same video is
     strictly greater than `iou` (TVR: `compute_temporal_iou(...) > nms_threshold`); candidates of
-    different videos never suppress each other, and invalid ones neither count nor are kept.
+    different videos never suppress each other, and invalid ones neither count nor are kept. A row
+    stops at `limit` kept candidates (None: no limit); later ones are not kept.
+
+    Candidates go in blocks of `block`: each block is compared with the kept ones of the blocks
+    before (at most `limit`) and with itself, so memory is (Q, block, block + limit), whatever C.
     """
-    over = (temporal_iou(st, ed) > iou) & (video[:, :, None] == video[:, None])  # (Q, C, C)
-    suppressed = ~valid  # (Q, C)
+    q, c = st.shape
+    limit = c if limit is None else min(limit, c)
     keep = torch.zeros_like(valid)  # (Q, C)
-    for j in range(st.shape[1]):  # greedy in score order, all rows at once
-        keep[:, j] = ~suppressed[:, j]
-        suppressed = suppressed | (keep[:, j, None] & over[:, j])  # (Q, C)
+    # the kept spans so far, slot `limit` a bin for what is not kept; video -1 in empty slots matches none
+    kept_st, kept_ed = st.new_zeros(q, limit + 1), ed.new_zeros(q, limit + 1)  # (Q, P + 1)
+    kept_video = video.new_full((q, limit + 1), -1)  # (Q, P + 1)
+    room = torch.full((q,), limit, dtype=torch.long, device=st.device)  # (Q,) slots left
+    for b0 in range(0, c, block):
+        b = slice(b0, min(b0 + block, c))
+        s, e, v = st[:, b], ed[:, b], video[:, b]  # (Q, B)
+        by_kept = temporal_iou(s, e, kept_st[:, :limit], kept_ed[:, :limit]) > iou  # (Q, B, P)
+        by_kept &= v[:, :, None] == kept_video[:, None, :limit]
+        suppressed = ~valid[:, b] | by_kept.any(dim=2)  # (Q, B)
+        over = (temporal_iou(s, e, s, e) > iou) & (v[:, :, None] == v[:, None])  # (Q, B, B)
+        block_keep = keep[:, b]  # (Q, B) view
+        first_slot = limit - room  # (Q,)
+        for j in range(s.shape[1]):  # greedy in score order, all rows at once
+            block_keep[:, j] = ~suppressed[:, j] & (room > 0)
+            room -= block_keep[:, j].long()
+            suppressed |= block_keep[:, j, None] & over[:, j]  # (Q, B)
+        slot = first_slot[:, None] + block_keep.long().cumsum(dim=1) - 1  # (Q, B) where each kept one goes ...
+        slot = torch.where(block_keep, slot, limit)  # (Q, B) ... the rest to the bin
+        for kept, new in ((kept_st, s), (kept_ed, e), (kept_video, v)):
+            kept.scatter_(1, slot, new)  # (Q, P + 1)
+        if bool((room == 0).all()):
+            break
     return keep
 
 
@@ -197,28 +224,46 @@ class Moments:
     keep: Tensor  # (Qc, C) bool: finite score and not suppressed
 
 
-def best_moments(st: Tensor, ed: Tensor, v_rows: Tensor, prior: Tensor, corpus: Corpus, cfg: SearchConfig) -> Moments:
-    """Score the band of every (query, video) pair, keep the top candidates, apply NMS.
+def best_moments(st: Tensor, ed: Tensor, v_rows: Tensor, prior: Tensor, corpus: Corpus,
+                 cfg: SearchConfig) -> list[list[Prediction]]:  # fmt: skip
+    """Score the band of every (query, video) pair; per query, the first `predictions` moments NMS keeps.
 
     st, ed: (Qc, K, M) logits from the model; v_rows: (Qc, K) corpus rows; prior: (Qc, K) log p(v|q)
-    (zeros for SVMR).
+    (zeros for SVMR). NMS runs over the best `candidates` moments; a query with fewer than
+    `predictions` survivors has its pool doubled, until enough survive or every moment of its
+    videos is in. Greedy NMS keeps the same moments from any prefix of the ranking, so this is NMS
+    over all moments, cut after `predictions`: fewer only when NMS leaves fewer of all the moments
+    (SVMR in a video of a few frames, DiDeMo's six 5 s segments).
     """
     counts = corpus.frame_counts.to(v_rows.device)[v_rows]  # (Qc, K)
     m = st.shape[-1]
     if int(counts.max()) > m:
         raise ValueError(f"span_logits gave {m} frames, but a video has {int(counts.max())}")
     band = band_scores(frame_log_probs(st, counts), frame_log_probs(ed, counts), prior.float(),
-                       cfg.min_moment_frames, cfg.max_moment_frames)  # (Qc, K, M, L)  # fmt: skip
-    length = band.shape[-1]
-    score, flat = ranked_topk(band.flatten(1), cfg.candidates)  # (Qc, C), (Qc, C) index into (K, M, L)
-    k, start = flat // (m * length), flat // length % m  # (Qc, C)
-    end = start + flat % length + cfg.min_moment_frames - 1  # (Qc, C)
-    video = v_rows.gather(1, k)  # (Qc, C)
-    valid = score > float("-inf")  # (Qc, C)
-    if cfg.nms_enabled:
-        t_st, t_ed = span_seconds(video, start, end, corpus)  # (Qc, C)
-        valid = temporal_nms(t_st, t_ed, video, valid, cfg.nms_iou)  # (Qc, C)
-    return Moments(score, video, start, end, valid)
+                       cfg.min_moment_frames, cfg.max_moment_frames).flatten(1)  # (Qc, K * M * L)  # fmt: skip
+    n, length = band.shape[1], band.shape[1] // (v_rows.shape[1] * m)
+    out: list[list[Prediction]] = [[] for _ in range(band.shape[0])]
+    rows = torch.arange(band.shape[0], device=band.device)  # (R,) queries still to finish
+    size = min(cfg.candidates if cfg.nms_enabled else cfg.predictions, n)
+    while True:
+        score, flat = ranked_topk(band[rows], size)  # (R, C), (R, C) index into (K, M, L)
+        k, start = flat // (m * length), flat // length % m  # (R, C)
+        end = start + flat % length + cfg.min_moment_frames - 1  # (R, C)
+        video = v_rows[rows].gather(1, k)  # (R, C)
+        keep = score > float("-inf")  # (R, C)
+        more = torch.zeros_like(rows, dtype=torch.bool)  # (R,) needs a wider pool
+        if cfg.nms_enabled:
+            t_st, t_ed = span_seconds(video, start, end, corpus)  # (R, C)
+            finite = keep
+            keep = temporal_nms(t_st, t_ed, video, finite, cfg.nms_iou, cfg.predictions)  # (R, C)
+            more = (keep.sum(dim=1) < cfg.predictions) & finite[:, -1] & (size < n)  # (R,)
+        done = (~more).nonzero().squeeze(1)  # (D,)
+        lists = to_lists(Moments(*(t[done] for t in (score, video, start, end, keep))), corpus, cfg.predictions)
+        for r, preds in zip(rows[done].tolist(), lists):
+            out[r] = preds
+        if not bool(more.any()):
+            return out
+        rows, size = rows[more], min(2 * size, n)
 
 
 def span_seconds(video: Tensor, start: Tensor, end: Tensor, corpus: Corpus) -> tuple[Tensor, Tensor]:
@@ -269,7 +314,7 @@ def search_corpus(
             v_rows, prior = top_v[rows, :k], top_lp[rows, :k]  # (Qc, K)
             q_rows = torch.arange(q0 + rows.start, q0 + rows.stop, device=v_rows.device)  # (Qc,)
             st, ed = span_logits(q_rows, v_rows)  # (Qc, K, M) each
-            vcmr.extend(to_lists(best_moments(st, ed, v_rows, prior, corpus, cfg), corpus, cfg.predictions))
+            vcmr.extend(best_moments(st, ed, v_rows, prior, corpus, cfg))
     return vcmr, vr
 
 
@@ -291,5 +336,5 @@ def search_single(
         v = v_rows[c0 : c0 + cfg.moment_chunk].long()[:, None]  # (Qc, 1)
         st, ed = span_logits(q, v)  # (Qc, 1, M) each
         prior = torch.zeros(v.shape, device=st.device)  # (Qc, 1): no video term
-        out.extend(to_lists(best_moments(st, ed, v.to(st.device), prior, corpus, cfg), corpus, cfg.predictions))
+        out.extend(best_moments(st, ed, v.to(st.device), prior, corpus, cfg))
     return out

@@ -34,6 +34,7 @@ from finetune.video_retrieval import VideoRetrievalConfig, VideoRetrievalTask
 from pretrain import checkpoint, config, runtime, session
 from pretrain.config import ConfigError
 from pretrain.distributed import rank_info
+from pretrain.loader import check_world
 from pretrain.loop import Trainer, TrainState
 from pretrain.model import ModelConfig, build_model, load_tokenizer
 from pretrain.runtime import OptimConfig, RuntimeConfig
@@ -114,7 +115,12 @@ def validate(cfg: FinetuneConfig, world: int) -> None:
         folder = cfg.data.split_dir(split)
         if not data.exists(f"{folder}/sizes.json", cfg.data.s3_endpoint):
             raise ConfigError(f"{key}: {folder} is not a converted split (no sizes.json)")
-    manifest = data.read_json(f"{cfg.data.split_dir(cfg.data.train_split)}/manifest.json", cfg.data.s3_endpoint)
+    train_dir = cfg.data.split_dir(cfg.data.train_split)
+    try:
+        check_world(list(data.read_json(f"{train_dir}/sizes.json", cfg.data.s3_endpoint).values()), world)
+    except ValueError as e:
+        raise ConfigError(f"data.train_split {train_dir}: {e}") from None
+    manifest = data.read_json(f"{train_dir}/manifest.json", cfg.data.s3_endpoint)
     if manifest["feature_spec"]["dim"] != model.frame_dim:
         raise ConfigError(f"model.frame_dim {model.frame_dim} != the shards' feature dim "
                           f"{manifest['feature_spec']['dim']} ({cfg.data.root})")  # fmt: skip

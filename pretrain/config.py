@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.checkpoint import CheckpointConfig
-from pretrain.loader import LoaderConfig
+from pretrain.loader import LoaderConfig, check_world, resolve_shards
 from pretrain.model import ModelConfig, resolve
 from pretrain.objectives import ObjectivesConfig
 from pretrain.objectives import validate as validate_objectives
@@ -147,6 +147,11 @@ def validate(cfg: PretrainConfig, world: int) -> None:
     for key, url in [("data.train", u) for u in train] + [("eval.held_out", u) for u in held_out]:
         if not url.startswith("s3://") and "{" not in url and not os.path.exists(url):
             raise ConfigError(f"{key}: {url} does not exist")
+    if world > 1:
+        try:
+            check_world(resolve_shards(train, cfg.data.s3_endpoint).sizes, world)
+        except (ValueError, FileNotFoundError) as e:
+            raise ConfigError(f"data.train: {e}") from None
     for key, url in [("data.train", u) for u in train] + [("eval.held_out", u) for u in held_out]:
         manifest = _shard_manifest(url, cfg.data.s3_endpoint)
         if manifest is not None and manifest["feature_spec"]["dim"] != model.frame_dim:

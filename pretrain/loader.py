@@ -377,6 +377,19 @@ class EpochPlan:
         return _rng(self.seed, _SEED_BLOCK, self.epoch, self.rank, self.world, s, pass_, block).permutation(n)
 
 
+def check_world(sizes: Sequence[int], world: int) -> None:
+    """Raise ValueError unless every training epoch gives each of `world` ranks samples.
+
+    A rank reads the shards at its places of a permuted order (`plan_epoch`), at least n // world
+    of the n shards; it gets none with samples in some epoch when the empty shards are that many.
+    """
+    n, empty = len(sizes), sum(1 for s in sizes if s == 0)
+    if n // world <= empty:
+        have = f"{n} shards" + (f" ({empty} of them empty)" if empty else "")
+        raise ValueError(f"{have} cannot feed {world} ranks: each rank reads whole shards of its own, so it takes at "
+                         f"least {world * (empty + 1)} shards; write smaller ones")  # fmt: skip
+
+
 def plan_epoch(
     sizes: Sequence[int], *, epoch: int, rank: int, world: int, batch_size: int, streams: int,
     block_shards: int, seed: int, training: bool, epoch_steps: int | None = None,

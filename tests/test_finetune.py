@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -290,6 +291,8 @@ def test_moment_recipe_two_ranks(recipe, sets, pretrained, tmp_path) -> None:
     assert set(metrics["VCMR"]) == VCMR_KEYS and set(metrics["SVMR"]) == VCMR_KEYS and set(metrics["VR"]) == VR_KEYS
     submission = json.loads((folder / f"{recipe}_{split}_submission.json").read_text())
     moment_eval.validate_submission(submission, ("VCMR", "SVMR", "VR"))
+    if recipe == "tvr":  # 60-90 s videos of 1.5 s frames: NMS leaves 100 moments of each query, also in one video
+        assert {len(e["predictions"]) for task in ("VCMR", "SVMR") for e in submission[task]} == {100}
     queries = [json.loads(line) for line in (sets / recipe / split / "queries.jsonl").read_text().splitlines()]
     assert [e["desc_id"] for e in submission["VCMR"]] == [q["query_id"] for q in queries]
     gt = json.loads((sets / recipe / "gt" / "video2idx.json").read_text())[split]
@@ -366,6 +369,19 @@ def test_how2qa_recipe_two_ranks_reports_accuracy(sets, pretrained, tmp_path) ->
     assert (run_dir / "eval" / "test" / "step_00000003" / "predictions.json").exists()
     runs = _mlflow_runs(run_dir)
     assert len(runs) == 1 and runs[0].data.metrics["val/accuracy"] == metrics["accuracy"]
+
+
+def test_one_training_shard_on_two_ranks_is_a_config_error(sets, tmp_path) -> None:
+    """A train split of one shard on two ranks: a `config error:` before the model and the MLflow run."""
+    root = tmp_path / "tvr"
+    shutil.copytree(sets / "tvr", root)
+    sizes = json.loads((root / "train" / "sizes.json").read_text())
+    first = sorted(sizes)[0]
+    (root / "train" / "sizes.json").write_text(json.dumps({first: sizes[first]}))
+    run_dir = tmp_path / "run"
+    proc = _finetune("tvr", 2, run_dir, f"data.root={root}", expect=1)
+    assert "config error: data.train_split" in proc.stderr and "1 shards cannot feed 2 ranks" in proc.stderr
+    assert "ValueError" not in proc.stderr and not run_dir.exists(), proc.stderr[-3000:]
 
 
 def test_config_errors_exit_2_naming_the_key(sets, tmp_path) -> None:

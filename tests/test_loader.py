@@ -382,6 +382,25 @@ def test_plan_targets_fill_every_rank() -> None:
     assert L.apportion(10, [3, 3, 4]) == [3, 3, 4] and L.apportion(7, [1, 1, 0]) == [4, 3, 0]
 
 
+@pytest.mark.parametrize(("sizes", "world", "ok"), [
+    ([5], 2, False), ([5, 5], 2, True), ([5, 0, 5], 2, False), ([5, 0, 5, 5], 2, True), ([1, 1, 1], 4, False),
+    ([4] * 7 + [0, 0], 4, False), ([4] * 8 + [0], 4, True), ([3], 1, True),
+])  # fmt: skip
+def test_check_world_says_when_a_rank_can_get_no_samples(sizes: list[int], world: int, ok: bool) -> None:
+    """check_world passes exactly when every epoch's plan feeds every rank: when it passes, 50 epochs plan; when
+    not, the permutation that gives a rank only empty shards exists (shown by the count argument)."""
+    if not ok:
+        with pytest.raises(ValueError, match=f"cannot feed {world} ranks"):
+            L.check_world(sizes, world)
+        assert len(sizes) // world <= sizes.count(0)  # a rank's n // world places can all hold empty shards
+        return
+    L.check_world(sizes, world)
+    for ep in range(50):
+        for r in range(world):
+            L.plan_epoch(sizes, epoch=ep, rank=r, world=world, batch_size=2, streams=1, block_shards=1, seed=0,
+                         training=True)  # fmt: skip
+
+
 # ---------------------------------------------------------------- held-out mode
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -153,7 +154,10 @@ def test_short_main_job_runs_every_stage(tmp_path: Path, capsys) -> None:
             results = json.loads((runs / "finetune" / f"{recipe}-{init}-seed0" / "results.json").read_text())
             assert keys <= set(results["metrics"]) and results["steps"] == 3, (recipe, init)
             assert json.loads(Path(results["files"]["metrics"]).read_text()) == results["metrics"]
-    assert (runs / "finetune" / "tvr-pretrained-seed0" / "tvr_submission.zip").exists()
+    with zipfile.ZipFile(runs / "finetune" / "tvr-pretrained-seed0" / "tvr_submission.zip") as z:
+        for name in z.namelist():  # the val and test_public files: 100 moments for every query
+            sub = json.loads(z.read(name))
+            assert {len(e["predictions"]) for task in ("VCMR", "SVMR") for e in sub.get(task, [])} == {100}, name
 
     report = (tmp_path / "report" / "report.md").read_text()
     for heading in ("Zero-shot", "tvr: finetuned", "msrvtt: finetuned", "pretrained - scratch", "chance"):

@@ -337,10 +337,55 @@ def test_bad_prediction_names_query(pred: Any, words: tuple[str, ...]) -> None:
 
 def test_prediction_past_duration() -> None:
     sub, gt = small()
-    durations = {"a": 12.0, "b": 12.0, "c": 20.0, "d": 30.0}  # desc_id 2 predicts [a, 5, 15] and [b, 5, 15]
+    durations = {"a": 12.0, "b": 13.0, "c": 20.0, "d": 30.0}  # desc_id 2 predicts [a, 5, 15] and [b, 5, 15]
     raises(sub, gt, "VCMR desc_id 2", "prediction 0", "duration", durations=durations, duration_tolerance=2.0)
     assert me.evaluate(sub, gt, durations=durations, duration_tolerance=3.0)["VR"]["r5"] == 100.0
     assert me.evaluate(sub, gt, durations={"c": 20.0})["VR"]["r5"] == 100.0  # a, b, d: unknown, unchecked
+
+
+def test_gt_span_past_the_duration() -> None:
+    """With durations, a gt span data_prep would drop as past_end is an error naming the query."""
+    sub, gt = small()  # desc_id 2: b [5, 15]
+    kw = {"durations": {"b": 13.0}, "duration_tolerance": 1.5}
+    raises(sub, gt, "ground truth desc_id 2", "[5.0, 15.0]", "past the end of b", "13.0", **kw)
+    gt[1]["ts"] = [13.0, 14.0]  # starts at the end
+    raises(sub, gt, "ground truth desc_id 2", "past the end", **kw)
+    gt[1]["ts"] = [5.0, 14.5]  # within the tolerance (and so are the predictions' ends, 15 s)
+    assert me.evaluate(sub, gt, durations={"b": 13.0}, duration_tolerance=2.0)["VR"]["r5"] == 100.0
+
+
+def test_errors_print_exact_values() -> None:
+    sub, gt = small()
+    sub["SVMR"][2]["predictions"].insert(1, [2, 91.29, 91.28999999999999, 1.0])
+    raises(sub, gt, "[2, 91.29, 91.28999999999999] has st > ed")
+    sub, gt = small()
+    sub["SVMR"][2]["predictions"].insert(1, [99999999, 0, 2, 1.0])
+    raises(sub, gt, "[99999999, 0, 2] names a video idx that is not in video2idx")
+
+
+def test_a_query_without_features_gets_a_readable_miss() -> None:
+    """SVMR of a query whose video has no features: `[]` (which TVR's eval.py fails on: its first step,
+    np.array(predictions)[:, 0], raises IndexError) is refused; the placeholder moment.py writes is read,
+    on the gt video, and misses at every IoU (hull IoU of [0, 0] with a span of positive length is 0)."""
+    from finetune.moment import svmr_predictions
+
+    sub, gt = small()
+    sub["SVMR"][1]["predictions"] = []
+    with pytest.raises(IndexError):
+        np.array(sub["SVMR"][1]["predictions"])[:, 0]
+    with pytest.raises(EvalInputError, match="desc_id 2.*no predictions"):
+        me.validate_submission({"video2idx": sub["video2idx"], "SVMR": sub["SVMR"]}, ("SVMR",))
+    queries = [{"video_id": g["vid_name"]} for g in gt]
+    found = {0: sub["SVMR"][0]["predictions"], 2: sub["SVMR"][2]["predictions"]}
+    placed = svmr_predictions(queries, found, sub["video2idx"])
+    assert placed[1] == [[1, 0.0, 0.0, 0.0]] and placed[0] == found[0] and placed[2] == found[2]
+    sub["SVMR"][1]["predictions"] = placed[1]
+    me.validate_submission({"video2idx": sub["video2idx"], "SVMR": sub["SVMR"]}, ("SVMR",))
+    pred, (st, ed) = np.array(placed[1])[:, :3], gt[1]["ts"]
+    assert pred[0, 0] == sub["video2idx"][gt[1]["vid_name"]]
+    hull_iou = max(0.0, min(pred[0, 2], ed) - max(pred[0, 1], st)) / (max(pred[0, 2], ed) - min(pred[0, 1], st))
+    assert hull_iou == 0.0
+    assert me.evaluate(sub, gt)["SVMR"]["0.5-r100"] == 33.33  # q1 a hit as before, q2 now a miss (q3 misses)
 
 
 def test_duplicate_desc_ids() -> None:
@@ -385,7 +430,7 @@ def test_bad_gt_lines_and_submission_shape() -> None:
 def valid_submission() -> dict[str, Any]:
     v2i = {"a": 0, "b": 1, "c": 2}
     moments = [{"desc_id": 1, "desc": "q1", "predictions": [[0, 0.0, 1.5, 2.0], [0, 1.5, 3.0, 2.0], [1, 0, 3, -1]]},
-               {"desc_id": 2, "desc": "q2", "predictions": []}]
+               {"desc_id": 2, "desc": "q2", "predictions": [[2, 0.0, 0.0, 0.0]]}]
     videos = [{"desc_id": 1, "desc": "q1", "predictions": [[0, 0, 0, 2.0], [1, 0, 0, 2.0]]},
               {"desc_id": 2, "desc": "q2", "predictions": [[2, 0, 0, 1.0]]}]
     return {"video2idx": v2i, "VCMR": moments, "SVMR": json.loads(json.dumps(moments)), "VR": videos}
@@ -455,6 +500,8 @@ def _break(sub: dict[str, Any], how: str) -> None:
         sub["VR"][0]["predictions"][1][0] = 0
     elif how == "duplicate desc_id":
         sub["VCMR"][1]["desc_id"] = 1
+    elif how == "no predictions":
+        sub["SVMR"][1]["predictions"] = []
 
 
 VIOLATIONS = {
@@ -467,6 +514,7 @@ VIOLATIONS = {
     "float video idx": "prediction 0", "str st": "prediction 0", "nan score": "prediction 2",
     "unknown video": "video idx 9", "st > ed": "0 <= st <= ed", "st < 0": "0 <= st <= ed",
     "scores increase": "sorted by score", "VR repeats video": "distinct videos", "duplicate desc_id": "more than once",
+    "no predictions": "SVMR entry 1 (desc_id 2): no predictions",
 }
 
 

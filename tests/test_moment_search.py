@@ -72,10 +72,12 @@ def brute_force(model: FakeModel, q: int, c: Corpus, cfg: SearchConfig, videos: 
     return sorted(out, key=lambda p: -p[3])
 
 
-def naive_nms(preds: list[list], thr: float) -> list[list]:
+def naive_nms(preds: list[list], thr: float, limit: int | None = None) -> list[list]:
     """TVR-style greedy, one prediction at a time: drop it if IoU > thr with a kept one of its video."""
     kept: list[list] = []
     for p in sorted(preds, key=lambda p: -p[3]):
+        if len(kept) == limit:
+            break
         ok = True
         for k in kept:
             if k[0] != p[0]:
@@ -193,13 +195,13 @@ def test_min_moment_frames():
 @pytest.mark.parametrize("thr", [0.3, 0.5, 0.7])
 def test_search_with_nms_equals_brute_force_then_greedy(thr: float):
     model, c = FakeModel(7), corpus()
-    cfg = SearchConfig(top_videos=V, candidates=60, predictions=15, nms_iou=thr, max_moment_frames=4)
+    cfg = SearchConfig(top_videos=V, candidates=15, predictions=15, nms_iou=thr, max_moment_frames=4)
     vcmr, _ = search_corpus(model.vr_scores, model.span_logits, Q, c, cfg)
     suppressed_any = False
     for q in range(Q):
-        want = naive_nms(brute_force(model, q, c, cfg)[:60], thr)
-        suppressed_any |= len(want) < 60
-        assert_same(vcmr[q], want[:15])
+        everything = brute_force(model, q, c, cfg)
+        suppressed_any |= len(naive_nms(everything[:15], thr)) < 15  # the first `candidates` are not enough
+        assert_same(vcmr[q], naive_nms(everything, thr, 15))
         for a in range(len(vcmr[q])):  # no two kept moments of a video overlap by more than thr
             for b in range(a):
                 assert vcmr[q][a][0] != vcmr[q][b][0] or iou(vcmr[q][a], vcmr[q][b]) <= thr
@@ -227,6 +229,56 @@ def test_temporal_nms_against_naive_greedy():
             assert [p for p, ok in zip(preds, keep[r].tolist()) if ok] == want, (thr, r)
 
 
+@pytest.mark.parametrize("limit, block", [(None, 7), (5, 7), (12, 4), (40, 256)])
+def test_temporal_nms_in_blocks_with_a_limit(limit, block):
+    """Blocks of any size and a cap on the kept ones: the first `limit` survivors of the greedy over all."""
+    rng = random.Random(1)
+    rows, c = 12, 40
+    st = torch.tensor([[rng.choice([0.0, 1.5, 3.0]) + rng.random() for _ in range(c)] for _ in range(rows)],
+                      dtype=torch.float64)  # fmt: skip
+    ed = st + torch.rand(rows, c, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
+    video = torch.randint(0, 2, (rows, c), generator=torch.Generator().manual_seed(3))
+    valid = torch.rand(rows, c, generator=torch.Generator().manual_seed(4)) > 0.1
+    keep = temporal_nms(st, ed, video, valid, 0.5, limit=limit, block=block)
+    for r in range(rows):
+        preds = [[int(video[r, j]), float(st[r, j]), float(ed[r, j]), float(c - j)] for j in range(c)]
+        want = naive_nms([p for p, ok in zip(preds, valid[r].tolist()) if ok], 0.5, limit)
+        assert [p for p, ok in zip(preds, keep[r].tolist()) if ok] == want, r
+
+
+def test_peaked_scores_still_give_100_predictions_per_query():
+    """TVR-like lengths and peaked start/end logits: most of the best 200 moments overlap, so NMS of the best
+    200 alone leaves fewer than 100; the search widens its pool and every VCMR and SVMR entry has 100."""
+    counts = [40, 60, 44, 52, 58, 41]  # 1.5 s frames: 60-90 s videos
+    queries, m = 5, max(counts)
+    model = FakeModel(12, counts=counts, queries=queries)
+    t = torch.arange(m, dtype=torch.float32)
+    g = torch.Generator().manual_seed(13)
+    centre = torch.rand(queries, len(counts), 1, generator=g) * torch.tensor(counts)[:, None]  # (Q, V, 1)
+
+    def peak(shift: float) -> torch.Tensor:  # (Q, V, M): a bump of height 12 over N(0, 1) noise
+        noise = torch.randn(queries, len(counts), m, generator=g)
+        return 12.0 * torch.exp(-(((t - centre - shift) / 2.0) ** 2)) + noise
+
+    pad = t >= torch.tensor(counts)[:, None]  # (V, M)
+    model.st, model.ed = peak(0.0).masked_fill(pad, GARBAGE), peak(6.0).masked_fill(pad, GARBAGE)
+    c = corpus(counts)
+    cfg = SearchConfig(top_videos=len(counts), max_moment_frames=16)  # the defaults: 200 candidates, NMS 0.7, 100
+    vcmr, _ = search_corpus(model.vr_scores, model.span_logits, queries, c, cfg)
+    rows = torch.arange(queries)
+    svmr = search_single(model.span_logits, rows, rows % len(counts), c, cfg)
+    short_before = 0
+    for q in range(queries):
+        everything = brute_force(model, q, c, cfg)
+        short_before += len(naive_nms(everything[:200], 0.7)) < 100
+        assert len(vcmr[q]) == 100 and len(svmr[q]) == 100
+        assert_same(vcmr[q], naive_nms(everything, 0.7, 100))
+        mine = brute_force(model, q, c, cfg, videos=[q % len(counts)], single=True)
+        short_before += len(naive_nms(mine[:200], 0.7)) < 100
+        assert_same(svmr[q], naive_nms(mine, 0.7, 100))
+    assert short_before >= queries  # the old search (NMS over the first 200 only) came up short here
+
+
 def test_nms_comparison_is_strict():
     """IoU exactly at the threshold is kept (TVR suppresses IoU > threshold only)."""
     st = torch.tensor([[0.0, 1.0, 0.0]])  # [0, 2] vs [1, 3]: IoU 1/3; [0, 2] vs [0, 2] on another video
@@ -244,8 +296,8 @@ def test_single_video_search():
         cfg = SearchConfig(candidates=30, predictions=10, nms_iou=nms, max_moment_frames=4, moment_chunk=4)
         svmr = search_single(model.span_logits, q_rows, v_rows, c, cfg)
         for preds, q, v in zip(svmr, q_rows.tolist(), v_rows.tolist()):
-            want = brute_force(model, q, c, cfg, videos=[v], single=True)[:30]
-            assert_same(preds, (naive_nms(want, nms) if nms else want)[:10])
+            want = brute_force(model, q, c, cfg, videos=[v], single=True)
+            assert_same(preds, naive_nms(want, nms, 10) if nms else want[:10])
             assert {p[0] for p in preds} == {int(c.video_idx[v])}
     assert len(svmr[2]) == 1 and svmr[2][0][3] == pytest.approx(0.0, abs=1e-6)  # the 1-frame video
 

@@ -366,6 +366,18 @@ def test_config_errors_name_the_key_before_any_work(override, message, shards, t
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "mlflow.db").exists()
 
 
+def test_too_few_shards_for_the_ranks_is_a_config_error_before_any_work(shards, tmp_path) -> None:
+    """Two ranks, one shard: a `config error:` line (per rank, unless torchrun stopped the other first), no
+    traceback of ours, before a model, an engine or an MLflow run."""
+    one = sorted(shards.glob("shard-*.tar"))[0]
+    proc = subprocess.run(_command("torchrun", 2, tmp_path, one), cwd=REPO, env=launch_env(), capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode != 0
+    assert "config error: data.train: 1 shards cannot feed 2 ranks" in proc.stderr, proc.stderr[-3000:]
+    assert "ValueError" not in proc.stderr and "gets no samples" not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
 @pytest.mark.slow
 def test_sigusr1_checkpoints_exits_3_and_the_rerun_finishes(shards, tmp_path) -> None:
     """What the sbatch script relies on: a stop request ends in a checkpoint and exit code 3."""
