@@ -119,7 +119,7 @@ class Dataset:
     inputs: list[str | None]  # every input file read (None: an option not given); hashed into the manifests
     gt_files: list[str]  # official files copied byte for byte into gt/
     gt_extra: dict[str, bytes] = field(default_factory=dict)  # generated ground truth (How2R, How2QA)
-    video2idx: dict[str, dict[str, list]] | None = None  # the official one (TVR); else 0.. by sorted id
+    video2idx: dict[str, dict[str, list]] | None = None  # the official one (TVR, How2R's VALUE); else 0.. by sorted id
 
 
 # ---------------------------------------------------------------- reading inputs
@@ -240,13 +240,15 @@ def read_tvr_queries(path: str, with_video: bool, need_type: bool) -> list[TvrLi
 def tvr_release_lines(rows: list[tuple[str, float, Query]]) -> bytes:
     """(vid_name, duration, query) as TVR-format release lines, one per query and span, in order.
 
-    How2R's ground truth is written this way because TVR's evaluator is the one How2R uses.
+    How2R's ground truth, as VALUE releases it and its scorer reads it: `type` only when the query
+    has one (VALUE's How2R queries have none; its scorer reads no type, TVR's eval.py needs one).
     """
     lines = []
     for vid, duration, q in rows:
         for st, ed in q.spans or ():
-            record = {"desc_id": q.query_id, "desc": q.text, "vid_name": vid, "ts": [st, ed], "duration": duration,
-                      "type": q.extras.get("type")}
+            record = {"desc_id": q.query_id, "desc": q.text, "vid_name": vid, "ts": [st, ed], "duration": duration}
+            if q.extras.get("type") is not None:
+                record["type"] = q.extras["type"]
             lines.append(json.dumps(record).encode() + b"\n")
     return b"".join(lines)
 

@@ -2,7 +2,8 @@
 
     python -m data_prep.how2r --train how2r_train.csv --val how2r_val.csv --test how2r_test.csv \\
         --captions raw_caption.json --features feats/how2r --out s3://bucket/finetune/how2r
-    python -m data_prep.how2r --train value/how2r_train_release.jsonl ... \\
+    python -m data_prep.how2r --train value/how2r_train_release.jsonl --val value/how2r_val_1k_release.jsonl \\
+        --test value/how2r_test_public_1k_release.jsonl --video2dur value/how2r_video2dur_idx.json \\
         --subtitles value/how2r_subtitles.jsonl --features feats/how2r --out ...
 
 A split file is the raw CSV without header `youtube_id,[clip_st:clip_ed],[moment_st:moment_ed],query`
@@ -12,12 +13,20 @@ written); query ids are the CSV's 0-based row numbers or VALUE's desc_id. Featur
 when it exists, else the YouTube video's file cut to the clip's frames (frame_start, clip_window).
 Subtitles: --subtitles (TVR format) when it lists the clip, else --captions (HowTo100M ASR,
 de-duplicated, cut to the clip, times relative to it). gt/ gets how2r_<split>_release.jsonl in
-TVR's format (desc_id, desc, vid_name, ts, duration, type), for TVR's evaluator.
+the VALUE release's format (desc_id, desc, vid_name, ts, duration, and type only when the input has
+one: How2R's queries have none), the ground truth VALUE's scorer reads.
+
+Video idx: --video2dur is VALUE's how2r_video2dur_idx.json `{split: {clip: [duration, idx]}}` (the
+test split is its `test_public`). With it, gt/video2idx.json holds VALUE's official idx, a clip it
+does not list is an error, and a clip it lists without a query stays a retrieval candidate (as
+TVR's corpus); the file is copied into gt/. Without it, idx are 0.. in sorted clip order (logged):
+VALUE's scorer replaces a submission's video2idx with the official one, so such idx score nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -29,8 +38,12 @@ from data_prep import finetune_common as fc
 from data_prep.asr import Segment
 from data_prep.errors import DataPrepError, Rejected
 from data_prep.features import FeatureReader
+from data_prep.tvr import read_video2dur
+
+log = logging.getLogger("data_prep.how2r")
 
 SPLITS = ("train", "val", "test")
+OFFICIAL_SPLIT = {"train": "train", "val": "val", "test": "test_public"}  # our split -> its key in --video2dur
 NUMBER = r"\d+(?:\.\d*)?"  # seconds as the files write them: 120, 131.5, 140.0
 WINDOW = re.compile(rf"\[\s*({NUMBER})\s*:\s*({NUMBER})\s*\]")
 ClipQuery = tuple[str, float, fc.Query]  # clip id, clip duration, query
@@ -113,21 +126,47 @@ def make_video(clip_id: str, duration: float, queries: list[fc.Query], reader: F
     return fc.Video(clip_id, tuple(queries), duration, subtitles=subs, extras=extras, **source)
 
 
+def official_corpus(video2dur: dict[str, dict[str, list]], split: str, path: str,
+                    clips: dict[str, Any], split_file: str) -> dict[str, list]:  # fmt: skip
+    """The split's `{clip: [duration, idx]}` in VALUE's how2r_video2dur_idx.json; every clip must be listed."""
+    key = OFFICIAL_SPLIT[split]
+    if key not in video2dur:
+        raise DataPrepError(f"{path}: no split {key!r} for --{split} (has {sorted(video2dur)})")
+    corpus = video2dur[key]
+    missing = [c for c in clips if c not in corpus]
+    if missing:
+        shown = ", ".join(repr(c) for c in missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise DataPrepError(f"{path}: {len(missing)} clip(s) of {split_file} not listed under {key!r}: {shown}")
+    return corpus
+
+
 def load(args: argparse.Namespace) -> fc.Dataset:
     reader, subtitles = cli.feature_reader(args), fc.read_tvr_subtitles(args.subtitles)
     captions = caption_source(args.captions)
+    video2dur = read_video2dur(args.video2dur) if args.video2dur else None
+    if video2dur is None:
+        log.warning("no --video2dur: video idx are 0.. in sorted clip order, not VALUE's official ones "
+                    "(how2r_video2dur_idx.json); VALUE's scorer would score a submission of them as 0")  # fmt: skip
     paths = {name: getattr(args, name) for name in SPLITS if getattr(args, name)}
-    splits, gt = [], {}
+    splits, gt, v2i = [], {}, {}
     for name, path in paths.items():
         rows = read_split(path)
         clips: dict[str, tuple[float, list[fc.Query]]] = {}
         for clip, duration, query in rows:
             clips.setdefault(clip, (duration, []))[1].append(query)
+        if video2dur is not None:
+            v2i[name] = official_corpus(video2dur, name, args.video2dur, clips, path)
+            candidates = [c for c in v2i[name] if c not in clips]
+            if candidates:
+                log.info("%s: %d clips listed under %r have no query: kept as retrieval candidates",
+                         args.video2dur, len(candidates), OFFICIAL_SPLIT[name])  # fmt: skip
+            clips.update({c: (float(v2i[name][c][0]), []) for c in candidates})
         videos = [make_video(c, d, qs, reader, subtitles, captions) for c, (d, qs) in clips.items()]
         splits.append(fc.Split(name, videos, train=name == "train"))
         gt[f"how2r_{name}_release.jsonl"] = fc.tvr_release_lines(rows)
-    inputs = [*paths.values(), args.captions, args.subtitles]
-    return fc.Dataset("how2r", splits, inputs=inputs, gt_files=[], gt_extra=gt)
+    inputs = [*paths.values(), args.captions, args.subtitles, args.video2dur]
+    official = [args.video2dur] if args.video2dur else []
+    return fc.Dataset("how2r", splits, inputs=inputs, gt_files=official, gt_extra=gt, video2idx=v2i or None)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -136,6 +175,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.add_argument(f"--{name}", default=None, help=f"the {name} split: raw .csv or VALUE .jsonl")
     p.add_argument("--captions", default=None, help="HowTo100M-format raw_caption.json of the YouTube videos")
     p.add_argument("--subtitles", default=None, help="TVR-format subtitles by clip id (VALUE release)")
+    p.add_argument("--video2dur", default=None, help="VALUE's how2r_video2dur_idx.json: the official video idx")
     fc.add_common_args(p)
     args = p.parse_args(argv)
     if not any(getattr(args, name) for name in SPLITS):

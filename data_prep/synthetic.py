@@ -1017,7 +1017,6 @@ def _write_how2r(
                         "duration": 60.0,
                         "ts": [_r2(ev.start - st), _r2(ev.end - st)],
                         "desc_id": desc_id,
-                        "type": "v",
                         "vid_name": clip,
                     }
                 )
@@ -1032,6 +1031,12 @@ def _write_how2r(
         _write_csv(root / f"how2r_{split}.csv", None, csv_rows[split])
         _write_jsonl(root / "value" / f"how2r_{split}_release.jsonl", value_rows[split])
     _write_jsonl(root / "value" / "how2r_subtitles.jsonl", subs)
+    # VALUE's video idx: one numbering over all splits in a shuffled order, the test split named test_public
+    order = _rng(seed, "how2r", "video2idx").permutation(len(clips_planted)).tolist()
+    video2dur: dict[str, dict[str, list]] = {"train": {}, "val": {}, "test_public": {}}
+    for (clip, split), idx in zip(clips_planted.items(), order, strict=True):
+        video2dur["test_public" if split == "test" else split][clip] = [60, idx]
+    _write_json(root / "value" / "how2r_video2dur_idx.json", video2dur)
     _write_asr_and_features(root, seed, world, sources, extractor=False)
     planted = {
         "overlap_with_howto100m": [v.vid for v in overlap],

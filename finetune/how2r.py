@@ -4,8 +4,10 @@
     torchrun --nproc_per_node 2 finetune/how2r.py --config configs/finetune/how2r.yaml [key=value ...]
     sbatch launch/finetune.sh how2r configs/finetune/how2r.yaml [key=value ...]
 
-Predictions and metrics in TVR's format (TVR's evaluator is How2R's).
-Everything else is the shared recipe (finetune/recipe.py).
+Metrics by TVR's recall code (as VALUE's How2R scorer), from a TVR-format submission; the file for
+VALUE's leaderboard is how2r_<split>_predictions.json in VALUE's own format, and eval.codalab_zip
+zips it as VALUE wants (finetune/value_submission.py). Convert with data_prep.how2r --video2dur, or
+the video idx are not VALUE's. Everything else is the shared recipe (finetune/recipe.py).
 """
 
 import os

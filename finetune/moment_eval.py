@@ -1,7 +1,8 @@
 """Moment-retrieval metrics (VCMR, SVMR, VR) equal to TVR's official standalone evaluator.
 
 TVR, How2R and DiDeMo share one submission format and one evaluator (jayleicn/TVRetrieval,
-`standalone_eval/eval.py`); leaderboards quote its numbers, so ours must be the same numbers, not
+`standalone_eval/eval.py`; VALUE scores How2R with the same recall code, from its own file format:
+finetune/value_submission.py); leaderboards quote its numbers, so ours must be the same numbers, not
 merely the same idea: float32 IoU over the hull of the two spans, thresholds compared in float32,
 the first 100 predictions per query, numpy rounding to 2 decimals. The evaluation here is
 vectorised over all queries at once and refuses bad input with an `EvalInputError` that names

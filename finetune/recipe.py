@@ -9,10 +9,12 @@ Outputs under run.output_dir, besides checkpoints/, metrics.jsonl and the MLflow
                           eval_info.json   counts: queries, videos, videos cut to max_frames, ...
                           per_query.json   what the metrics average, per query, under the same keys
                           <name>_<split>_submission.json   moment tasks: TVR's submission format
+                          how2r_<val|test_public>_predictions.json   How2R: VALUE's submission format
                           predictions.json                 retrieval: the best videos per query; QA: the scores
                           recall_at_k.png, similarity.png
     results.json                           the final evaluation's metrics and file paths
-    <name>_submission.zip                  eval.codalab_zip: TVR's Codalab layout (val + test_public)
+    <name>_submission.zip                  eval.codalab_zip: the leaderboard's upload (val + test): TVR's
+                                           Codalab layout; How2R: VALUE's (finetune/value_submission.py)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import torch
 
-from finetune import data, moment_eval, plots
+from finetune import data, moment_eval, plots, value_submission
 from finetune.model import InitConfig, TaskModel, load_backbone, resolve_checkpoint
 from finetune.moment import MomentConfig, MomentTask
 from finetune.qa import QAConfig, QATask
@@ -57,7 +59,7 @@ class FinetuneRunConfig:
 class FinetuneEvalConfig:
     every: int = 0  # steps between evaluations of data.eval_split; 0: at the end only
     heatmap_queries: int = 24  # queries in the similarity heatmap
-    codalab_zip: bool = False  # moment tasks with a test split: also write TVR's Codalab zip
+    codalab_zip: bool = False  # moment tasks with a test split: also write the upload zip (TVR's; How2R: VALUE's)
 
 
 @dataclass
@@ -240,6 +242,10 @@ class Reporter:
             files["submission"] = os.path.join(folder, f"{self.name}_{split}_submission.json")
             moment_eval.write_submission(files["submission"], out["submission"]["video2idx"],
                                          {k: v for k, v in out["submission"].items() if k != "video2idx"})  # fmt: skip
+            if self.name == "how2r":  # what How2R's leaderboard reads: VALUE's format (idx: data_prep --video2dur)
+                files["value_submission"] = os.path.join(folder, value_submission.file_name(split))
+                value_submission.write(files["value_submission"], value_submission.from_tvr(out["submission"]),
+                                       out["submission"]["video2idx"].values())  # fmt: skip
         else:
             files["predictions"] = os.path.join(folder, "predictions.json")
             dump(files["predictions"], out["predictions"])
@@ -277,7 +283,11 @@ class Reporter:
                 sub = results["test_files"].get("submission")
                 if self.cfg.eval.codalab_zip and sub and "submission" in self.last.get("files", {}):
                     results["codalab_zip"] = os.path.join(self.cfg.run.output_dir, f"{self.name}_submission.zip")
-                    moment_eval.codalab_zip(results["codalab_zip"], self.last["files"]["submission"], sub)
+                    if self.name == "how2r":
+                        value_submission.value_zip(results["codalab_zip"], self.last["files"]["value_submission"],
+                                                   results["test_files"]["value_submission"])  # fmt: skip
+                    else:
+                        moment_eval.codalab_zip(results["codalab_zip"], self.last["files"]["submission"], sub)
                     self.tracker.log_artifact(results["codalab_zip"], "submission")
         if self.rank == 0:
             dump(os.path.join(self.cfg.run.output_dir, "results.json"), results)

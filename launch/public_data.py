@@ -5,7 +5,8 @@ A data folder has one sub-folder per dataset, any subset of them, each in its pu
     howto100m/    raw_caption.json (or caption.json), HowTo100M_v1.csv (optional), features
     tvr/          tvr_{train,val,test_public}_release.jsonl, tvqa_preprocessed_subtitles.jsonl, features
     didemo/       {train,val,test}_data.json, features
-    how2r/        how2r_{train,val,test}.csv (or VALUE's how2r_*_release.jsonl), raw_caption.json, features
+    how2r/        how2r_{train,val,test}.csv (or VALUE's how2r_*_release.jsonl), raw_caption.json, features,
+                  how2r_video2dur_idx.json (VALUE's video idx; optional, here or in value/)
     how2qa/       how2qa_{train,val,test}.csv, raw_caption.json, features
     msrvtt/       MSRVTT_data.json, MSRVTT_train.9k.csv, MSRVTT_train.7k.csv, MSRVTT_JSFUSION_test.csv, features
     activitynet/  train.json, val_1.json, val_2.json, features
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from data_prep.errors import DataPrepError
 
+VALUE_VIDEO2DUR = "how2r_video2dur_idx.json"  # VALUE's official How2R video idx, used when the folder has it
 DATASETS = ("howto100m", "tvr", "didemo", "how2r", "how2qa", "msrvtt", "activitynet")
 
 
@@ -68,8 +70,10 @@ def converter_inputs(name: str, src: Path) -> list[str]:
                 *feature_args(src)]  # fmt: skip
     if name in ("how2r", "how2qa"):
         extensions = (".csv", "_release.jsonl") if name == "how2r" else (".csv",)
+        places = (src / VALUE_VIDEO2DUR, src / "value" / VALUE_VIDEO2DUR) if name == "how2r" else ()
+        official = [p for p in places if p.is_file()]
         return [*_splits(src, name, extensions), "--captions", str(_one(src, "raw_caption.json")),
-                *feature_args(src)]  # fmt: skip
+                *(["--video2dur", str(official[0])] if official else []), *feature_args(src)]  # fmt: skip
     if name in ("didemo", "msrvtt", "activitynet"):
         return ["--annotations", str(src), *feature_args(src)]
     raise DataPrepError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from test_pretrain import launch_env
 
-from finetune import data, moment_eval
+from finetune import data, moment_eval, value_submission
 from finetune.model import TaskModel, load_backbone, read_state_dict, resolve_checkpoint
 from finetune.moment import MomentConfig, MomentHead, moment_loss
 from pretrain.model import ModelConfig, build_model
@@ -261,7 +261,9 @@ def test_init_mismatch_names_the_tensors(pretrained, tmp_path) -> None:
 # ---------------------------------------------------------------- the entry scripts
 
 
-MOMENT = {"tvr": ("val", "test_public"), "didemo": ("val", None), "how2r": ("val", None)}
+MOMENT = {"tvr": ("val", "test_public"), "didemo": ("val", None), "how2r": ("val", "test")}
+ZIPS = {"tvr": ["tvr_test_public_submission.json", "tvr_val_submission.json"],  # each leaderboard's upload
+        "how2r": ["how2r/how2r_test_public_predictions.json", "how2r/how2r_val_predictions.json"]}  # fmt: skip
 RETRIEVAL = {"msrvtt": "test_1ka", "activitynet": "val_1"}
 # issue 7's options, each trained through a real entry script: MESM (every loss) on DiDeMo, multi-level
 # alignment (both levels) on How2R and (global only) on MSR-VTT; TVR and ActivityNet run without options
@@ -278,8 +280,9 @@ def test_moment_recipe_two_ranks(recipe, sets, pretrained, tmp_path) -> None:
     split, test = MOMENT[recipe]
     run_dir = tmp_path / recipe
     init = [f"init.checkpoint={pretrained / 'export'}"] if recipe == "tvr" else []
+    tests = [f"data.test_split={test}", "eval.codalab_zip=true"] if test else []
     proc = _finetune(recipe, 2, run_dir, f"data.root={sets / recipe}", "run.max_steps=2",
-                     "task.search.top_videos=4", *init, *OPTIONS.get(recipe, ()))  # fmt: skip
+                     "task.search.top_videos=4", *init, *tests, *OPTIONS.get(recipe, ()))  # fmt: skip
     if init:
         assert "initialised" in proc.stderr
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -300,6 +303,10 @@ def test_moment_recipe_two_ranks(recipe, sets, pretrained, tmp_path) -> None:
     assert moment_eval.evaluate(submission, _ground_truth(queries)) == metrics  # recomputed from the files
     assert (folder / "recall_at_k.png").stat().st_size > 1000 and (folder / "similarity.png").stat().st_size > 1000
     assert results["metrics"] == metrics
+    if recipe == "how2r":  # the file for VALUE's leaderboard: VCMR as scored, VR as video idx lists
+        value = json.loads((folder / "how2r_val_predictions.json").read_text())
+        value_submission.validate(value, set(submission["video2idx"].values()))
+        assert value == value_submission.from_tvr(submission)
     if test:
         test_sub = json.loads((run_dir / "eval" / test / "step_00000002" / f"{recipe}_{test}_submission.json")
                               .read_text())  # fmt: skip
@@ -307,8 +314,8 @@ def test_moment_recipe_two_ranks(recipe, sets, pretrained, tmp_path) -> None:
         import zipfile
 
         with zipfile.ZipFile(results["codalab_zip"]) as z:
-            assert sorted(z.namelist()) == ["tvr_test_public_submission.json", "tvr_val_submission.json"]
-            assert "SVMR" not in json.loads(z.read("tvr_test_public_submission.json"))
+            assert sorted(z.namelist()) == ZIPS[recipe]
+            assert "SVMR" not in json.loads(z.read(ZIPS[recipe][0]))  # test_public hides the gt video
     runs = _mlflow_runs(run_dir)
     assert len(runs) == 1 and f"{split}/VCMR/0.5-r1" in runs[0].data.metrics
 

@@ -199,8 +199,17 @@ def test_how2r_csv_and_value_give_the_same_clips(syn: Path, converted: Callable,
     src = syn / "how2r"
     value = [a for s in ("train", "val", "test") for a in (f"--{s}", str(src / "value" / f"how2r_{s}_release.jsonl"))]
     out_value = tmp_path / "value"
+    official = src / "value" / "how2r_video2dur_idx.json"
     how2r.main([*value, "--subtitles", str(src / "value" / "how2r_subtitles.jsonl"), "--features",
-                str(src / "features"), "--out", str(out_value), "--tagger", "heuristic"])  # fmt: skip
+                str(src / "features"), "--video2dur", str(official), "--out", str(out_value), "--tagger",
+                "heuristic"])  # fmt: skip
+    # VALUE's official idx with --video2dur (the test split is its test_public), 0.. in clip order without
+    video2dur = json.loads(official.read_text())
+    assert json.loads((out_value / "gt" / "video2idx.json").read_text()) == {
+        "train": video2dur["train"], "val": video2dur["val"], "test": video2dur["test_public"]}  # fmt: skip
+    assert (out_value / "gt" / official.name).read_bytes() == official.read_bytes()
+    for table in json.loads((out_csv / "gt" / "video2idx.json").read_text()).values():
+        assert [idx for _, (_, idx) in sorted(table.items())] == list(range(len(table)))
     for split in ("train", "val", "test"):
         a, b = read_split(out_csv / split), read_split(out_value / split)
         assert set(a) == set(b) and a
@@ -221,6 +230,7 @@ def test_how2r_csv_and_value_give_the_same_clips(syn: Path, converted: Callable,
         keep = ("desc", "vid_name", "ts", "duration")
         assert [{k: x[k] for k in keep} for x in gt] == [{k: x[k] for k in keep} for x in released]
         assert [x["desc_id"] for x in gt] == list(range(len(gt)))  # CSV row numbers
+        assert all("type" not in x for x in gt + read_jsonl(out_value / "gt" / f"how2r_{split}_release.jsonl"))
 
 
 def test_msrvtt_splits(syn: Path, converted: Callable) -> None:
@@ -391,8 +401,7 @@ def test_how2r_clip_files_windows_and_captions(tmp_path: Path) -> None:
     assert b["frame_start"] == 0 and b["queries"][0]["text"] == "cut, then fold the paper" and b["subtitles"] == []
     np.testing.assert_array_equal(b["features"], clip.astype(np.float16))
     assert read_jsonl(out / "gt" / "how2r_train_release.jsonl")[0] == {
-        "desc_id": 0, "desc": "open the box", "vid_name": "yt-A_x_31_91", "ts": [9.0, 19.5], "duration": 60.0,
-        "type": None}  # fmt: skip
+        "desc_id": 0, "desc": "open the box", "vid_name": "yt-A_x_31_91", "ts": [9.0, 19.5], "duration": 60.0}
 
 
 def _edit(path: Path, old: str, new: str) -> None:

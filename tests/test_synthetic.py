@@ -20,8 +20,10 @@ from data_prep import synthetic as syn
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOW_PREFIXES = ("friends_", "castle_", "house_", "grey_", "met_")
-# generate(tmp / "c", videos=6, seed=2) before worlds existed: the default world must stay this, byte for byte
-DEFAULT_WORLD_DIGEST = "b78331c7f114ab3a8e0d3fdebca3cd2c0082d8f2d2402170e74937bb74d63744"
+# generate(tmp / "c", videos=6, seed=2) before worlds existed: the default world must stay this, byte for byte.
+# Changed once on purpose (issue 20): How2R's VALUE files gained how2r_video2dur_idx.json and lost `type`, as
+# VALUE releases them; every other file is the same
+DEFAULT_WORLD_DIGEST = "e8ff20179670c456aca64621e017169d026d7d034bd5cf1f2705b760129bac90"
 DRAWN = 3  # the drawn world the planted-structure tests also run on (synonyms, 32 + 64 dims)
 NON_NEGATIVE = 6  # the first drawn world with non-negative features
 
@@ -261,13 +263,22 @@ def test_how2r_formats(corpus):
             mst, med = map(float, re.fullmatch(r"\[(\d+\.\d+):(\d+\.\d+)\]", moment).groups())
             assert ced - cst == 60 and cst <= mst < med <= ced
             assert ced <= truth["videos"][yt]["duration"]
-            assert list(v) == ["desc", "duration", "ts", "desc_id", "type", "vid_name"]
+            assert list(v) == ["desc", "duration", "ts", "desc_id", "vid_name"]  # VALUE's How2R queries have no type
             assert v["vid_name"] == f"{yt}_{cst}_{ced}" and v["desc"] == query and v["duration"] == 60.0
             assert v["ts"] == [round(mst - cst, 2), round(med - cst, 2)]
             assert all(0 <= s["start"] <= s["end"] <= 60 for s in value_subs[v["vid_name"]])
             csv_ids.add(yt)
     assert quoted  # some queries contain commas and need CSV quoting
     assert csv_ids <= set(raw) == set(truth["videos"])
+    # VALUE's how2r_video2dur_idx.json: {split: {clip: [60, idx]}}, idx one shuffled numbering over all splits
+    video2dur = json.loads((base / "value" / "how2r_video2dur_idx.json").read_text())
+    assert list(video2dur) == ["train", "val", "test_public"]
+    for split, key in (("train", "train"), ("val", "val"), ("test", "test_public")):
+        clips = {v["vid_name"] for v in _jsonl(base / "value" / f"how2r_{split}_release.jsonl")}
+        assert set(video2dur[key]) == clips == {c for c, s in truth["clips"].items() if s == split}
+    idx = [i for table in video2dur.values() for _, i in table.values()]
+    assert sorted(idx) == list(range(len(truth["clips"]))) and idx != sorted(idx)
+    assert all(d == 60 for table in video2dur.values() for d, _ in table.values())
     howto = root / "howto100m"
     howto_raw = json.loads((howto / "raw_caption.json").read_text())
     assert truth["overlap_with_howto100m"] and set(truth["overlap_with_howto100m"]) <= csv_ids
