@@ -2,7 +2,7 @@
 # Finetuning on a Slurm cluster: runs finetune/<TASK>.py on every task with srun, with the
 # same rank set-up, logs and preemption/requeue as launch/pretrain_howto100m.sh.
 #
-#   mkdir -p logs
+#   # from the repository root (its logs/ holds logs/<job-name>-<job id>.out; elsewhere mkdir -p logs)
 #   sbatch launch/finetune.sh TASK CONFIG [key=value ...]
 #   sbatch --job-name=vlp-tvr launch/finetune.sh tvr configs/finetune/tvr.yaml \
 #       init.checkpoint=/shared/runs/hero-4x8/export

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Pretraining on a Slurm cluster: one task per GPU with srun, requeued on preemption.
 #
-#   mkdir -p logs    # Slurm writes logs/<job-name>-<job id>.out under the submit directory
+#   # from the repository root: Slurm writes logs/<job-name>-<job id>.out under the submit
+#   # directory and the checkout has logs/ (elsewhere: mkdir -p logs first, or pass --output)
 #   sbatch launch/pretrain_howto100m.sh configs/pretrain/howto100m.yaml [key=value ...]
 #   sbatch --nodes=4 launch/pretrain_howto100m.sh configs/pretrain/howto100m.yaml \
 #       data.train=s3://bucket/howto100m/clip60 run.output_dir=/shared/runs/hero-4x8
-#   # a CPU node (the tests): 2 ranks, no GPU
+#   # a CPU-only partition (the tests): 2 ranks, no GPU; without --gpus-per-node=0 the
+#   # defaults below are refused with "Invalid generic resource (gres) specification"
 #   sbatch --ntasks-per-node=2 --gpus-per-node=0 --cpus-per-task=1 \
 #       launch/pretrain_howto100m.sh configs/pretrain/tiny_cpu.yaml data.train=SHARDS
 #

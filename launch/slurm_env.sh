@@ -32,8 +32,15 @@ vlp_runtime_env() {
   # The interpreter: $VLP_PYTHON, else the repository's .venv, else python3 on PATH.
   if [[ -n ${VLP_PYTHON:-} ]]; then PYTHON=$VLP_PYTHON
   elif [[ -x $repo/.venv/bin/python ]]; then PYTHON=$repo/.venv/bin/python
-  else PYTHON=$(command -v python3) || vlp_die "no python3 on PATH and no $repo/.venv"
+  else PYTHON=$(command -v python3) || vlp_die "no python3 on PATH and no $repo/.venv: set VLP_PYTHON"
   fi
+  # Before any rank starts: a python without the project's packages would fail on every rank.
+  local missing
+  missing=$("$PYTHON" -c 'import importlib.util as u
+print(" ".join(m for m in ("torch", "deepspeed", "webdataset", "omegaconf", "mlflow") if u.find_spec(m) is None))') \
+    || vlp_die "$PYTHON does not run: set VLP_PYTHON"
+  [[ -z $missing ]] || vlp_die "$PYTHON lacks $missing: install the project for it (python3 -m venv $repo/.venv &&" \
+    "$repo/.venv/bin/pip install -e $repo), or set VLP_PYTHON to a python that has it"
   # No GPU on this node: DeepSpeed's CPU accelerator (gloo), unless the environment chose.
   if [[ -z ${DS_ACCELERATOR:-} ]] && ! nvidia-smi -L >/dev/null 2>&1; then export DS_ACCELERATOR=cpu; fi
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}

@@ -141,6 +141,32 @@ def test_a_config_error_ends_the_job_with_one_line_and_exit_2(slurm_node, shards
 
 
 @pytest.mark.slow
+def test_a_fresh_checkout_logs_and_names_a_python_without_the_project(slurm_node, tmp_path) -> None:
+    """The documented command from the root of a checkout (what git gives: no .venv, no mkdir) with a
+    python that lacks the project: the job writes its log to logs/ and ends in the batch shell with
+    one line naming the python and the fix, exit 2, before srun."""
+    checkout = tmp_path / "checkout"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    for name in files:
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, checkout / name)
+    assert not (checkout / ".venv").exists() and (checkout / "logs").is_dir()
+    bare = tmp_path / "bare"  # a python with none of the project's packages
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    env = {**_env(), "VLP_PYTHON": str(bare / "bin" / "python")}
+    proc = subprocess.run(["sbatch", "--parsable", "--wait", *CPU_NODE, "launch/pretrain_howto100m.sh", CONFIG],
+                          cwd=checkout, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    job_id = int(re.match(r"(\d+)", proc.stdout).group(1))
+    log = checkout / "logs" / f"vlp-pretrain-{job_id}.out"
+    assert log.exists(), f"no log: {proc.stdout}{proc.stderr}"
+    text = log.read_text()
+    assert proc.returncode == 2, text
+    assert f"launch: {bare}/bin/python lacks torch deepspeed webdataset omegaconf mlflow" in text, text
+    assert "VLP_PYTHON" in text and "launch: srun" not in text and "Traceback" not in text, text
+
+
+@pytest.mark.slow
 def test_warning_signal_checkpoints_requeues_and_resumes(slurm_node, shards, tmp_path) -> None:
     """USR1 to the batch shell (what --signal=B:USR1@300 sends) mid-run: the trainer checkpoints and
     exits 3, the script requeues the job, the same job id resumes and finishes all 8 steps."""
