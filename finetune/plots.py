@@ -4,6 +4,7 @@ the Agg backend (no display on a cluster node)."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
 import torch
@@ -36,15 +37,33 @@ def recall_curve(ranks: dict[str, Tensor], path: str, title: str, max_k: int = 1
     plt.close(fig)
 
 
-def similarity_heatmap(sim: Tensor, rows: Sequence[str], cols: Sequence[str], path: str, title: str) -> None:
-    """sim (R, C): query rows against video columns; the ground truth sits on the diagonal when sorted so."""
+def _wrap(label: str, width: int, lines: int = 2) -> str:
+    """The whole label on up to `lines` lines (an ellipsis only past that)."""
+    out = textwrap.wrap(label, width) or [""]
+    if len(out) > lines:
+        out = out[:lines]
+        out[-1] = out[-1][: width - 1] + "…"
+    return "\n".join(out)
+
+
+def similarity_heatmap(sim: Tensor, rows: Sequence[str], cols: Sequence[str], path: str, title: str,
+                       gt: Sequence[int] | None = None, colorbar: str = "score", caption: str = "",
+                       axes: tuple[str, str] = ("video", "query")) -> None:
+    """sim (R, C): query rows against video columns (or `axes` (x, y) others). gt[r]: the column of row r's
+    ground truth, boxed (-1: none); `caption` under the plot says how to read it."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 2 + 0.25 * len(cols)), max(4.0, 1 + 0.22 * len(rows))))
+    labels = [_wrap(r, 48) for r in rows]
+    height = 2.4 + 0.18 * sum(label.count("\n") + 1 for label in labels) + (0.6 if caption else 0)
+    fig, ax = plt.subplots(figsize=(max(8.0, 5.0 + 0.35 * len(cols)), max(4.5, height)), layout="constrained")
     im = ax.imshow(sim.float().numpy(), cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(cols)), [c[:16] for c in cols], rotation=90, fontsize=5)
-    ax.set_yticks(range(len(rows)), [r[:24] for r in rows], fontsize=5)
-    ax.set(xlabel="video", ylabel="query", title=title)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    ax.set_xticks(range(len(cols)), list(cols), rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    for r, c in enumerate(gt or []):
+        if c >= 0:
+            ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.8))
+    ax.set(xlabel=axes[0], ylabel=axes[1], title=title)
+    fig.colorbar(im, ax=ax, label=colorbar)
+    if caption:
+        fig.supxlabel(textwrap.fill(caption, 130), fontsize=8, ha="left", x=0.01)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

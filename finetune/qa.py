@@ -200,8 +200,12 @@ class QATask:
         labels = [f"{'*' if k == q['answer_idx'] else ' '} {a}" for k, a in enumerate(q["answers"])]
         sim = out["similarity"][0]  # (A, M)
         path = f"{folder}/similarity.png"
+        caption = ("Rows: the question with each candidate answer (* the correct one); columns: the clip's frames; "
+                   "cells: cosine of question + candidate and the frame. A good model: the * row is the brightest "
+                   "where the answer happens in the clip.")
         plots.similarity_heatmap(sim, labels, [str(t) for t in range(sim.shape[1])], path,
-                                 f"{title}: {q['text']} (* correct)")  # fmt: skip
+                                 f"{title}: {q['text']} (* correct)", colorbar="cosine", caption=caption,
+                                 axes=("frame", "candidate"))  # fmt: skip
         return {"heatmap": path}
 
 

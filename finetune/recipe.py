@@ -58,7 +58,7 @@ class FinetuneRunConfig:
 @dataclass
 class FinetuneEvalConfig:
     every: int = 0  # steps between evaluations of data.eval_split; 0: at the end only
-    heatmap_queries: int = 24  # queries in the similarity heatmap
+    heatmap_queries: int = 16  # queries in the similarity heatmap (readable at the width of MLflow's viewer)
     codalab_zip: bool = False  # moment tasks with a test split: also write the upload zip (TVR's; How2R: VALUE's)
 
 
@@ -261,14 +261,13 @@ class Reporter:
         ranks = vr_ranks(out)
         recall = os.path.join(folder, "recall_at_k.png")
         plots.recall_curve({"video retrieval": ranks}, recall, f"{self.name} {self.cfg.data.eval_split}")
-        n = min(self.cfg.eval.heatmap_queries, sim.shape[0])
-        rows = [i for i in range(n) if gt_rows[i] >= 0]
-        cols = list(dict.fromkeys(int(gt_rows[i]) for i in rows))  # each sampled query's own video, in order
         heat = os.path.join(folder, "similarity.png")
-        labels = [str(queries[i]["text"]) for i in rows]
+        rows, cols, z, gt, labels = heatmap_sample(sim, gt_rows, queries, self.cfg.eval.heatmap_queries)
         videos = [str(queries[i]["video_id"]) for i in rows]
-        plots.similarity_heatmap(sim[rows][:, cols], labels, list(dict.fromkeys(videos)), heat,
-                                 "query-video similarity")  # fmt: skip
+        plots.similarity_heatmap(z[:, cols], labels, list(dict.fromkeys(videos)), heat,
+                                 f"{self.name} {self.cfg.data.eval_split}: query-video scores, per query",
+                                 gt=gt, colorbar="z-score over all videos, per query",
+                                 caption=HEATMAP_CAPTION.format(videos=sim.shape[1]))  # fmt: skip
         return {"recall_plot": recall, "heatmap": heat}
 
     def finish(self, state: TrainState) -> dict[str, Any]:
@@ -292,6 +291,29 @@ class Reporter:
         if self.rank == 0:
             dump(os.path.join(self.cfg.run.output_dir, "results.json"), results)
         return results
+
+
+HEATMAP_CAPTION = ("Each row is one query: its scores against the sampled queries' own videos, as standard deviations "
+                   "from that query's mean score over all {videos} videos of the split (so rows compare). The red box "
+                   "is the query's own video; '[rank k]' is that video's rank among all {videos}. A good model: every "
+                   "box is the brightest cell of its row (rank 1), and no column is bright in every row (a video that "
+                   "wins every query is a hub, not a match).")
+
+
+def heatmap_sample(sim: torch.Tensor, gt_rows: torch.Tensor, queries: list[dict], n: int) -> tuple:
+    """Up to n queries with a video, spread over the split; their scores standardised per query over all
+    videos; the columns (each sampled query's own video, in order), each row's box and label with its rank.
+    Returns (rows, cols, z (rows, all videos), gt column per row, labels)."""
+    have = [i for i in range(sim.shape[0]) if gt_rows[i] >= 0]
+    rows = [have[round(j * (len(have) - 1) / max(n - 1, 1))] for j in range(min(n, len(have)))] if have else []
+    rows = list(dict.fromkeys(rows))
+    cols = list(dict.fromkeys(int(gt_rows[i]) for i in rows))
+    s = sim[rows].float()  # (R, V)
+    z = (s - s.mean(dim=1, keepdim=True)) / s.std(dim=1, keepdim=True).clamp_min(1e-12)
+    own = torch.tensor([int(gt_rows[i]) for i in rows], dtype=torch.long)
+    ranks = 1 + (s > s.gather(1, own[:, None])).sum(dim=1)  # (R,)
+    labels = [f"[rank {int(r)}] {queries[i]['text']}" for i, r in zip(rows, ranks)]
+    return rows, cols, z, [cols.index(int(c)) for c in own], labels
 
 
 def vr_ranks(out: dict[str, Any]) -> torch.Tensor:

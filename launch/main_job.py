@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import shutil
 import sys
 import time
@@ -365,6 +366,11 @@ def report_stage(cfg: MainJobConfig, work: Path, out: Path, tracker) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     tracker.log_metrics(report.headline(summary), step=0)  # the parent run sorts and charts by its results
     tracker.log_artifact(str(out), "report")
+    # The run's description (its Overview page renders it): the report's text and tables, which render there;
+    # the figures only in report/report.html (a description cannot reach the run's artifacts).
+    text = re.sub(r"\n\n!\[[^\]]*\]\([^)]*\)", "", markdown).replace("# Main job report", "# Main job report\n\n"
+                  "Figures: the Artifacts tab, `report/report.html`.", 1)  # fmt: skip
+    tracker.set_tags({"mlflow.note.content": text})
     print("\n" + markdown)
 
 
@@ -429,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     store = work / "mlflow.db"
     print(f"main job done in {time.time() - t0:.0f}s; outputs under {work}")
     if (work / "report" / "report.md").exists():
-        print(f"report: {work / 'report' / 'report.md'}")
+        print(f"report: {work / 'report' / 'report.md'} (figures embedded: report.html; in MLflow: the 'main job' "
+              "run's artifacts, report/report.html)")
     print(f"MLflow store: sqlite:///{store}")
     print(f"browse it:    mlflow ui --backend-store-uri sqlite:///{store} --port 5000")
     return 0

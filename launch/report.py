@@ -15,7 +15,10 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import math
+import re
 import shutil
 import statistics
 from collections.abc import Sequence
@@ -210,40 +213,61 @@ def finetune_table(recipe: str, results: dict[str, list[dict]]) -> tuple[str, di
 
 
 def loss_curves(metrics: list[dict[str, float]], path: Path) -> None:
-    """Per-objective pretraining losses against the step (one panel each, their own scale)."""
+    """Per-objective pretraining losses against the step: a grid of panels, each on its own scale."""
     from finetune.plots import _pyplot
 
     plt = _pyplot()
     keys = sorted(k for k in metrics[0] if k.endswith("_loss"))
-    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 2.8), squeeze=False)
+    ncols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.0 * nrows), squeeze=False)
     steps = [m["step"] for m in metrics]
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes.flat, keys):
         ax.plot(steps, [m.get(key, float("nan")) for m in metrics])
-        ax.set(title=key.removesuffix("_loss"), xlabel="step")
+        ax.set(title=key.removesuffix("_loss"), xlabel="optimizer step", ylabel="loss")
         ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle("Pretraining loss per objective (each panel its own scale)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def variant_bars(summary: dict[str, dict[str, Any]], path: Path, title: str) -> None:
-    """Mean +- std of every metric per variant (init), side by side."""
+def metric_groups(summary: dict[str, Any], higher: dict[str, bool]) -> list[tuple[str, list[str]]]:
+    """The metrics that share an axis: recalls and accuracies (%), then ranks; (axis label, metric labels)."""
+    groups = [(name, [lb for lb in summary if higher[lb] is up])
+              for name, up in (("%, higher is better", True), ("rank, lower is better", False))]  # fmt: skip
+    return [(name, labels) for name, labels in groups if labels]
+
+
+def variant_bars(summary: dict[str, dict[str, Any]], path: Path, title: str, higher: dict[str, bool]) -> None:
+    """Mean +- std over seeds of every metric per variant (init), side by side: recalls and accuracies (%, higher
+    is better) in one panel, ranks (lower is better) in another, each with its own axis."""
     from finetune.plots import _pyplot
 
     plt = _pyplot()
-    labels = list(summary)
+    groups = metric_groups(summary, higher)
     variants = [v for v in next(iter(summary.values())) if v != "difference"]
-    fig, ax = plt.subplots(figsize=(1.6 * len(labels) + 2, 3.2))
+    seeds = max(len(summary[lb][v]["values"]) for lb in summary for v in variants)
+    widths = [max(len(labels), 1.5) for _, labels in groups]
+    fig, axes = plt.subplots(1, len(groups), figsize=(2.0 + 1.7 * sum(widths), 3.6), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})  # fmt: skip
     width = 0.8 / len(variants)
-    for i, v in enumerate(variants):
-        xs = [j + i * width for j in range(len(labels))]
-        ax.bar(xs, [summary[lb][v]["mean"] for lb in labels], width, yerr=[summary[lb][v]["std"] for lb in labels],
-               label=v, capsize=3)  # fmt: skip
-    ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(labels))], labels, fontsize=8)
-    ax.set(title=title)
-    ax.legend(fontsize=8)
+    for ax, (name, labels) in zip(axes[0], groups):
+        for i, v in enumerate(variants):
+            xs = [j + i * width for j in range(len(labels))]
+            ax.bar(xs, [summary[lb][v]["mean"] for lb in labels], width, label=v, capsize=3,
+                   yerr=[summary[lb][v]["std"] for lb in labels])  # fmt: skip
+        ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(labels))], labels, fontsize=8)
+        ax.set(ylabel=name)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"{title}: finetuned from the pretrained export vs from scratch (mean ± std over {seeds} "
+                 f"seed{'s' if seeds > 1 else ''})",
+                 fontsize=10)  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -251,13 +275,14 @@ def write(out: Path, zero_shot: dict[str, Any], finetune: dict[str, dict[str, li
           pretrain_metrics: list[dict[str, float]], heatmap: Path | None, header: str) -> tuple[str, dict]:  # fmt: skip
     """report.md, summary.json-able dict and the PNGs under `out`; returns (markdown, summary)."""
     out.mkdir(parents=True, exist_ok=True)
-    parts = [header, "## Zero-shot text-to-video retrieval (held-out HowTo100M clips)", zero_shot_table(zero_shot)]
+    parts = [header, "The same report with its figures embedded: `report.html` (what MLflow's artifact view shows).",
+             "## Zero-shot text-to-video retrieval (held-out HowTo100M clips)", zero_shot_table(zero_shot)]
     summary: dict[str, Any] = {"zero_shot": {k: v for k, v in zero_shot.items() if k != "ranks"}, "finetune": {}}
     for recipe, results in finetune.items():
         text, summ = finetune_table(recipe, results)
         summary["finetune"][recipe] = summ
         parts += [f"## {recipe}: finetuned from the pretrained export vs from scratch", text]
-        variant_bars(summ, out / f"{recipe}_variants.png", recipe)
+        variant_bars(summ, out / f"{recipe}_variants.png", recipe, {lb: up for lb, _, up in METRICS[recipe]})
         parts.append(f"![{recipe} per variant]({recipe}_variants.png)")
     parts.append(f"Cells: mean ± std over seeds [{CI_LEVEL:.0%} CI]; `*`: the CI of the difference excludes 0 (a "
                  f"bootstrap of {CI_DRAWS} draws over queries, paired between the two arms, and seeds); `†`: no "
@@ -266,7 +291,47 @@ def write(out: Path, zero_shot: dict[str, Any], finetune: dict[str, dict[str, li
     parts += ["## Pretraining losses", "![per-objective losses](pretrain_losses.png)"]
     if heatmap is not None and heatmap.exists():
         shutil.copy(heatmap, out / "similarity.png")
-        parts += ["## Query-video similarity (TVR val, pretrained, seed 0)", "![similarity](similarity.png)"]
+        parts += ["## Query-video similarity (TVR val, pretrained, seed 0)", "![similarity](similarity.png)",
+                  "Each row is a query's scores, standardised over all videos; the red box is its own video and "
+                  "'rank k' that video's rank. A good model: every box the brightest of its row, no column bright "
+                  "in every row."]
     markdown = "\n\n".join(parts) + "\n"
     (out / "report.md").write_text(markdown)
+    (out / "report.html").write_text(to_html(markdown, out))  # what MLflow's artifact view renders
     return markdown, summary
+
+
+def _inline(text: str) -> str:
+    """Escaped text with `code` and **bold**."""
+    text = html.escape(text, quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+
+
+def to_html(markdown: str, folder: Path) -> str:
+    """The report as one self-contained page: the markdown this module writes (headings, paragraphs, pipe
+    tables, images) with every figure embedded, so that it renders where relative links do not (MLflow's
+    artifact view shows an .html artifact, but neither a .md's markup nor its relative images)."""
+    body = []
+    for block in markdown.strip().split("\n\n"):
+        lines = block.splitlines()
+        if block.startswith("#"):
+            level = len(block) - len(block.lstrip("#"))
+            body.append(f"<h{level}>{_inline(block.lstrip('#').strip())}</h{level}>")
+        elif all(line.startswith("|") for line in lines):
+            cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if not set(line) <= set("|-: ")]
+            head = "".join(f"<th>{_inline(c)}</th>" for c in cells[0])
+            rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+            body.append(f"<table><tr>{head}</tr>{rows}</table>")
+        elif m := re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", block.strip()):
+            data = base64.b64encode((folder / m.group(2)).read_bytes()).decode()
+            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(m.group(1))}">'
+                        f"<figcaption>{_inline(m.group(1))}</figcaption></figure>")
+        else:
+            body.append(f"<p>{_inline(block)}</p>")
+    style = ("body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em}"
+             "table{border-collapse:collapse;font-size:13px}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}img{max-width:100%}figcaption{font-size:12px;color:#555}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Main job report</title><style>{style}</style>"
+            f"</head><body>{''.join(body)}</body></html>\n")

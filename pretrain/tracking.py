@@ -48,7 +48,9 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def metric_name(key: str) -> str:
-    """MLflow accepts [A-Za-z0-9_-. :/] in names: 'R@1' becomes 'R_1'."""
+    """MLflow accepts [A-Za-z0-9_-. :/] in names: 'R@1' becomes 'R_1'. The per-kind skip counters go under
+    'data_skipped/' (MLflow's charts group a prefix in its own section, so they do not lead the losses)."""
+    key = re.sub(r"^data_skipped_", "data_skipped/", key)
     return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)
 
 

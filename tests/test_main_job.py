@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import zipfile
 from pathlib import Path
@@ -162,8 +163,10 @@ def test_short_main_job_runs_every_stage(tmp_path: Path, capsys) -> None:
     report = (tmp_path / "report" / "report.md").read_text()
     for heading in ("Zero-shot", "tvr: finetuned", "msrvtt: finetuned", "pretrained - scratch", "chance"):
         assert heading in report, heading
+    page = (tmp_path / "report" / "report.html").read_text()  # what MLflow's artifact view renders
     for png in ("pretrain_losses.png", "tvr_variants.png", "msrvtt_variants.png", "similarity.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000, png
+        assert base64.b64encode((tmp_path / "report" / png).read_bytes()).decode() in page, png
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert set(summary["finetune"]) == {"tvr", "msrvtt"}
 
@@ -176,6 +179,8 @@ def test_short_main_job_runs_every_stage(tmp_path: Path, capsys) -> None:
     metrics = parent[0].data.metrics  # the headline results, sortable in MLflow
     assert metrics["zero-shot/pretrained/taco_R_10"] == pytest.approx(zs["pretrained"]["zeroshot_taco_R@10"])
     assert "msrvtt/difference/R_1" in metrics and "tvr/pretrained/VCMR 0.5-r1" in metrics
+    note = parent[0].data.tags["mlflow.note.content"]  # the Overview page's description: the tables, no images
+    assert "| pretrained - scratch |" in note and "![" not in note and "report/report.html" in note
     children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert sorted(r.info.run_name for r in children) == sorted(
         ["pretrain"] + [f"{r}-{i}-seed0" for r in ("tvr", "msrvtt") for i in ("pretrained", "scratch")])

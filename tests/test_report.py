@@ -106,3 +106,67 @@ def test_zero_shot_table_with_ranks() -> None:
     diff_rows = [line for line in text.splitlines() if line.startswith("| pretrained - random init")]
     assert len(diff_rows) == 2 and all("+60.0" in r and " *" in r for r in diff_rows)
     assert "[" not in report.zero_shot_table({k: v for k, v in zs.items() if k != "ranks"})
+
+
+def _png_size(path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_figures_fit_a_viewer_and_keep_ranks_off_the_recall_axis(tmp_path) -> None:
+    """The loss panels wrap into a grid (7 objectives were a 2100x280 strip); R@k and MedR get an axis each."""
+    keys = ["gmr", "mfm_nce", "mlm", "self_contrast", "taco_l1", "taco_l2", "taco_l3"]
+    metrics = [{"step": s, **{f"{k}_loss": 1.0 / s for k in keys}} for s in range(1, 11)]
+    report.loss_curves(metrics, tmp_path / "losses.png")
+    w, h = _png_size(tmp_path / "losses.png")
+    assert w <= 1500 and w / h <= 2.0, (w, h)
+
+    summary = report.finetune_table("msrvtt", {"pretrained": _runs(0.6, 3, 50, 0), "scratch": _runs(0.2, 3, 50, 1)})[1]
+    groups = report.metric_groups(summary, {lb: up for lb, _, up in report.METRICS["msrvtt"]})
+    assert groups == [("%, higher is better", ["R@1", "R@5", "R@10"]), ("rank, lower is better", ["MedR"])]
+    report.variant_bars(summary, tmp_path / "bars.png", "msrvtt", {lb: up for lb, _, up in report.METRICS["msrvtt"]})
+    assert _png_size(tmp_path / "bars.png")[0] <= 1500
+
+
+def test_html_report_embeds_every_figure_and_table(tmp_path) -> None:
+    """report.html renders where relative links do not (MLflow's artifact view): the figures inline, the
+    tables as tables, the text escaped."""
+    import base64
+    import re
+
+    png = tmp_path / "fig.png"
+    report.loss_curves([{"step": 1, "a_loss": 1.0}, {"step": 2, "a_loss": 0.5}], png)
+    markdown = "# Title\n\nText with `code` & <b>.\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![the losses](fig.png)\n"
+    page = report.to_html(markdown, tmp_path)
+    sources = re.findall(r'src="([^"]+)"', page)
+    assert len(sources) == 1 and sources[0].startswith("data:image/png;base64,")
+    assert base64.b64decode(sources[0].split(",", 1)[1]) == png.read_bytes()
+    assert "<h1>Title</h1>" in page and "<code>code</code> &amp; &lt;b&gt;." in page
+    assert "<tr><th>a</th><th>b</th></tr><tr><td>1</td><td>2</td></tr>" in page and "---" not in page
+    assert "<figcaption>the losses</figcaption>" in page
+
+
+def test_heatmap_sample_standardises_per_query_and_ranks_each_own_video() -> None:
+    """Rows spread over the queries that have a video; each row's z-scores over ALL videos (a naive loop);
+    the box on the query's own video; the label's rank among all videos (1 + strictly better)."""
+    import torch
+
+    from finetune.recipe import heatmap_sample
+
+    g = torch.Generator().manual_seed(0)
+    sim = torch.randn(30, 12, generator=g)
+    gt_rows = torch.tensor([i % 12 if i % 5 else -1 for i in range(30)])  # every 5th query has no video
+    queries = [{"text": f"q{i}", "video_id": f"v{int(gt_rows[i])}"} for i in range(30)]
+    rows, cols, z, gt, labels = heatmap_sample(sim, gt_rows, queries, 6)
+    have = [i for i in range(30) if gt_rows[i] >= 0]
+    assert len(rows) == 6 and rows[0] == have[0] and rows[-1] == have[-1] and all(gt_rows[i] >= 0 for i in rows)
+    for r, i in enumerate(rows):
+        values = sim[i].tolist()
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        assert z[r].tolist() == pytest.approx([(v - mean) / std for v in values], abs=1e-5)
+        own = int(gt_rows[i])
+        assert cols[gt[r]] == own
+        assert labels[r] == f"[rank {1 + sum(v > values[own] for v in values)}] q{i}"
+    assert cols == list(dict.fromkeys(int(gt_rows[i]) for i in rows))
