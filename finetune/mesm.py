@@ -166,8 +166,10 @@ def fw_loss(logits: Tensor, labels: Tensor, words: Tensor) -> Tensor:
     return ((ce * w).sum(1) / w.sum(1).clamp(min=1)).mean()
 
 
-def temporal_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU (B, B) between every pair of inclusive frame spans a (B, 2) and b (B, 2)."""
+def pairwise_frame_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU (B, B) between every pair of inclusive frame spans a (B, 2) and b (B, 2) (a span [i, j] covers
+    j - i + 1 frames). Spans in seconds: finetune.moment_eval.elementwise_iou (the evaluator's, numpy) and
+    finetune.moment_search.batched_pairwise_iou (NMS, torch)."""
     st = torch.maximum(a[:, None, 0], b[None, :, 0])
     ed = torch.minimum(a[:, None, 1], b[None, :, 1])
     inter = (ed - st + 1).clamp(min=0).float()
@@ -182,7 +184,7 @@ def ss_loss(q_enh: Tensor, q_enh_mask: Tensor, seg: Tensor, span: Tensor, video:
     IoU > gamma (i itself always)."""
     q = F.normalize(q_enh, dim=-1) * q_enh_mask[..., None]  # (B, L+1, d) padding contributes 0
     logits = torch.einsum("bkd,jd->bj", q, F.normalize(seg, dim=-1)) / tau  # (B, B) sum over k of F_q^enh_k . S_j
-    positive = (video[:, None] == video[None]) & (temporal_iou(span, span) > gamma)  # (B, B)
+    positive = (video[:, None] == video[None]) & (pairwise_frame_iou(span, span) > gamma)  # (B, B)
     positive |= torch.eye(len(seg), dtype=torch.bool, device=seg.device)
     return (logits.logsumexp(1) - logits.masked_fill(~positive, float("-inf")).logsumexp(1)).mean()
 
