@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretrain.pooling import masked_mean
+
 
 @dataclass
 class MesmConfig:
@@ -147,15 +149,14 @@ class Mesm(nn.Module):
 
 def sentence_features(f_q: Tensor, q_mask: Tensor) -> Tensor:
     """F_s = the mean of a sentence's word features: (..., d) from (..., N, d) and (..., N)."""
-    m = q_mask.to(f_q.dtype)[..., None]  # (..., N, 1)
-    return (f_q * m).sum(-2) / m.sum(-2).clamp(min=1)
+    return masked_mean(f_q, q_mask)
 
 
 def segment_features(f_v: Tensor, span: Tensor) -> Tensor:
     """S of eq. 4: the mean of F_v over frames span[:, 0]..span[:, 1] (inclusive), (B, d)."""
     t = torch.arange(f_v.shape[1], device=f_v.device)[None]  # (1, M)
-    inside = ((t >= span[:, :1]) & (t <= span[:, 1:])).to(f_v.dtype)  # (B, M)
-    return (f_v * inside[..., None]).sum(1) / inside.sum(1, keepdim=True).clamp(min=1)
+    inside = (t >= span[:, :1]) & (t <= span[:, 1:])  # (B, M)
+    return masked_mean(f_v, inside)
 
 
 def fw_loss(logits: Tensor, labels: Tensor, words: Tensor) -> Tensor:

@@ -124,3 +124,18 @@ def test_each_dependency_is_imported_by_its_one_module_only() -> None:
     stale = [f"{path} is allowed to import {dep} but does not" for dep, paths in ONLY_IN.items() for path in paths
              if not any(top(name) == dep for _, name in imports.get(path, []))]  # fmt: skip
     assert not stale, "\n".join(stale)
+
+
+def test_masked_mean_has_one_home() -> None:
+    """pretrain/pooling.py defines masked_mean and every user imports it from there (it used to live in
+    pretrain/objectives/gmr.py, whose importers then reached it through gmr)."""
+    bad = []
+    for path in [*sources(), *sorted((REPO / "tests").rglob("*.py")), *sorted((REPO / "benchmarks").rglob("*.py"))]:
+        rel = path.relative_to(REPO).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and node.name == "masked_mean" and rel != "pretrain/pooling.py":
+                bad.append(f"{rel}:{node.lineno} defines masked_mean")
+            if (isinstance(node, ast.ImportFrom) and node.module != "pretrain.pooling"
+                    and any(alias.name == "masked_mean" for alias in node.names)):
+                bad.append(f"{rel}:{node.lineno} imports masked_mean from {node.module}, not pretrain.pooling")
+    assert not bad, "\n".join(bad)
