@@ -7,7 +7,7 @@
   ONLY_IN below. benchmarks/, tests/ and scripts/ are outside these rules.
 
 Every import counts wherever it is written (module level, inside a function, under TYPE_CHECKING), and so
-does importlib.import_module / __import__ of a constant name. docs/design.md ("Package layering") says why.
+does importlib.import_module / __import__ of a constant name. docs/design.md section 3 says why.
 """
 
 from __future__ import annotations
