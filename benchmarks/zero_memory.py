@@ -36,7 +36,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,6 +53,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from benchmarks.pretrain_step import header, load, machine, make_batch, write_section  # noqa: E402
+from launch.pipeline import free_port  # noqa: E402
 
 SECTION = "## pretrain: ZeRO memory per rank (base preset, CPU)"
 WORLD = 2
@@ -224,12 +224,6 @@ def rank_main(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- the launcher
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_stage(stage: int, args: argparse.Namespace) -> dict[str, Any]:
     """Two ranks of `stage` in fresh processes; their records, or the failure."""
     out = tempfile.mkdtemp(prefix=f"zero{stage}-")
@@ -237,7 +231,7 @@ def run_stage(stage: int, args: argparse.Namespace) -> dict[str, Any]:
         **os.environ,
         "WORLD_SIZE": str(WORLD),
         "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
+        "MASTER_PORT": str(free_port()),
         "OMP_NUM_THREADS": "1",
         "DS_ACCELERATOR": "cpu",
         "HF_HUB_OFFLINE": "1",

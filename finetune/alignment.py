@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain.distributed import gather_with_grad, local_rows
-from pretrain.objectives.gmr import masked_mean
+from pretrain.pooling import masked_mean
 
 POOLINGS = ("attention", "cls_mean")
 

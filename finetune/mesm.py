@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pretrain.pooling import masked_mean
+
 
 @dataclass
 class MesmConfig:
@@ -147,15 +149,14 @@ class Mesm(nn.Module):
 
 def sentence_features(f_q: Tensor, q_mask: Tensor) -> Tensor:
     """F_s = the mean of a sentence's word features: (..., d) from (..., N, d) and (..., N)."""
-    m = q_mask.to(f_q.dtype)[..., None]  # (..., N, 1)
-    return (f_q * m).sum(-2) / m.sum(-2).clamp(min=1)
+    return masked_mean(f_q, q_mask)
 
 
 def segment_features(f_v: Tensor, span: Tensor) -> Tensor:
     """S of eq. 4: the mean of F_v over frames span[:, 0]..span[:, 1] (inclusive), (B, d)."""
     t = torch.arange(f_v.shape[1], device=f_v.device)[None]  # (1, M)
-    inside = ((t >= span[:, :1]) & (t <= span[:, 1:])).to(f_v.dtype)  # (B, M)
-    return (f_v * inside[..., None]).sum(1) / inside.sum(1, keepdim=True).clamp(min=1)
+    inside = (t >= span[:, :1]) & (t <= span[:, 1:])  # (B, M)
+    return masked_mean(f_v, inside)
 
 
 def fw_loss(logits: Tensor, labels: Tensor, words: Tensor) -> Tensor:
@@ -166,8 +167,10 @@ def fw_loss(logits: Tensor, labels: Tensor, words: Tensor) -> Tensor:
     return ((ce * w).sum(1) / w.sum(1).clamp(min=1)).mean()
 
 
-def temporal_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU (B, B) between every pair of inclusive frame spans a (B, 2) and b (B, 2)."""
+def pairwise_frame_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU (B, B) between every pair of inclusive frame spans a (B, 2) and b (B, 2) (a span [i, j] covers
+    j - i + 1 frames). Spans in seconds: finetune.moment_eval.elementwise_iou (the evaluator's, numpy) and
+    finetune.moment_search.batched_pairwise_iou (NMS, torch)."""
     st = torch.maximum(a[:, None, 0], b[None, :, 0])
     ed = torch.minimum(a[:, None, 1], b[None, :, 1])
     inter = (ed - st + 1).clamp(min=0).float()
@@ -182,7 +185,7 @@ def ss_loss(q_enh: Tensor, q_enh_mask: Tensor, seg: Tensor, span: Tensor, video:
     IoU > gamma (i itself always)."""
     q = F.normalize(q_enh, dim=-1) * q_enh_mask[..., None]  # (B, L+1, d) padding contributes 0
     logits = torch.einsum("bkd,jd->bj", q, F.normalize(seg, dim=-1)) / tau  # (B, B) sum over k of F_q^enh_k . S_j
-    positive = (video[:, None] == video[None]) & (temporal_iou(span, span) > gamma)  # (B, B)
+    positive = (video[:, None] == video[None]) & (pairwise_frame_iou(span, span) > gamma)  # (B, B)
     positive |= torch.eye(len(seg), dtype=torch.bool, device=seg.device)
     return (logits.logsumexp(1) - logits.masked_fill(~positive, float("-inf")).logsumexp(1)).mean()
 

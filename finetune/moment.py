@@ -1,4 +1,4 @@
-"""Moment retrieval in a video corpus (VCMR), shared by TVR, DiDeMo and How2R (DESIGN.md section 6).
+"""Moment retrieval in a video corpus (VCMR), shared by TVR, DiDeMo and How2R (docs/design.md section 6).
 
     video + subtitles -> T_cross -> ctx (V, M, d)           HERO's cross-modal context, one vector per frame
     query            -> tokens y -> q_vr (the sentence vector), q_span (from the words)   (d) each
@@ -7,7 +7,7 @@
                       q_span = sum_p a_p normalize(W y_p): the query's words pooled (task.span_query)
 
 Training: VR by symmetric InfoNCE over the videos and queries of all ranks (gathered with
-gradient, local loss: DESIGN.md section 5), plus cross-entropy of the start and end frames
+gradient, local loss: docs/design.md section 5), plus cross-entropy of the start and end frames
 within the positive video, weighted by `span_weight`.
 
 Inference (finetune/moment_search.py): log p(v|q) over all videos from the VR scores, top-K

@@ -296,12 +296,13 @@ def prediction_table(
 # --- metrics -----------------------------------------------------------------------------------
 
 
-def temporal_iou(spans: np.ndarray, gt: np.ndarray) -> np.ndarray:
+def elementwise_iou(spans: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """IoU of spans (..., 2) against gt (..., 2), broadcast, in float32 like the official code.
 
     The denominator is the hull of the two spans (max end - min start), not their union: for
     disjoint spans the two differ, but the intersection is 0 then, so the IoU does not. 0 where
-    the hull is empty (both spans the same instant).
+    the hull is empty (both spans the same instant). Pairwise IoU in torch: finetune.moment_search's
+    batched_pairwise_iou (NMS, seconds), finetune.mesm's pairwise_frame_iou (inclusive frames).
     """
     spans = np.asarray(spans, dtype=np.float32)
     gt = np.asarray(gt, dtype=np.float32)
@@ -321,7 +322,7 @@ def correct_matrix(preds: Predictions, truth: GroundTruth, iou_thd: float) -> np
     The threshold is compared in float32, as numpy does for the official float32 IoU, so
     [0, 0.7] against [0, 1] (IoU float32(0.7) < 0.7) is correct at 0.7.
     """
-    iou = temporal_iou(preds.spans[:, :, None, :], truth.spans[:, None, :, :])  # (Q, P, G)
+    iou = elementwise_iou(preds.spans[:, :, None, :], truth.spans[:, None, :, :])  # (Q, P, G)
     over = (iou >= np.float32(iou_thd)) & truth.span_mask[:, None, :]  # (Q, P, G)
     return same_video(preds, truth) & (over.sum(axis=-1) >= truth.min_matches[:, None])
 

@@ -154,14 +154,15 @@ def band_scores(log_st: Tensor, log_ed: Tensor, prior: Tensor, min_len: int, max
     return ends + (log_st + prior[..., None])[..., None]  # (Qc, K, M, L)
 
 
-def temporal_iou(st_a: Tensor, ed_a: Tensor, st_b: Tensor, ed_b: Tensor) -> Tensor:
+def batched_pairwise_iou(st_a: Tensor, ed_a: Tensor, st_b: Tensor, ed_b: Tensor) -> Tensor:
     """(Q, A, B) IoU of every span of each row of a with every span of the same row of b (ed >= st); 0 where
     the union is empty.
 
     The union is len_a + len_b - inter. TVR's utils/temporal_nms.py divides by the hull
     max(ed) - min(st) instead, which is the same number whenever the spans overlap and gives 0
     either way when they do not, so the two agree. In-place steps: every fresh (Q, A, B) float64
-    temporary costs more in page faults than its arithmetic.
+    temporary costs more in page faults than its arithmetic. The evaluator's elementwise IoU (numpy):
+    finetune.moment_eval.elementwise_iou; inclusive frame spans: finetune.mesm.pairwise_frame_iou.
     """
     inter = torch.minimum(ed_a[:, :, None], ed_b[:, None])  # (Q, A, B)
     inter.sub_(torch.maximum(st_a[:, :, None], st_b[:, None])).clamp_(min=0)  # (Q, A, B)
@@ -191,10 +192,10 @@ def temporal_nms(st: Tensor, ed: Tensor, video: Tensor, valid: Tensor, iou: floa
     for b0 in range(0, c, block):
         b = slice(b0, min(b0 + block, c))
         s, e, v = st[:, b], ed[:, b], video[:, b]  # (Q, B)
-        by_kept = temporal_iou(s, e, kept_st[:, :limit], kept_ed[:, :limit]) > iou  # (Q, B, P)
+        by_kept = batched_pairwise_iou(s, e, kept_st[:, :limit], kept_ed[:, :limit]) > iou  # (Q, B, P)
         by_kept &= v[:, :, None] == kept_video[:, None, :limit]
         suppressed = ~valid[:, b] | by_kept.any(dim=2)  # (Q, B)
-        over = (temporal_iou(s, e, s, e) > iou) & (v[:, :, None] == v[:, None])  # (Q, B, B)
+        over = (batched_pairwise_iou(s, e, s, e) > iou) & (v[:, :, None] == v[:, None])  # (Q, B, B)
         block_keep = keep[:, b]  # (Q, B) view
         first_slot = limit - room  # (Q,)
         for j in range(s.shape[1]):  # greedy in score order, all rows at once

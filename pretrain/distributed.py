@@ -19,7 +19,7 @@ single-process loss over the global batch (equal local batch sizes). What each p
   ranks cancels that factor, so the averaged gradient is still exact, but every rank computes
   the whole (W*B)^2 loss; the local loss gives the same gradient for 1/W of that work. The
   "W times too large" of the design notes holds for the per-rank gradient, or under a
-  sum-reduce (Horovod's op=Sum), not after DeepSpeed's averaging.
+  sum-reduce (Horovod's op=Sum), not after DeepSpeed's averaging (docs/design.md section 5).
 
 `tests/test_distributed.py` checks these four combinations with two gloo processes.
 

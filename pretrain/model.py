@@ -1,4 +1,4 @@
-"""One video-language model for every objective (DESIGN.md section 4). It returns
+"""One video-language model for every objective (docs/design.md section 4). It returns
 representations; the objectives in pretrain/objectives compute the losses.
 
     frames (B, M, Dv) -> embed_video -> e_v (B, M, d)   linear + LayerNorm + positions (+ TACo's self-attention)

@@ -28,9 +28,10 @@ TEXT_POOLINGS = ("mean", "cls")
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean over the valid positions of each sequence (padding excluded): (B, L, d), (B, L) -> (B, d)."""
-    w = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
-    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, d)
+    """Mean over the valid positions of each sequence (padding excluded): (B, L, d), (B, L) -> (B, d); any
+    leading dims, (..., L, d), (..., L) -> (..., d). A sequence without a valid position gives 0."""
+    w = mask.to(x.dtype).unsqueeze(-1)  # (..., L, 1)
+    return (x * w).sum(-2) / w.sum(-2).clamp_min(1.0)  # (..., d)
 
 
 def pool_text(y: Tensor, text_mask: Tensor, pooling: str) -> Tensor:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -152,9 +151,9 @@ def moto_s3(log_dir: Path, env: dict[str, str]) -> Iterator[str]:
     moto = shutil.which("moto_server") or str(Path(sys.executable).with_name("moto_server"))
     if not Path(moto).exists():
         raise RuntimeError("moto_server not found: install the project's s3test extra (scripts/setup.sh does)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from launch.pipeline import free_port
+
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log = open(log_dir / "moto.log", "wb")
     proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)

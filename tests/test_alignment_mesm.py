@@ -34,10 +34,10 @@ from finetune.mesm import (
     MesmConfig,
     enc_loss,
     fw_loss,
+    pairwise_frame_iou,
     segment_features,
     sentence_features,
     ss_loss,
-    temporal_iou,
 )
 
 DTYPE = torch.float64
@@ -659,13 +659,13 @@ def test_segment_features_matches_eq4(seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_temporal_iou_matches_inclusive_frames(seed):
+def test_pairwise_frame_iou_matches_inclusive_frames(seed):
     rng = torch.Generator().manual_seed(seed)
     spans = random_spans(rng, [10] * 6, full_ok=True)
     spans[1] = spans[0]  # identical
     spans[2] = torch.tensor([0, 1])
     spans[3] = torch.tensor([5, 5])  # disjoint from [0, 1]
-    got = temporal_iou(spans, spans)
+    got = pairwise_frame_iou(spans, spans)
     sl = [tuple(s) for s in spans.tolist()]
     for i in range(6):
         for j in range(6):

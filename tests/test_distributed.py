@@ -12,7 +12,6 @@ gathering without gradient is the negative control that shows the test can fail.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 from test_objectives import TinyModel, make_batch
 from torch import Tensor
 
+from launch.pipeline import free_port
 from pretrain.distributed import (
     broadcast_choice,
     gather_no_grad,
@@ -130,12 +130,6 @@ def worker(rank: int, port: int, out: str) -> None:
         torch.save(result, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

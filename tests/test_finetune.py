@@ -20,6 +20,7 @@ from test_pretrain import launch_env
 from finetune import data, moment_eval, value_submission
 from finetune.model import TaskModel, load_backbone, read_state_dict, resolve_checkpoint
 from finetune.moment import MomentConfig, MomentHead, moment_loss
+from launch.pipeline import free_port
 from pretrain.model import ModelConfig, build_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -56,8 +57,6 @@ def pretrained(sets, tmp_path_factory) -> Path:
 
 
 def _finetune(recipe: str, ranks: int, run_dir: Path, *overrides: str, expect: int = 0) -> subprocess.CompletedProcess:
-    from test_pretrain import free_port
-
     args = [f"finetune/{recipe}.py", "--config", f"configs/finetune/{recipe}.yaml", f"run.output_dir={run_dir}",
             *TINY, *overrides]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),

@@ -258,12 +258,12 @@ def test_fewer_than_k_and_no_predictions() -> None:
     assert one_query([], [0, 10]) == {k: 0.0 for k in one_query([[9, 9.5]], [0, 10])}
 
 
-def test_temporal_iou_shapes_and_values() -> None:
+def test_elementwise_iou_shapes_and_values() -> None:
     preds = np.array([[0, 1], [0, 2], [2, 4], [1, 3], [5, 5]], dtype=np.float64)  # (5, 2)
-    iou = me.temporal_iou(preds, np.array([0, 2]))
+    iou = me.elementwise_iou(preds, np.array([0, 2]))
     assert iou.dtype == np.float32 and iou.shape == (5,)
     assert iou.tolist() == [0.5, 1.0, 0.0, np.float32(1 / 3), 0.0]
-    assert me.temporal_iou(np.zeros((3, 4, 1, 2)), np.zeros((3, 1, 2, 2))).shape == (3, 4, 2)
+    assert me.elementwise_iou(np.zeros((3, 4, 1, 2)), np.zeros((3, 1, 2, 2))).shape == (3, 4, 2)
 
 
 def test_percentage_rounds_like_numpy() -> None:

@@ -25,7 +25,7 @@ from pretrain.objectives import (
     ObjectivesConfig,
     build_objective,
 )
-from pretrain.objectives.gmr import GMR, Converted, GMRConfig, convert, gmr_loss, masked_mean
+from pretrain.objectives.gmr import GMR, Converted, GMRConfig, convert, gmr_loss
 from pretrain.objectives.mfm_nce import MFMNCE, MFMNCEConfig, mfm_nce_loss
 from pretrain.objectives.mlm import MLM, MLMConfig, mlm_loss
 from pretrain.objectives.self_contrast import (
@@ -46,7 +46,7 @@ from pretrain.objectives.taco import (
     taco_losses,
     taco_pair_scores,
 )
-from pretrain.pooling import pool_text
+from pretrain.pooling import masked_mean, pool_text
 
 DTYPE = torch.float64
 VOCAB, DV, D = 23, 5, 8

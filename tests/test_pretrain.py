@@ -8,7 +8,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 from data_prep import howto100m, synthetic
+from launch.pipeline import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 LOSS_KEYS = ("mlm_loss", "mfm_nce_loss", "gmr_loss", "self_contrast_loss", "taco_l1_loss", "taco_l2_loss",
@@ -40,12 +40,6 @@ def shards(tmp_path_factory) -> Path:
         "--out", str(root / "shards"), "--shard-size", "8", "--tagger", "heuristic",
     ])
     return root / "shards"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_env() -> dict[str, str]:

@@ -10,7 +10,6 @@ import hashlib
 import importlib
 import io
 import json
-import socket
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,12 +48,6 @@ class S3:
         """How many times `key` was written (the bucket has versioning on)."""
         listed = self.client.list_object_versions(Bucket=bucket, Prefix=key)
         return sum(v["Key"] == key for v in listed.get("Versions", []))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

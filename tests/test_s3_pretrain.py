@@ -14,7 +14,6 @@ import errno
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -27,6 +26,7 @@ import torch
 from conftest import moto_s3
 
 from data_prep import howto100m, synthetic
+from launch.pipeline import free_port
 from pretrain import loader as L
 from pretrain import s3retry
 
@@ -50,12 +50,6 @@ class S3:
     endpoint: str
     client: object  # boto3 S3 client
     env: dict[str, str]  # what a child process needs to reach it
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +203,7 @@ def _train_env(s3: S3) -> dict[str, str]:
         OMP_NUM_THREADS="1",
         PYTHONPATH=str(REPO),
         MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
+        MASTER_PORT=str(free_port()),
         RANK="0",
         LOCAL_RANK="0",
         WORLD_SIZE="1",

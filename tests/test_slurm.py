@@ -26,6 +26,7 @@ from test_finetune import TINY as FINETUNE_TINY
 from test_pretrain import FAST, LOSS_KEYS
 
 from data_prep import howto100m, synthetic
+from launch.pipeline import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PRETRAIN = REPO / "launch" / "pretrain_howto100m.sh"
@@ -309,19 +310,13 @@ def test_local_launcher_two_cpu_ranks(shards, tmp_path) -> None:
     assert _metrics_steps(run_dir) == [1, 2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_mlflow_server_takes_runs_from_another_host_name(tmp_path) -> None:
     """The tracking server that multi-node jobs log to: a run logged through http://<hostname>:PORT
     (not localhost: MLflow 3 refuses unknown Host headers) lands in its sqlite store."""
     import mlflow
 
-    port = _free_port()
+    port = free_port()
     env = {**_env(), "MLFLOW_PORT": str(port)}
     server_log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(["bash", str(REPO / "launch" / "mlflow_server.sh"), "--workers", "1"], cwd=tmp_path,

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from pretrain.objectives.gmr import Converted, convert, masked_mean
+from pretrain.objectives.gmr import Converted, convert
+from pretrain.pooling import masked_mean
 
 if TYPE_CHECKING:
     from pretrain.objectives import Batch, VideoTextModel

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pretrain.distributed import gather_no_grad, gather_with_grad, local_rows, rank_and_world
-from pretrain.objectives.gmr import masked_mean
+from pretrain.pooling import masked_mean
 
 if TYPE_CHECKING:
     from pretrain.objectives import Batch, VideoTextModel
