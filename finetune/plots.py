@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +22,7 @@ def _pyplot():
 
 def recall_curve(ranks: dict[str, Tensor], path: str, title: str, max_k: int = 100) -> None:
     """Recall@K for K = 1..max_k of each named rank vector (1-based ranks; > max_k never hits)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ks = torch.arange(1, max_k + 1)  # (K,)
     for name, r in ranks.items():
@@ -51,7 +51,7 @@ def similarity_heatmap(sim: Tensor, rows: Sequence[str], cols: Sequence[str], pa
                        axes: tuple[str, str] = ("video", "query")) -> None:
     """sim (R, C): query rows against video columns (or `axes` (x, y) others). gt[r]: the column of row r's
     ground truth, boxed (-1: none); `caption` under the plot says how to read it."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = [_wrap(r, 48) for r in rows]
     height = 2.4 + 0.18 * sum(label.count("\n") + 1 for label in labels) + (0.6 if caption else 0)
     fig, ax = plt.subplots(figsize=(max(8.0, 5.0 + 0.35 * len(cols)), max(4.5, height)), layout="constrained")

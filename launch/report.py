@@ -214,9 +214,9 @@ def finetune_table(recipe: str, results: dict[str, list[dict]]) -> tuple[str, di
 
 def loss_curves(metrics: list[dict[str, float]], path: Path) -> None:
     """Per-objective pretraining losses against the step: a grid of panels, each on its own scale."""
-    from finetune.plots import _pyplot
+    from finetune.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     keys = sorted(k for k in metrics[0] if k.endswith("_loss"))
     ncols = min(3, len(keys))
     nrows = math.ceil(len(keys) / ncols)
@@ -244,9 +244,9 @@ def metric_groups(summary: dict[str, Any], higher: dict[str, bool]) -> list[tupl
 def variant_bars(summary: dict[str, dict[str, Any]], path: Path, title: str, higher: dict[str, bool]) -> None:
     """Mean +- std over seeds of every metric per variant (init), side by side: recalls and accuracies (%, higher
     is better) in one panel, ranks (lower is better) in another, each with its own axis."""
-    from finetune.plots import _pyplot
+    from finetune.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     groups = metric_groups(summary, higher)
     variants = [v for v in next(iter(summary.values())) if v != "difference"]
     seeds = max(len(summary[lb][v]["values"]) for lb in summary for v in variants)
