@@ -97,8 +97,8 @@ def main() -> None:
 
     from safetensors.torch import load_file
 
+    from finetune.datasets import DATASETS
     from finetune.model import TaskModel
-    from finetune.recipe import RECIPES
     from finetune.video_retrieval import VideoRetrievalTask
     from pretrain import config
     from pretrain.model import build_model, load_tokenizer, resolve
@@ -106,8 +106,7 @@ def main() -> None:
     info = machine()
     shards = make_data(args.workdir, args.queries)
     export = finetune(args.workdir, shards, args.steps)
-    schema, _ = RECIPES["msrvtt"]
-    cfg = config.load(str(export / "config.yaml"), [], schema)
+    cfg = config.load(str(export / "config.yaml"), [], DATASETS["msrvtt"].schema)
     backbone = build_model(cfg.model)
     model = TaskModel(backbone, VideoRetrievalTask(cfg.task).build_head(backbone))
     model.load_state_dict(load_file(str(export / "model.safetensors")), strict=True)  # the finetuned backbone + head

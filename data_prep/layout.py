@@ -1,4 +1,7 @@
-"""What a folder of public-format files holds, as the converters' input arguments (`main.sh data=DIR`).
+"""The public folder layout: what a folder of public-format files holds, as the converters' input arguments.
+
+The synthetic corpus (data_prep.synthetic) writes this layout; the main job (`main.sh data=DIR`), the
+ablations and the tests read it through the functions here, one per converter.
 
 A data folder has one sub-folder per dataset, any subset of them, each in its public layout:
 
@@ -25,14 +28,15 @@ from pathlib import Path
 from data_prep.errors import DataPrepError
 
 VALUE_VIDEO2DUR = "how2r_video2dur_idx.json"  # VALUE's official How2R video idx, used when the folder has it
-DATASETS = ("howto100m", "tvr", "didemo", "how2r", "how2qa", "msrvtt", "activitynet")
 
 
-def feature_args(src: Path) -> list[str]:
+def feature_args(src: Path, prefer: str | None = None) -> list[str]:
     """--features/--feature-layout of a dataset folder: HERO's features/hero/*.npz, else HowTo100M's
-    features/2d + features/3d, else features/*.npz."""
+    features/2d + features/3d, else features/*.npz; `prefer="howto100m"` takes 2d + 3d first."""
     features = src / "features"
     hero = [f for f in (features / "hero", features) if f.is_dir() and any(f.glob("*.npz"))]
+    if prefer == "howto100m" and (features / "2d").is_dir() and (features / "3d").is_dir():
+        return ["--features", str(features), "--feature-layout", "howto100m"]
     if hero and hero[0].name == "hero":
         return ["--features", str(hero[0]), "--feature-layout", "hero"]
     if (features / "2d").is_dir() and (features / "3d").is_dir():
@@ -59,31 +63,34 @@ def _splits(src: Path, prefix: str, extensions: tuple[str, ...]) -> list[str]:
     return args
 
 
-def converter_inputs(name: str, src: Path) -> list[str]:
-    """The input arguments of dataset `name`'s converter (data_prep.<name>) for the folder src."""
-    if name == "howto100m":
-        csv = [f for f in ["HowTo100M_v1.csv"] if (src / f).is_file()]
-        return ["--captions", str(_one(src, "raw_caption.json", "caption.json")),
-                *(["--csv", str(src / csv[0])] if csv else []), *feature_args(src)]  # fmt: skip
-    if name == "tvr":
-        return ["--annotations", str(src), "--subtitles", str(_one(src, "tvqa_preprocessed_subtitles.jsonl")),
-                *feature_args(src)]  # fmt: skip
-    if name in ("how2r", "how2qa"):
-        extensions = (".csv", "_release.jsonl") if name == "how2r" else (".csv",)
-        places = (src / VALUE_VIDEO2DUR, src / "value" / VALUE_VIDEO2DUR) if name == "how2r" else ()
-        official = [p for p in places if p.is_file()]
-        return [*_splits(src, name, extensions), "--captions", str(_one(src, "raw_caption.json")),
-                *(["--video2dur", str(official[0])] if official else []), *feature_args(src)]  # fmt: skip
-    if name in ("didemo", "msrvtt", "activitynet"):
-        return ["--annotations", str(src), *feature_args(src)]
-    raise DataPrepError(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
+def howto100m_inputs(src: Path, features: str | None = None) -> list[str]:
+    """data_prep.howto100m's inputs: the captions, HowTo100M_v1.csv when present, the features (`features`:
+    the layout to prefer when the folder holds both, as in feature_args)."""
+    csv = [f for f in ["HowTo100M_v1.csv"] if (src / f).is_file()]
+    return ["--captions", str(_one(src, "raw_caption.json", "caption.json")),
+            *(["--csv", str(src / csv[0])] if csv else []), *feature_args(src, features)]  # fmt: skip
 
 
-def discover(root: Path) -> dict[str, list[str]]:
-    """{dataset: its converter's input arguments} for every dataset folder under root."""
-    if not root.is_dir():
-        raise DataPrepError(f"data={root}: not a folder")
-    found = {name: converter_inputs(name, root / name) for name in DATASETS if (root / name).is_dir()}
-    if not found:
-        raise DataPrepError(f"data={root}: no dataset folder ({', '.join(DATASETS)})")
-    return found
+def annotations_inputs(src: Path) -> list[str]:
+    """The inputs of a converter that finds its annotation files in the folder (DiDeMo, MSR-VTT, ActivityNet)."""
+    return ["--annotations", str(src), *feature_args(src)]
+
+
+def tvr_inputs(src: Path) -> list[str]:
+    """data_prep.tvr's inputs: the annotation folder, TVQA's subtitles, the features."""
+    return ["--annotations", str(src), "--subtitles", str(_one(src, "tvqa_preprocessed_subtitles.jsonl")),
+            *feature_args(src)]  # fmt: skip
+
+
+def how2r_inputs(src: Path) -> list[str]:
+    """data_prep.how2r's inputs: the split files (CSV or VALUE's jsonl), the captions, VALUE's video idx when
+    present, the features."""
+    places = (src / VALUE_VIDEO2DUR, src / "value" / VALUE_VIDEO2DUR)
+    official = [p for p in places if p.is_file()]
+    return [*_splits(src, "how2r", (".csv", "_release.jsonl")), "--captions", str(_one(src, "raw_caption.json")),
+            *(["--video2dur", str(official[0])] if official else []), *feature_args(src)]  # fmt: skip
+
+
+def how2qa_inputs(src: Path) -> list[str]:
+    """data_prep.how2qa's inputs: the split CSVs, the captions, the features."""
+    return [*_splits(src, "how2qa", (".csv",)), "--captions", str(_one(src, "raw_caption.json")), *feature_args(src)]

@@ -1,5 +1,5 @@
-"""The finetune recipe shared by every entry script in finetune/ (tvr.py, didemo.py, how2r.py,
-msrvtt.py, activitynet.py, how2qa.py): the dataset names a task, the task brings its head, loss and
+"""The finetune recipe shared by every entry script in finetune/ (one per dataset of
+finetune/datasets.py): the dataset's record names its config schema and task, the task brings its head, loss and
 evaluation, and everything else is pretraining's (pretrain/session.py: engine, resume,
 preemption; pretrain/loop.py: the one training loop; MLflow tracking; checkpoints).
 
@@ -28,77 +28,18 @@ from typing import Any
 
 import torch
 
-from finetune import data, moment_eval, plots, value_submission
-from finetune.model import InitConfig, TaskModel, load_backbone, resolve_checkpoint
-from finetune.moment import MomentConfig, MomentTask
-from finetune.qa import QAConfig, QATask
-from finetune.video_retrieval import VideoRetrievalConfig, VideoRetrievalTask
-from pretrain import checkpoint, config, runtime, session
+from finetune import data, datasets, moment_eval, plots, value_submission
+from finetune.config import FinetuneConfig
+from finetune.model import TaskModel, load_backbone, resolve_checkpoint
+from pretrain import config, runtime, session
 from pretrain.config import ConfigError
 from pretrain.distributed import rank_info
 from pretrain.loader import check_world
 from pretrain.loop import Trainer, TrainState
-from pretrain.model import ModelConfig, build_model, load_tokenizer
-from pretrain.runtime import OptimConfig, RuntimeConfig
-from pretrain.tracking import Tracker, TrackingConfig
+from pretrain.model import build_model, load_tokenizer
+from pretrain.tracking import Tracker
 
 log = logging.getLogger("finetune")
-
-
-@dataclass
-class FinetuneRunConfig:
-    name: str = "finetune"
-    output_dir: str = "runs/finetune"
-    seed: int = 0
-    max_steps: int = 1000  # optimizer steps
-    log_every: int = 10
-    max_bad_steps: int = 3
-
-
-@dataclass
-class FinetuneEvalConfig:
-    every: int = 0  # steps between evaluations of data.eval_split; 0: at the end only
-    heatmap_queries: int = 16  # queries in the similarity heatmap (readable at the width of MLflow's viewer)
-    codalab_zip: bool = False  # moment tasks with a test split: also write the upload zip (TVR's; How2R: VALUE's)
-
-
-@dataclass
-class FinetuneConfig:
-    run: FinetuneRunConfig = field(default_factory=FinetuneRunConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    init: InitConfig = field(default_factory=InitConfig)
-    data: data.FinetuneDataConfig = field(default_factory=data.FinetuneDataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    checkpoint: checkpoint.CheckpointConfig = field(default_factory=checkpoint.CheckpointConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    eval: FinetuneEvalConfig = field(default_factory=FinetuneEvalConfig)
-
-
-@dataclass
-class MomentFinetuneConfig(FinetuneConfig):
-    task: MomentConfig = field(default_factory=MomentConfig)
-
-
-@dataclass
-class RetrievalFinetuneConfig(FinetuneConfig):
-    task: VideoRetrievalConfig = field(default_factory=VideoRetrievalConfig)
-
-
-@dataclass
-class QAFinetuneConfig(FinetuneConfig):
-    task: QAConfig = field(default_factory=QAConfig)
-
-
-# recipe name -> (config schema, task); the entry scripts only name their recipe
-RECIPES: dict[str, tuple[type, type]] = {
-    "tvr": (MomentFinetuneConfig, MomentTask),
-    "didemo": (MomentFinetuneConfig, MomentTask),
-    "how2r": (MomentFinetuneConfig, MomentTask),
-    "msrvtt": (RetrievalFinetuneConfig, VideoRetrievalTask),
-    "activitynet": (RetrievalFinetuneConfig, VideoRetrievalTask),
-    "how2qa": (QAFinetuneConfig, QATask),
-}
 
 
 def validate(cfg: FinetuneConfig, world: int) -> None:
@@ -148,15 +89,15 @@ def main(name: str, argv: list[str] | None = None) -> dict[str, Any]:
     """Entry of `finetune/<name>.py`: finetune, evaluate, write predictions; the final results."""
     session.install_early_stop()
     args = parse_args(name, argv)
-    schema, task_cls = RECIPES[name]
-    cfg = config.load(args.config, args.overrides, schema)
+    dataset = datasets.get(name)
+    cfg = config.load(args.config, args.overrides, dataset.schema)
     validate(cfg, runtime.launch_world_size())
     if args.check:  # what the sbatch scripts run before srun: a config error ends the job with this one line
         print(f"config ok: {args.config} {' '.join(args.overrides)}".rstrip())
         raise SystemExit(0)
     session.lock_run_dir(cfg.run.output_dir, rank_info()[0])  # before the rendezvous: a refusal ends the job
     rank, _, world = runtime.init_distributed(cfg.runtime)
-    return runtime.run_then_shutdown(lambda: finetune(name, cfg, task_cls(cfg.task), rank, world))
+    return runtime.run_then_shutdown(lambda: finetune(name, cfg, dataset.task(cfg.task), rank, world))
 
 
 def finetune(name: str, cfg: FinetuneConfig, task: Any, rank: int, world: int) -> dict[str, Any]:

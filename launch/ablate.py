@@ -39,38 +39,39 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from data_prep.errors import DataPrepError
-from launch import main_job, pipeline, report
-from launch.main_job import FinetuneStage, PretrainStage
-from pretrain import zeroshot
+from finetune.datasets import DATASETS
+from launch import pipeline, report, slurm, stages
+from launch.stages import FinetuneStage, PretrainStage
+from pretrain import config, zeroshot
+from pretrain.config import ConfigError
 from pretrain.tracking import Tracker, TrackingConfig
 
 DEFAULT_CONFIG = pipeline.REPO / "configs" / "ablate.yaml"
+SUITES_FILE = pipeline.REPO / "configs" / "ablate_suites.yaml"
 IDS = "mlflow_runs.json"
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Variant:
     """One row of a paper's ablation table."""
 
     label: str  # the row as the paper names it
     key: str  # its folder and MLflow run name
-    overrides: tuple[str, ...] = ()  # key=value for pretrain/train.py, after `pretrain.overrides`
+    overrides: list[str] = field(default_factory=list)  # key=value for pretrain/train.py, after `pretrain.overrides`
     # key=value for every finetune recipe, after `finetune.(recipe_)overrides`; "<recipe>:key=value" for one
-    finetune: tuple[str, ...] = ()
+    finetune: list[str] = field(default_factory=list)
 
     def finetune_for(self, recipe: str) -> list[str]:
         """The variant's finetune overrides that apply to `recipe`, its prefix removed."""
@@ -84,95 +85,52 @@ class Variant:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Suite:
     """A paper's ablation table: its rows, and whether each row pretrains or all share one pretraining."""
 
     title: str
-    variants: tuple[Variant, ...]
+    variants: list[Variant]
     finetune_only: bool = False  # True: one shared pretraining (`pretrain`), variants differ in finetuning only
-    recipes: tuple[str, ...] = ()  # the suite's own finetune recipes; (): the config's `finetune.recipes`
-    # recipe -> the paper's columns (labels of report.METRICS), over PAPER_COLUMNS
-    columns: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
-
-    def __post_init__(self) -> None:
-        keys = [v.key for v in self.variants]
-        assert len(set(keys)) == len(keys) and "pretrain" not in keys, keys  # <suite>/pretrain is the shared one
-        assert not (self.finetune_only and any(v.overrides for v in self.variants)), "finetune-only: no pretraining"
-        assert self.recipes or not self.finetune_only, "a finetune-only suite names its recipes"
+    recipes: list[str] = field(default_factory=list)  # the suite's own finetune recipes; []: `finetune.recipes`
+    # recipe -> the labels of its metrics shown; default: the papers' columns (finetune/datasets.py)
+    columns: dict[str, list[str]] = field(default_factory=dict)
 
 
-TACO = "objectives.enabled=[taco]"
-# The previous default of each reading that issue 13/14 changed to the paper's (docs/objectives.md, "Paper vs code")
-PREV_TACO = ("objectives.taco.similarity=cosine", "objectives.taco.tau1=0.07", "objectives.taco.tau2=0.07")
-PREV_TACO_FT = tuple(f"{r}:{o.replace('objectives.', 'task.')}" for r in ("msrvtt", "activitynet") for o in PREV_TACO)
-PREV_MFM = ("objectives.mfm_nce.target=embedded", "objectives.mfm_nce.mask_embedding=false")
-PREV_SC = ("objectives.self_contrast.relative_margin=false", "objectives.self_contrast.margin=1.0")
-PREV_IDF = ("data.idf=smooth", "data.subword_weights=copy")
-PREV_TEXT = ("model.text_pooling=cls", "model.text_layers=2")
-ALIGN = lambda glob, seg: (f"task.align.glob={glob}", f"task.align.seg={seg}")  # lambda1, lambda2 of eq. 1
-MESM = lambda fw, ss, enc: (f"task.mesm.fw={fw}", f"task.mesm.ss={ss}", f"task.mesm.enc={enc}")
-SUITES: dict[str, Suite] = {
-    # FEEL Table 5: objectives added one at a time
-    "feel": Suite("FEEL Table 5: pretraining objectives", (
-        Variant("MLM+MFM", "mlm-mfm", ("objectives.enabled=[mlm,mfm_nce]",)),
-        Variant("+GMR", "gmr", ("objectives.enabled=[mlm,mfm_nce,gmr]",)),
-        Variant("+GMR+CS", "gmr-cs", ("objectives.enabled=[mlm,mfm_nce,gmr,self_contrast]",)),
-    )),
-    # TACo Table 3: a lambda of 0 switches its loss off; cascade=false: random L3 negatives
-    "taco": Suite("TACo Table 3: losses and cascade sampling", (
-        Variant("L1", "l1", (TACO, "objectives.taco.lambda2=0", "objectives.taco.lambda3=0")),
-        Variant("L3", "l3", (TACO, "objectives.taco.lambda1=0", "objectives.taco.lambda2=0",
-                             "objectives.taco.cascade=false")),
-        Variant("L1+L3", "l1-l3", (TACO, "objectives.taco.lambda2=0", "objectives.taco.cascade=false")),
-        Variant("+cascade", "cascade", (TACO, "objectives.taco.lambda2=0", "objectives.taco.cascade=true")),
-        Variant("+L2", "full", (TACO, "objectives.taco.cascade=true")),
-    )),
-    # Each reading a paper default replaced, against the paper defaults (one pretraining per row; the finetune
-    # runs take the row's model, data and TACo settings too, so pretraining and finetuning agree).
-    "readings": Suite("Paper defaults against each previous reading (docs/objectives.md)", (
-        Variant("paper defaults", "paper"),
-        Variant("TACo cosine / 0.07", "taco-cosine", PREV_TACO, PREV_TACO_FT),
-        Variant("MFM-NCE embedded target", "mfm-embedded", PREV_MFM),
-        Variant("SC margin 1.0", "sc-absolute", PREV_SC),
-        Variant("SC eq. 15 as printed", "sc-eq15", ("objectives.self_contrast.eq15_negative=e_t_prime",)),
-        Variant("IDF smooth, sub-words copied", "idf-smooth", PREV_IDF, PREV_IDF),
-        Variant("[CLS] sentence vector", "cls", ("model.text_pooling=cls",), ("model.text_pooling=cls",)),
-        Variant("frames not standardised", "raw-frames", ("model.standardize_frames=false",),
-                ("model.standardize_frames=false",)),
-        Variant("previous defaults (all)", "previous",
-                (*PREV_TACO, *PREV_MFM, *PREV_SC, *PREV_IDF, *PREV_TEXT, "model.standardize_frames=false"),
-                (*PREV_TACO_FT, *PREV_IDF, *PREV_TEXT, "model.standardize_frames=false", "msrvtt:task.rerank=8")),
-    )),
-    # Multi-level alignment, Table 2 (How2QA accuracy) and Table 4 (How2R, tIoU 0.5 / 0.7): eq. 1's
-    # lambda1 (global) and lambda2 (segment), each 0 (off) or 1; both set in every row, as How2QA's
-    # recipe defaults to its best setting (glob=0, seg=1).
-    "align": Suite("Multi-level alignment Tables 2 and 4: alignment losses", (
-        Variant("None", "none", finetune=ALIGN(0, 0)),
-        Variant("Global", "global", finetune=ALIGN(1, 0)),
-        Variant("Segment", "segment", finetune=ALIGN(0, 1)),
-        Variant("Global + Segment", "global-segment", finetune=ALIGN(1, 1)),
-        Variant("Global + Segment ([CLS] / mean frame)", "global-segment-cls", finetune=(*ALIGN(1, 1),
-                                                                                        "task.align.pooling=cls_mean")),
-    ), finetune_only=True, recipes=("how2qa", "how2r"),
-        columns={"how2qa": ("accuracy",), "how2r": ("VCMR 0.5-r1", "VCMR 0.7-r1")}),
-    # MESM's main ablation (Table 5 of mesm_modal_enhanced.txt; the spirit of its Tables 4/6): the moment
-    # head alone, then the Modality Aligner with L_enc, FW-MESM and SS-MESM on top; a weight > 0
-    # switches a part on (any > 0: the aligner), every weight set in every row.
-    "mesm": Suite("MESM main ablation: FW-MESM, SS-MESM and L_enc", (
-        Variant("XML head", "xml", finetune=MESM(0, 0, 0)),
-        Variant("MA + L_enc", "ma-enc", finetune=MESM(0, 0, 1)),
-        Variant("+FW-MESM", "fw", finetune=MESM(1, 0, 1)),
-        Variant("+SS-MESM", "ss", finetune=MESM(0, 1, 1)),
-        Variant("+SS-MESM (2 layers)", "ss-2", finetune=(*MESM(0, 1, 1), "task.mesm.ss_layers=2")),
-        Variant("+FW+SS", "fw-ss", finetune=MESM(1, 1, 1)),
-    ), finetune_only=True, recipes=("didemo", "tvr"),
-        columns={"tvr": ("VCMR 0.5-r1", "VCMR 0.7-r1", "VR r1", "SVMR 0.5-r1")}),
-}  # fmt: skip
-RECIPE_TITLES = {"tvr": "TVR", "msrvtt": "MSR-VTT", "didemo": "DiDeMo", "how2r": "How2R", "activitynet": "ActivityNet",
-                 "how2qa": "How2QA"}  # fmt: skip
-# The papers' columns; any other recipe shows every column of report.METRICS.
-PAPER_COLUMNS = {"tvr": ("VCMR 0.5-r1", "VCMR 0.7-r1", "VR r1"), "msrvtt": ("R@1", "R@5", "R@10")}
+@dataclass
+class Suites:
+    suites: dict[str, Suite] = field(default_factory=dict)
+
+
+def check_suite(name: str, suite: Suite) -> None:
+    """What the schema cannot say: unique keys, recipes and metric labels that exist."""
+    keys = [v.key for v in suite.variants]
+    if len(set(keys)) != len(keys) or "pretrain" in keys:  # <suite>/pretrain is the shared one
+        raise ConfigError(f"suite {name!r}: variant keys must be unique and not 'pretrain': {keys}")
+    if suite.finetune_only and (any(v.overrides for v in suite.variants) or not suite.recipes):
+        raise ConfigError(f"suite {name!r}: a finetune-only suite names its recipes and has no pretraining overrides")
+    for v in suite.variants:
+        for o in v.finetune:
+            prefix, _, rest = o.partition(":")
+            if "=" not in prefix and rest and prefix not in DATASETS:
+                raise ConfigError(f"suite {name!r}, variant {v.key!r}: {o!r} names no recipe ({list(DATASETS)})")
+    for recipe in [*suite.recipes, *suite.columns]:
+        if recipe not in DATASETS:
+            raise ConfigError(f"suite {name!r}: unknown recipe {recipe!r} (recipes: {list(DATASETS)})")
+    for recipe, labels in suite.columns.items():
+        unknown = set(labels) - {m.label for m in DATASETS[recipe].metrics}
+        if unknown:
+            raise ConfigError(f"suite {name!r}: columns.{recipe}: no metric {sorted(unknown)}")
+
+
+def load_suites(path: Path = SUITES_FILE) -> dict[str, Suite]:
+    suites = config.load(str(path), [], Suites).suites
+    for name, suite in suites.items():
+        check_suite(name, suite)
+    return suites
+
+
+SUITES = load_suites()
 ZERO_SHOT = "zero-shot R@10"  # of TACo's L1+L2 score (pretrain/zeroshot.py), the score TACo's inference starts from
 ZERO_SHOT_KEY = "zeroshot_taco_R@10"
 
@@ -192,7 +150,7 @@ class AblateConfig:
     """configs/ablate.yaml; `pretrain` and `finetune` start from the main job's sections."""
 
     workdir: str = "runs/ablate"
-    main_job: str = "configs/main_job.yaml"  # the main job's config: its shards and training defaults
+    main_job: str = "configs/stages.yaml"  # the main job's config: its shards and training defaults
     main_overrides: list[str] = field(default_factory=list)  # key=value for it (workdir=..., videos=...)
     shards: str | None = None  # None: <main job workdir>/shards, made by its data stages when missing
     experiment: str = "ablation"
@@ -209,22 +167,16 @@ def repo_file(path: str | Path) -> Path:
     return p.resolve() if p.exists() else pipeline.REPO / p
 
 
-def main_config(cfg: AblateConfig) -> main_job.MainJobConfig:
-    return main_job.load_config(repo_file(cfg.main_job), list(cfg.main_overrides))
+def main_config(cfg: AblateConfig) -> stages.MainJobConfig:
+    return stages.load_config(repo_file(cfg.main_job), list(cfg.main_overrides))
 
 
 def load_config(path: Path, overrides: list[str]) -> AblateConfig:
-    """Schema <- the main job's pretrain/finetune sections <- YAML <- key=value; an unknown key is an
-    error naming it. The ablation thus trains like the main job except for what its YAML changes."""
-    try:
-        own = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides))
-        schema = OmegaConf.structured(AblateConfig)
-        main = main_config(OmegaConf.to_object(OmegaConf.merge(schema, own)))  # type: ignore[arg-type]
-        inherited = OmegaConf.structured(main)
-        cfg = OmegaConf.merge(schema, {"pretrain": inherited.pretrain, "finetune": inherited.finetune}, own)
-    except OmegaConfBaseException as e:
-        raise SystemExit(f"config error ({path}): {e}") from None
-    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    """Schema <- the main job's pretrain/finetune sections <- YAML <- key=value; an unknown key is a
+    ConfigError naming it. The ablation thus trains like the main job except for what its YAML changes."""
+    main = main_config(config.load(str(path), overrides, AblateConfig))
+    inherited = {"pretrain": asdict(main.pretrain), "finetune": asdict(main.finetune)}
+    return config.load(str(path), overrides, AblateConfig, defaults=inherited)
 
 
 def suite_recipes(cfg: AblateConfig, suite: str) -> list[str]:
@@ -238,15 +190,10 @@ def validate(cfg: AblateConfig, suite: str) -> None:
     keys = [v.key for v in SUITES[suite].variants]
     for key in cfg.variants:
         if key not in keys:
-            raise SystemExit(f"config error: variants: no variant {key!r} in suite {suite!r} (variants: {keys})")
-    for v in SUITES[suite].variants:
-        for o in v.finetune:
-            prefix, _, rest = o.partition(":")
-            if "=" not in prefix and rest and prefix not in report.METRICS:
-                raise SystemExit(f"suite {suite!r}, variant {v.key!r}: {o!r} names no recipe ({list(report.METRICS)})")
+            raise ConfigError(f"variants: no variant {key!r} in suite {suite!r} (variants: {keys})")
     for recipe in suite_recipes(cfg, suite):
-        if recipe not in report.METRICS:
-            raise SystemExit(f"config error: finetune.recipes: unknown {recipe!r} (recipes: {list(report.METRICS)})")
+        if recipe not in DATASETS:
+            raise ConfigError(f"finetune.recipes: unknown {recipe!r} (recipes: {list(DATASETS)})")
 
 
 @dataclass(frozen=True)
@@ -315,7 +262,7 @@ class Plan:
 
     def held_out(self) -> tuple[list[str], str]:
         """(training shards, the held-out shards' pattern), split as the main job splits them."""
-        return main_job.held_out_split(self.shards / "howto100m", self.cfg.pretrain.held_out_shards)
+        return stages.held_out_split(self.shards / "howto100m", self.cfg.pretrain.held_out_shards)
 
 
 def make_plan(cfg: AblateConfig, suite: str) -> Plan:
@@ -329,16 +276,16 @@ def make_shards(plan: Plan) -> None:
     if plan.cfg.shards:  # given explicitly: used as it is
         return
     main = main_config(plan.cfg)
-    raw, shards, settings = plan.shards.parent / "raw", plan.shards, main_job.stage_settings(main)
-    stages: list[tuple[str, str, Path, Callable[[], None]]] = [
-        ("corpus", "synthetic corpus", raw, partial(main_job.make_corpus, main, raw)),
+    raw, shards, settings = plan.shards.parent / "raw", plan.shards, stages.stage_settings(main)
+    todo: list[tuple[str, str, Path, Callable[[], None]]] = [
+        ("corpus", "synthetic corpus", raw, partial(stages.make_corpus, main, raw)),
         ("howto100m", "HowTo100M -> shards", shards / "howto100m",
-         partial(main_job.shard_howto100m, main, raw, shards / "howto100m")),
-        *[("sets", f"{r} -> shards", shards / r, partial(main_job.shard_finetune_set, main, r, raw / r, shards / r))
+         partial(stages.shard_howto100m, main, raw, shards / "howto100m")),
+        *[("sets", f"{r} -> shards", shards / r, partial(stages.shard_finetune_set, main, r, raw / r, shards / r))
           for r in plan.recipes],
     ]  # fmt: skip
-    for i, (key, name, out, fn) in enumerate(stages, 1):
-        main_job.run_stage(i, len(stages), name, out, fn, settings[key])
+    for i, (key, name, out, fn) in enumerate(todo, 1):
+        stages.run_stage(i, len(todo), name, out, fn, settings[key])
 
 
 def pretrain_run(plan: Plan, pre: Pretraining, parent: str | None) -> pipeline.Run:
@@ -355,7 +302,7 @@ def pretrain_run(plan: Plan, pre: Pretraining, parent: str | None) -> pipeline.R
 
 def frame_dim(split_dir: Path) -> list[str]:
     """model.frame_dim from a converted split's manifest (a drawn world has its own); none before the data exist."""
-    return [f"model.frame_dim={main_job.feature_dim(split_dir)}"] if (split_dir / "manifest.json").exists() else []
+    return [f"model.frame_dim={stages.feature_dim(split_dir)}"] if (split_dir / "manifest.json").exists() else []
 
 
 def finetune_dir(plan: Plan, v: Variant, recipe: str, seed: int) -> Path:
@@ -371,11 +318,11 @@ def finetune_runs(plan: Plan, v: Variant, parent: str | None) -> list[pipeline.R
         for seed in f.seeds:
             name = f"{v.key}/{recipe}-seed{seed}"
             given = [*f.overrides, *f.recipe_overrides.get(recipe, []), *v.finetune_for(recipe)]
-            overrides = [*given, *frame_dim(plan.shards / recipe / main_job.train_split(recipe, given)),
+            overrides = [*given, *frame_dim(plan.shards / recipe / stages.train_split(recipe, given)),
                          f"data.root={plan.shards / recipe}", f"run.max_steps={f.steps}", f"run.seed={seed}",
                          f"data.seed={seed}", f"data.toi_df={plan.shards / 'howto100m' / 'toi_df.json'}",
                          f"init.checkpoint={export}", *plan.tracking(name, parent)]  # fmt: skip
-            runs.append(pipeline.Run(name, f"finetune/{recipe}.py", f"configs/finetune/{recipe}.yaml",
+            runs.append(pipeline.Run(name, DATASETS[recipe].script, DATASETS[recipe].config,
                                      finetune_dir(plan, v, recipe, seed), overrides))  # fmt: skip
     return runs
 
@@ -393,10 +340,10 @@ def zero_shot(plan: Plan, pre: Pretraining) -> dict[str, float]:
 
 
 def recipe_columns(plan: Plan, recipe: str) -> list[tuple[str, tuple[str, ...]]]:
-    """(column header, path in metrics.json) of a recipe's columns."""
-    wanted = plan.spec.columns.get(recipe, PAPER_COLUMNS.get(recipe))
-    return [(f"{RECIPE_TITLES[recipe]} {label}", path) for label, path, _ in report.METRICS[recipe]
-            if wanted is None or label in wanted]  # fmt: skip
+    """(column header, path in metrics.json) of a recipe's columns: the suite's choice, else the papers'."""
+    dataset = DATASETS[recipe]
+    wanted = plan.spec.columns.get(recipe, [m.label for m in dataset.paper_metrics])
+    return [(f"{dataset.title} {m.label}", m.path) for m in dataset.metrics if m.label in wanted]
 
 
 def columns(plan: Plan) -> list[str]:
@@ -559,26 +506,16 @@ def run_local(plan: Plan, ids: dict[str, str]) -> None:
         say_zero_shot(plan, plan.pretraining(v), v.key)
 
 
-def sbatch(options: list[str], script: str, args: list[str]) -> str:
-    """Submit a job; its id."""
-    cmd = ["sbatch", "--parsable", *options, str(pipeline.REPO / "launch" / script), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"sbatch failed ({proc.returncode}): {proc.stderr.strip()}\n{' '.join(cmd)}")
-    return proc.stdout.strip().split(";")[0]  # "id" or "id;cluster"
-
-
 def job_options(plan: Plan, name: str, extra: list[str], after: list[str]) -> list[str]:
-    """Name, dependency and the config's options; a job whose dependency failed leaves the queue."""
-    dependency = [f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"] if after else []
-    return [f"--job-name=abl-{plan.suite}-{name}", *dependency, *plan.cfg.slurm.sbatch, *extra]
+    """Name, dependency and the config's options."""
+    return [f"--job-name=abl-{plan.suite}-{name}", *slurm.after_ok(after), *plan.cfg.slurm.sbatch, *extra]
 
 
 def submit_run(plan: Plan, run: pipeline.Run, script: str, args: list[str], extra: list[str],
                after: list[str]) -> str:  # fmt: skip
     """sbatch the run's launch script with the run's config and overrides; its job id."""
     options = job_options(plan, run.name.replace("/", "-"), extra, after)
-    return sbatch(options, script, [*args, run.config, f"run.output_dir={run.run_dir}", *run.overrides])
+    return slurm.sbatch(options, script, [*args, run.config, f"run.output_dir={run.run_dir}", *run.overrides])
 
 
 def submit_pretraining(plan: Plan, pre: Pretraining, parent: str) -> list[str]:
@@ -597,7 +534,6 @@ def submit(plan: Plan, ids: dict[str, str], collect_args: list[str]) -> None:
     """The job chains: per variant a pretraining job and its finetunes after it, or for a finetune-only
     suite one shared pretraining job and every variant's finetunes after it; then the collect job
     after all of them. Finished runs are not submitted again."""
-    Path("logs").mkdir(exist_ok=True)  # the scripts' --output=logs/%x-%j.out; Slurm does not create it
     shared = plan.spec.finetune_only
     shared_job = submit_pretraining(plan, plan.shared, ids[plan.suite]) if shared else []
     if shared:
@@ -609,7 +545,7 @@ def submit(plan: Plan, ids: dict[str, str], collect_args: list[str]) -> None:
         jobs += finetunes if shared else pre + finetunes
         own = "" if shared else f"pretrain job {' '.join(pre) or '(done)'}; "
         print(f"{v.label}: {own}finetune jobs {' '.join(finetunes) or '(done)'}")
-    job = sbatch(job_options(plan, "collect", plan.cfg.slurm.collect, jobs), "ablate_collect.sh", collect_args)
+    job = slurm.sbatch(job_options(plan, "collect", plan.cfg.slurm.collect, jobs), "ablate_collect.sh", collect_args)
     print(f"collect job {job} (after {' '.join(jobs) or 'nothing'}): table -> {plan.table_path}")
 
 
@@ -627,13 +563,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    validate(cfg, args.suite)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        validate(cfg, args.suite)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     plan, t0 = make_plan(cfg, args.suite), time.time()
     try:
         if not args.collect:
             make_shards(plan)
-    except (DataPrepError, main_job.StageChanged) as e:
+    except (DataPrepError, stages.StageChanged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     ids = run_ids(plan)

@@ -27,21 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from finetune.datasets import DATASETS
+
 CI_DRAWS = 2000  # bootstrap draws
 CI_LEVEL = 0.95
-
-# recipe -> (label, path in metrics.json, higher is better)
-METRICS: dict[str, list[tuple[str, tuple[str, ...], bool]]] = {
-    "tvr": [("VCMR 0.5-r1", ("VCMR", "0.5-r1"), True), ("VCMR 0.7-r1", ("VCMR", "0.7-r1"), True),
-            ("VR r1", ("VR", "r1"), True), ("SVMR 0.5-r1", ("SVMR", "0.5-r1"), True)],
-    "didemo": [("VCMR 0.5-r1", ("VCMR", "0.5-r1"), True), ("VR r1", ("VR", "r1"), True)],
-    "how2r": [("VCMR 0.5-r1", ("VCMR", "0.5-r1"), True), ("VCMR 0.7-r1", ("VCMR", "0.7-r1"), True),
-              ("VR r1", ("VR", "r1"), True)],
-    "how2qa": [("accuracy", ("accuracy",), True)],
-    "msrvtt": [("R@1", ("R@1",), True), ("R@5", ("R@5",), True), ("R@10", ("R@10",), True),
-               ("MedR", ("MedR",), False)],
-    "activitynet": [("R@1", ("R@1",), True), ("R@5", ("R@5",), True), ("MedR", ("MedR",), False)],
-}  # fmt: skip
 
 
 def metric(metrics: dict[str, Any], path: Sequence[str]) -> float:
@@ -177,7 +166,7 @@ def zero_shot_table(zs: dict[str, Any]) -> str:
 def finetune_table(recipe: str, results: dict[str, list[dict]]) -> tuple[str, dict[str, Any]]:
     """Rows pretrained / scratch / difference for one recipe; results: init -> per-seed metrics (each with
     its "per_query" values, when the run wrote them). Cells: mean ± std over seeds [95% CI]."""
-    cols = METRICS[recipe]
+    cols = DATASETS[recipe].metrics
     rows = [["init", *(c[0] for c in cols)]]
     summary: dict[str, Any] = {}
     for init, runs in results.items():
@@ -282,7 +271,8 @@ def write(out: Path, zero_shot: dict[str, Any], finetune: dict[str, dict[str, li
         text, summ = finetune_table(recipe, results)
         summary["finetune"][recipe] = summ
         parts += [f"## {recipe}: finetuned from the pretrained export vs from scratch", text]
-        variant_bars(summ, out / f"{recipe}_variants.png", recipe, {lb: up for lb, _, up in METRICS[recipe]})
+        higher = {m.label: m.higher for m in DATASETS[recipe].metrics}
+        variant_bars(summ, out / f"{recipe}_variants.png", recipe, higher)
         parts.append(f"![{recipe} per variant]({recipe}_variants.png)")
     parts.append(f"Cells: mean ± std over seeds [{CI_LEVEL:.0%} CI]; `*`: the CI of the difference excludes 0 (a "
                  f"bootstrap of {CI_DRAWS} draws over queries, paired between the two arms, and seeds); `†`: no "

@@ -59,10 +59,12 @@ class PretrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
-def load(path: str | None, overrides: list[str], schema: type = PretrainConfig):
-    """The typed config: schema defaults, then the YAML file, then key=value overrides."""
+def load(path: str | None, overrides: list[str], schema: type = PretrainConfig, defaults: dict | None = None):
+    """The typed config: schema defaults, then `defaults` (values that take the schema's place, e.g. the
+    sections an ablation inherits from the main job), then the YAML file, then key=value overrides.
+    Every loader of a config file goes through here: a bad key or value is a ConfigError naming it."""
     try:
-        base = OmegaConf.structured(schema)
+        base = OmegaConf.merge(OmegaConf.structured(schema), defaults or {})
         layers = [OmegaConf.load(path)] if path else []
         merged = OmegaConf.merge(base, *layers, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)

@@ -65,14 +65,11 @@ class Corpus:
 
 
 def converter_args(root: Path, out: Path | str, layout: str = "hero", mode: str = "clip60", *extra: str) -> list[str]:
-    """`python -m data_prep.howto100m` arguments for a corpus laid out like the synthetic one."""
-    features = root / "features" / "hero" if layout == "hero" else root / "features"
+    """`python -m data_prep.howto100m` arguments for a corpus in the public layout (data_prep/layout.py)."""
+    from data_prep.layout import howto100m_inputs
+
     clip = ["--clip-seconds", "60"] if mode == "clip60" else ["--min-words", "10"]
-    return [
-        "--captions", str(root / "raw_caption.json"), "--csv", str(root / "HowTo100M_v1.csv"),
-        "--features", str(features), "--feature-layout", layout, "--out", str(out),
-        "--shard-size", str(SHARD_SIZE), *clip, *extra,
-    ]  # fmt: skip
+    return [*howto100m_inputs(root, layout), "--out", str(out), "--shard-size", str(SHARD_SIZE), *clip, *extra]
 
 
 @pytest.fixture(scope="session")

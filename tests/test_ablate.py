@@ -21,7 +21,7 @@ import slurm_cluster
 from test_finetune import TINY as FINETUNE_TINY
 from test_pretrain import FAST
 
-from finetune.recipe import RECIPES
+from finetune.datasets import DATASETS
 from launch import ablate
 from pretrain import config as pretrain_config
 
@@ -58,7 +58,7 @@ def main_work(tmp_path_factory) -> Path:
 def test_variants_are_the_papers_rows() -> None:
     pretraining = {s: ablate.SUITES[s] for s in ("feel", "taco")}
     assert all(not v.finetune for suite in pretraining.values() for v in suite.variants)
-    assert {s: [(v.label, v.key, v.overrides) for v in suite.variants] for s, suite in pretraining.items()} == {
+    assert {s: [(v.label, v.key, tuple(v.overrides)) for v in suite.variants] for s, suite in pretraining.items()} == {
         "feel": [
             ("MLM+MFM", "mlm-mfm", ("objectives.enabled=[mlm,mfm_nce]",)),
             ("+GMR", "gmr", ("objectives.enabled=[mlm,mfm_nce,gmr]",)),
@@ -118,7 +118,7 @@ def test_readings_rows_change_one_reading_each_in_pretraining_and_finetuning() -
     plan = ablate.make_plan(ablate.load_config(ablate.DEFAULT_CONFIG, []), "readings")
     for v in plan.variants:  # finetuning takes the row's model, data and (video retrieval) TACo readings too
         for run in ablate.finetune_runs(plan, v, None):
-            schema, _ = RECIPES[Path(run.script).stem]
+            schema = DATASETS[Path(run.script).stem].schema
             cfg = pretrain_config.load(run.config, run.overrides, schema)
             pre = pretrain_config.load("configs/pretrain/tiny_cpu.yaml", list(v.overrides))
             assert (cfg.model.text_pooling, cfg.model.text_layers, cfg.model.standardize_frames) == (
@@ -133,7 +133,7 @@ def test_readings_rows_change_one_reading_each_in_pretraining_and_finetuning() -
 
 def finetune_task(run) -> object:
     """The `task` section that a finetune run's recipe makes of its config and overrides, validated."""
-    schema, _ = RECIPES[Path(run.script).stem]
+    schema = DATASETS[Path(run.script).stem].schema
     task = pretrain_config.load(run.config, run.overrides, schema).task
     task.validate()
     return task
@@ -141,9 +141,9 @@ def finetune_task(run) -> object:
 
 def test_finetune_only_variants_are_the_papers_rows() -> None:
     align, mesm = ablate.SUITES["align"], ablate.SUITES["mesm"]
-    assert (align.finetune_only, align.recipes, mesm.finetune_only, mesm.recipes) == (
+    assert (align.finetune_only, tuple(align.recipes), mesm.finetune_only, tuple(mesm.recipes)) == (
         True, ("how2qa", "how2r"), True, ("didemo", "tvr"))  # fmt: skip
-    assert [(v.label, v.key, v.overrides, v.finetune) for v in align.variants] == [
+    assert [(v.label, v.key, tuple(v.overrides), tuple(v.finetune)) for v in align.variants] == [
         ("None", "none", (), ("task.align.glob=0", "task.align.seg=0")),
         ("Global", "global", (), ("task.align.glob=1", "task.align.seg=0")),
         ("Segment", "segment", (), ("task.align.glob=0", "task.align.seg=1")),
@@ -151,7 +151,7 @@ def test_finetune_only_variants_are_the_papers_rows() -> None:
         ("Global + Segment ([CLS] / mean frame)", "global-segment-cls", (),
          ("task.align.glob=1", "task.align.seg=1", "task.align.pooling=cls_mean")),
     ]  # fmt: skip
-    assert [(v.label, v.key, v.overrides, v.finetune) for v in mesm.variants] == [
+    assert [(v.label, v.key, tuple(v.overrides), tuple(v.finetune)) for v in mesm.variants] == [
         ("XML head", "xml", (), ("task.mesm.fw=0", "task.mesm.ss=0", "task.mesm.enc=0")),
         ("MA + L_enc", "ma-enc", (), ("task.mesm.fw=0", "task.mesm.ss=0", "task.mesm.enc=1")),
         ("+FW-MESM", "fw", (), ("task.mesm.fw=1", "task.mesm.ss=0", "task.mesm.enc=1")),
@@ -200,9 +200,9 @@ def test_config_inherits_the_main_job_and_rejects_unknown_keys() -> None:
     assert ablate.columns(ablate.make_plan(cfg, "mesm")) == [
         "DiDeMo VCMR 0.5-r1", "DiDeMo VR r1", "TVR VCMR 0.5-r1", "TVR VCMR 0.7-r1", "TVR VR r1", "TVR SVMR 0.5-r1",
     ]  # fmt: skip
-    with pytest.raises(SystemExit, match="finetune.stepz"):
+    with pytest.raises(pretrain_config.ConfigError, match="finetune.stepz"):
         ablate.load_config(ablate.DEFAULT_CONFIG, ["finetune.stepz=3"])
-    with pytest.raises(SystemExit, match="no variant 'gmr-cs' in suite 'taco'"):
+    with pytest.raises(pretrain_config.ConfigError, match="no variant 'gmr-cs' in suite 'taco'"):
         ablate.validate(ablate.load_config(ablate.DEFAULT_CONFIG, ["variants=[gmr-cs]"]), "taco")
 
 

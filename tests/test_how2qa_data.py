@@ -21,7 +21,7 @@ import pytest
 from conftest import read_jsonl, read_samples, sha256_file
 from test_finetune_converters import hero, write_hero
 
-from data_prep import how2qa, how2r, synthetic
+from data_prep import how2qa, how2r, layout, synthetic
 from data_prep.errors import DataPrepError
 
 SYN_VIDEOS = 6  # How2QA's minimum: 3 YouTube videos, 14 clips, 35 rows (seed 0)
@@ -81,7 +81,8 @@ def syn(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def converted(syn: tuple[Path, dict], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     src, _ = syn
     out = tmp_path_factory.mktemp("qa-out")
-    return out, convert(src, out, "--captions", str(src / "raw_caption.json"))
+    return out, how2qa.main([*layout.how2qa_inputs(src), "--out", str(out), "--tagger", "heuristic", "--shard-size",
+                             "3"])  # fmt: skip
 
 
 # ---------------------------------------------------------------- the synthetic set

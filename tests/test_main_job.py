@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from data_prep import synthetic
-from launch import main_job
+from launch import main_job, stages
 
 DATASETS = {
     "howto100m": [""],
@@ -43,7 +43,7 @@ def test_main_job_shards_every_dataset_and_reuses_them(tmp_path: Path, capsys) -
             assert (shards / dataset / "gt" / "video2idx.json").exists(), dataset
 
     # The How2R source videos are left out of pretraining, with their reason.
-    how2r_ids = set(main_job.how2r_youtube_ids(tmp_path / "raw" / "how2r"))
+    how2r_ids = set(stages.how2r_youtube_ids(tmp_path / "raw" / "how2r"))
     rejects = [json.loads(line) for line in (shards / "howto100m" / "rejects.jsonl").read_text().splitlines()]
     excluded = {r["video_id"] for r in rejects if r["reason"] == "excluded"}
     captioned = set(json.loads((tmp_path / "raw" / "howto100m" / "raw_caption.json").read_text()))
@@ -67,10 +67,10 @@ def test_a_stage_made_with_other_settings_is_an_error_naming_them(tmp_path: Path
 
 
 def test_stage_settings_follow_what_each_stage_reads(tmp_path: Path) -> None:
-    base = main_job.load_config(main_job.DEFAULT_CONFIG, [])
-    before = main_job.stage_settings(base)
-    changed = {key: {stage for stage, s in main_job.stage_settings(main_job.load_config(
-        main_job.DEFAULT_CONFIG, [key])).items() if s != before[stage]}
+    base = stages.load_config(stages.DEFAULT_CONFIG, [])
+    before = stages.stage_settings(base)
+    changed = {key: {stage for stage, s in stages.stage_settings(stages.load_config(
+        stages.DEFAULT_CONFIG, [key])).items() if s != before[stage]}
         for key in ("finetune.steps=41", "pretrain.steps=61", "finetune_shard_size=9", "finetune.seeds=[0]",
                     "finetune.parallel=1", "pretrain.threads=2")}  # fmt: skip
     assert changed == {
@@ -81,18 +81,18 @@ def test_stage_settings_follow_what_each_stage_reads(tmp_path: Path) -> None:
         "finetune.parallel=1": set(), "pretrain.threads=2": set(),
     }  # fmt: skip
     calls = []
-    main_job.run_stage(1, 1, "stage", tmp_path / "s", lambda: calls.append(1), before["finetune"])
-    main_job.run_stage(1, 1, "stage", tmp_path / "s", lambda: calls.append(1), before["finetune"])
+    stages.run_stage(1, 1, "stage", tmp_path / "s", lambda: calls.append(1), before["finetune"])
+    stages.run_stage(1, 1, "stage", tmp_path / "s", lambda: calls.append(1), before["finetune"])
     assert calls == [1]
-    after = main_job.stage_settings(main_job.load_config(main_job.DEFAULT_CONFIG, ["finetune.steps=41"]))
-    with pytest.raises(main_job.StageChanged, match=r"finetune\.steps: 40 -> 41"):
-        main_job.run_stage(1, 1, "stage", tmp_path / "s", lambda: calls.append(1), after["finetune"])
+    after = stages.stage_settings(stages.load_config(stages.DEFAULT_CONFIG, ["finetune.steps=41"]))
+    with pytest.raises(stages.StageChanged, match=r"finetune\.steps: 40 -> 41"):
+        stages.run_stage(1, 1, "stage", tmp_path / "s", lambda: calls.append(1), after["finetune"])
 
 
 def test_main_job_finishes_an_interrupted_stage(tmp_path: Path, capsys) -> None:
     _run(tmp_path, capsys)
     stage = tmp_path / "shards" / "tvr"
-    (stage / main_job.DONE).unlink()
+    (stage / stages.DONE).unlink()
     (stage / "train" / "manifest.json").unlink()  # as if killed before the end
     out = _run(tmp_path, capsys)
     assert "tvr -> shards ->" in out
@@ -115,10 +115,10 @@ def test_a_drawn_world_and_the_frame_dim_its_runs_take_from_the_shards(tmp_path:
     manifest = json.loads((shards / "howto100m" / "manifest.json").read_text())
     assert manifest["feature_spec"]["dim"] == dim
 
-    cfg = main_job.load_config(main_job.DEFAULT_CONFIG, args)
-    pretrain = main_job.pretrain_run(cfg, tmp_path, None)
+    cfg = stages.load_config(stages.DEFAULT_CONFIG, args)
+    pretrain = stages.pretrain_run(cfg, tmp_path, None)
     assert f"model.frame_dim={dim}" in pretrain.overrides
-    runs = main_job.finetune_runs(cfg, tmp_path, None)
+    runs = stages.finetune_runs(cfg, tmp_path, None)
     assert {r.name.split("-")[0] for r in runs} == set(cfg.finetune.recipes) == {"tvr", "msrvtt"}
     for run in runs:
         recipe = run.name.split("-")[0]
@@ -126,13 +126,13 @@ def test_a_drawn_world_and_the_frame_dim_its_runs_take_from_the_shards(tmp_path:
         manifest = json.loads((shards / recipe / split / "manifest.json").read_text())
         frame_dims = [o for o in run.overrides if o.startswith("model.frame_dim=")]
         assert frame_dims == [f"model.frame_dim={manifest['feature_spec']['dim']}"] == [f"model.frame_dim={dim}"]
-    assert main_job.train_split("msrvtt", []) == "train_9k"
-    assert main_job.train_split("msrvtt", ["data.max_frames=16", "data.train_split=train_7k"]) == "train_7k"
+    assert stages.train_split("msrvtt", []) == "train_9k"
+    assert stages.train_split("msrvtt", ["data.max_frames=16", "data.train_split=train_7k"]) == "train_7k"
 
     # the world is a corpus setting: another one is a change, world 0 keeps the markers made before worlds existed
     assert main_job.main([*args[:2], "world=4", *args[3:]]) == 2
     assert "world: 3 -> 4" in capsys.readouterr().err
-    assert "world" not in main_job.stage_settings(main_job.load_config(main_job.DEFAULT_CONFIG, []))["corpus"]
+    assert "world" not in stages.stage_settings(stages.load_config(stages.DEFAULT_CONFIG, []))["corpus"]
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launch.main_job import load_config
+from launch.stages import load_config
+from pretrain.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,13 +83,13 @@ def test_no_progress_bar_in_a_log(tmp_path: Path) -> None:
 def test_main_job_config_overrides_and_errors(tmp_path: Path) -> None:
     cfg = load_config(ROOT / "configs" / "main_job.yaml", ["videos=7", "workdir=" + str(tmp_path)])
     assert cfg.videos == 7 and cfg.workdir == str(tmp_path) and cfg.seed == 0
-    with pytest.raises(SystemExit, match="vidoes"):
+    with pytest.raises(ConfigError, match="vidoes"):
         load_config(ROOT / "configs" / "main_job.yaml", ["vidoes=7"])
-    with pytest.raises(SystemExit, match="videos"):
+    with pytest.raises(ConfigError, match="videos"):
         load_config(ROOT / "configs" / "main_job.yaml", ["videos=many"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("shard_sise: 3\n")
-    with pytest.raises(SystemExit, match="shard_sise"):
+    with pytest.raises(ConfigError, match="shard_sise"):
         load_config(bad, [])
 
 

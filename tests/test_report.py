@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from finetune.datasets import DATASETS
 from launch import report
 
 
@@ -123,9 +124,10 @@ def test_figures_fit_a_viewer_and_keep_ranks_off_the_recall_axis(tmp_path) -> No
     assert w <= 1500 and w / h <= 2.0, (w, h)
 
     summary = report.finetune_table("msrvtt", {"pretrained": _runs(0.6, 3, 50, 0), "scratch": _runs(0.2, 3, 50, 1)})[1]
-    groups = report.metric_groups(summary, {lb: up for lb, _, up in report.METRICS["msrvtt"]})
+    higher = {m.label: m.higher for m in DATASETS["msrvtt"].metrics}
+    groups = report.metric_groups(summary, higher)
     assert groups == [("%, higher is better", ["R@1", "R@5", "R@10"]), ("rank, lower is better", ["MedR"])]
-    report.variant_bars(summary, tmp_path / "bars.png", "msrvtt", {lb: up for lb, _, up in report.METRICS["msrvtt"]})
+    report.variant_bars(summary, tmp_path / "bars.png", "msrvtt", higher)
     assert _png_size(tmp_path / "bars.png")[0] <= 1500
 
 
