@@ -1,0 +1,5 @@
+"""`python -m data_prep.synthetic`: write the synthetic corpus (see the package docstring)."""
+
+from . import main
+
+main()
