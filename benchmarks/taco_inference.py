@@ -121,12 +121,12 @@ def main() -> None:
             out = task.predict(engine, cfg.data, cfg.data.eval_split, tokenizer, torch.device("cpu"), with_gt=True)
         seconds = time.perf_counter() - start
         exact_seconds = exact_seconds or seconds
-        m = out["metrics"]
+        m = out.metrics
         label = "exact: every pair" if rerank == 0 else f"rerank K = {rerank}"
         rows.append(f"| {label} | {m['R@1']:.1f} | {m['R@5']:.1f} | {m['R@10']:.1f} | {m['MedR']:.0f} | "
                     f"{seconds:.1f} |")  # fmt: skip
         print(rows[-1], flush=True)
-    q, v = len(out["queries"]), out["info"]["videos"]
+    q, v = len(out.queries), out.info["videos"]
     frames, tokens = cfg.data.max_frames, cfg.data.max_query_len
     tiny_flops = fusion_flops(resolve(cfg.model), frames, tokens)
     base = resolve(type(cfg.model)(preset="base"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from finetune import data, moment_eval
+from finetune import data, moment_eval, plots, value_submission
 from finetune.alignment import (
     AlignConfig,
     AlignPooling,
@@ -39,6 +40,7 @@ from finetune.alignment import (
 )
 from finetune.mesm import Mesm, MesmConfig, enc_loss, fw_loss, segment_features, sentence_features, ss_loss
 from finetune.moment_search import Corpus, SearchConfig, search_corpus, search_single
+from finetune.task import Predictions, Terms, total
 from pretrain.distributed import gather_no_grad, gather_with_grad, local_rows
 
 log = logging.getLogger(__name__)
@@ -234,28 +236,23 @@ def moment_loss(model: nn.Module, batch: dict, cfg: MomentConfig) -> tuple[Tenso
     q2v = video_scores(q_vr, F.normalize(ctx_all, dim=-1), mask_all) / cfg.temperature  # (B, K_g)
     v2q = video_scores(q_all, F.normalize(ctx, dim=-1), frame_mask).T / cfg.temperature  # (B, K_g)
     vr_loss = 0.5 * (F.cross_entropy(q2v, targets) + F.cross_entropy(v2q, targets))
-    extra: dict[str, Tensor] = {}
-    frames = ctx
-    if cfg.mesm.enabled:
-        frames, mesm_losses = mesm_forward(model, batch, ctx, q_tok, cfg.mesm)  # (B, M, d)
-        extra.update({f"mesm_{k}": (getattr(cfg.mesm, k), v) for k, v in mesm_losses.items()})
+    frames, mesm_losses = mesm_forward(model, batch, ctx, q_tok, cfg.mesm) if cfg.mesm.enabled else (ctx, {})
     st, ed = model.head.span_logits(frame_similarity(q_span, frames, cfg.span_query))  # (B, M) each
     span = batch["span"]  # (B, 2)
     span_loss = masked_ce(st, frame_mask, span[:, 0]) + masked_ce(ed, frame_mask, span[:, 1])
+    terms: Terms = {"vr_loss": (1.0, vr_loss), "span_loss": (cfg.span_weight, span_loss)}
+    terms.update({f"mesm_{k}_loss": (getattr(cfg.mesm, k), v) for k, v in mesm_losses.items()})
     if cfg.align.enabled:  # E_L: the query pooled per task.align.pooling (its words or its [CLS])
         e_l = model.head.align_pooling.language(q_tok, batch["attention_mask"])  # (B, d)
     if cfg.align.glob:  # E_V: the video encoding pooled (its frames weighted, or their mean)
         e_v = model.head.align_pooling.video(ctx, frame_mask)  # (B, d)
-        extra["align_glob"] = (cfg.align.glob, global_alignment_loss(e_l, e_v, cfg.align.margin))
+        terms["align_glob_loss"] = (cfg.align.glob, global_alignment_loss(e_l, e_v, cfg.align.margin))
     if cfg.align.seg:  # section 4.4: the ground-truth moment is the true segment, no false language sample
         true_frames = frames_in_span(span, ctx.shape[1])  # (B, M)
         no_answer = torch.zeros(len(span), dtype=torch.long, device=ctx.device)
-        extra["align_seg"] = (cfg.align.seg, segment_alignment_loss(e_l[:, None], ctx, frame_mask, true_frames,
-                                                                      no_answer, cfg.align.margin))  # fmt: skip
-    loss = vr_loss + cfg.span_weight * span_loss + sum(w * v for w, v in extra.values())
-    logs = {"vr_loss": float(vr_loss.detach()), "span_loss": float(span_loss.detach()), "loss": float(loss.detach())}
-    logs.update({f"{k}_loss": float(v.detach()) for k, (_, v) in extra.items()})
-    return loss, logs
+        terms["align_seg_loss"] = (cfg.align.seg, segment_alignment_loss(e_l[:, None], ctx, frame_mask, true_frames,
+                                                                         no_answer, cfg.align.margin))  # fmt: skip
+    return total(terms)
 
 
 # ---------------------------------------------------------------- corpus inference
@@ -349,6 +346,49 @@ def ground_truth(queries: list[dict]) -> list[dict]:
     return out
 
 
+@dataclass(kw_only=True)
+class MomentPredictions(Predictions):
+    """A moment task's predictions on a split, in TVR's submission format (finetune/moment_eval.py)."""
+
+    submission: dict[str, Any]  # video2idx, VCMR, VR; SVMR with the ground truth
+    vr_scores: Tensor  # (R, V) the first queries' VR scores against every video (the heatmap's)
+
+    def write_predictions(self, folder: str, recipe: str, split: str) -> dict[str, str]:
+        """<recipe>_<split>_submission.json (TVR's format); How2R also VALUE's (finetune/value_submission.py)."""
+        video2idx = self.submission["video2idx"]
+        files = {"submission": os.path.join(folder, f"{recipe}_{split}_submission.json")}
+        moment_eval.write_submission(files["submission"], video2idx,
+                                     {k: v for k, v in self.submission.items() if k != "video2idx"})  # fmt: skip
+        if recipe == "how2r":  # what How2R's leaderboard reads: VALUE's format (idx: data_prep --video2dur)
+            files["value_submission"] = os.path.join(folder, value_submission.file_name(split))
+            value_submission.write(files["value_submission"], value_submission.from_tvr(self.submission),
+                                   video2idx.values())  # fmt: skip
+        return files
+
+    def leaderboard_zip(self, path: str, recipe: str, val_files: dict[str, str], test_files: dict[str, str]) -> bool:
+        """TVR's Codalab layout (finetune/moment_eval.py); How2R: VALUE's (finetune/value_submission.py)."""
+        if recipe == "how2r":
+            value_submission.value_zip(path, val_files["value_submission"], test_files["value_submission"])
+        else:
+            moment_eval.codalab_zip(path, val_files["submission"], test_files["submission"])
+        return True
+
+    def plots(self, folder: str, title: str, heatmap_queries: int) -> dict[str, str]:
+        return plots.retrieval_plots(self.vr_ranks(), self.vr_scores, self.gt_rows, self.queries, folder, title,
+                                     heatmap_queries)  # fmt: skip
+
+    def vr_ranks(self) -> Tensor:
+        """(Q,) 1-based rank of each query's video in its VR predictions; 10**9 if absent."""
+        ranks = torch.full(self.gt_rows.shape, 10**9, dtype=torch.long)  # (Q,)
+        idx = self.submission["video2idx"]
+        for i, (q, entry) in enumerate(zip(self.queries, self.submission["VR"])):
+            videos = [p[0] for p in entry["predictions"]]
+            target = idx.get(q["video_id"])
+            if target in videos:
+                ranks[i] = videos.index(target) + 1
+        return ranks
+
+
 @dataclass
 class MomentTask:
     """The moment-retrieval recipe's task: its loss and its evaluation on a split."""
@@ -371,8 +411,8 @@ class MomentTask:
 
     @torch.no_grad()
     def predict(self, engine: Any, dcfg: data.FinetuneDataConfig, split: str, tokenizer: Any,
-                device: torch.device, with_gt: bool) -> dict[str, Any]:  # fmt: skip
-        """{'submission': TVR-format dict, 'metrics': official metrics (with_gt), 'vr_scores', 'gt_rows'}."""
+                device: torch.device, with_gt: bool) -> MomentPredictions:  # fmt: skip
+        """VCMR and VR over the split's corpus; with_gt also SVMR and the official metrics."""
         video2idx = data.load_video2idx(dcfg, split)
         queries = data.load_queries(dcfg, split)
         loader = data.build_loader(dcfg, split, tokenizer, 0, 1, False, uniform=False)
@@ -421,11 +461,10 @@ class MomentTask:
             per_query = svmr_predictions(queries, dict(zip(have.tolist(), svmr)), video2idx)
             sub["SVMR"] = [{**e, "predictions": p} for e, p in zip(entry, per_query)]
         sub["VR"] = [{**e, "predictions": p} for e, p in zip(entry, vr)]
-        out: dict[str, Any] = {"submission": sub, "gt_rows": gt_rows, "queries": queries,
-                               "vr_scores": vr_scores(0, min(len(queries), 64)),
-                               "info": {"videos": len(encoded.meta), "videos_cut": cut}}  # fmt: skip
+        out = MomentPredictions(queries=queries, gt_rows=gt_rows, info={"videos": len(encoded.meta), "videos_cut": cut},
+                                submission=sub, vr_scores=vr_scores(0, min(len(queries), 64)))  # fmt: skip
         if with_gt:
             durations = {m["video_id"]: m["duration"] for m in encoded.meta}
-            out["metrics"] = moment_eval.evaluate(sub, ground_truth(queries), durations=durations)
-            out["per_query"] = moment_eval.query_hits(sub, ground_truth(queries), durations=durations)
+            out.metrics = moment_eval.evaluate(sub, ground_truth(queries), durations=durations)
+            out.per_query = moment_eval.query_hits(sub, ground_truth(queries), durations=durations)
         return out

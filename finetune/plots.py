@@ -4,6 +4,7 @@ the Agg backend (no display on a cluster node)."""
 
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Sequence
 
@@ -67,3 +68,41 @@ def similarity_heatmap(sim: Tensor, rows: Sequence[str], cols: Sequence[str], pa
         fig.supxlabel(textwrap.fill(caption, 130), fontsize=8, ha="left", x=0.01)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+HEATMAP_CAPTION = ("Each row is one query: its scores against the sampled queries' own videos, as standard deviations "
+                   "from that query's mean score over all {videos} videos of the split (so rows compare). The red box "
+                   "is the query's own video; '[rank k]' is that video's rank among all {videos}. A good model: every "
+                   "box is the brightest cell of its row (rank 1), and no column is bright in every row (a video that "
+                   "wins every query is a hub, not a match).")
+
+
+def heatmap_sample(sim: Tensor, gt_rows: Tensor, queries: list[dict], n: int) -> tuple:
+    """Up to n queries with a video, spread over the split; their scores standardised per query over all
+    videos; the columns (each sampled query's own video, in order), each row's box and label with its rank.
+    Returns (rows, cols, z (rows, all videos), gt column per row, labels)."""
+    have = [i for i in range(sim.shape[0]) if gt_rows[i] >= 0]
+    rows = [have[round(j * (len(have) - 1) / max(n - 1, 1))] for j in range(min(n, len(have)))] if have else []
+    rows = list(dict.fromkeys(rows))
+    cols = list(dict.fromkeys(int(gt_rows[i]) for i in rows))
+    s = sim[rows].float()  # (R, V)
+    z = (s - s.mean(dim=1, keepdim=True)) / s.std(dim=1, keepdim=True).clamp_min(1e-12)
+    own = torch.tensor([int(gt_rows[i]) for i in rows], dtype=torch.long)
+    ranks = 1 + (s > s.gather(1, own[:, None])).sum(dim=1)  # (R,)
+    labels = [f"[rank {int(r)}] {queries[i]['text']}" for i, r in zip(rows, ranks)]
+    return rows, cols, z, [cols.index(int(c)) for c in own], labels
+
+
+def retrieval_plots(ranks: Tensor, sim: Tensor, gt_rows: Tensor, queries: list[dict], folder: str, title: str,
+                    heatmap_queries: int) -> dict[str, str]:  # fmt: skip
+    """recall_at_k.png from each query's video rank (Q,) and similarity.png from the query-video scores of the
+    first queries sim (R, V), `heatmap_queries` of them sampled; {"recall_plot": path, "heatmap": path}."""
+    recall = os.path.join(folder, "recall_at_k.png")
+    recall_curve({"video retrieval": ranks}, recall, title)
+    heat = os.path.join(folder, "similarity.png")
+    rows, cols, z, gt, labels = heatmap_sample(sim, gt_rows, queries, heatmap_queries)
+    videos = [str(queries[i]["video_id"]) for i in rows]
+    similarity_heatmap(z[:, cols], labels, list(dict.fromkeys(videos)), heat,
+                       f"{title}: query-video scores, per query", gt=gt, colorbar="z-score over all videos, per query",
+                       caption=HEATMAP_CAPTION.format(videos=sim.shape[1]))  # fmt: skip
+    return {"recall_plot": recall, "heatmap": heat}

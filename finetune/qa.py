@@ -27,6 +27,7 @@ holding the span, evaluation keeps the first `data.max_frames` (How2 clips: 40 f
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ from finetune.alignment import (
     segment_alignment_loss,
 )
 from finetune.moment import encode_corpus, encode_videos
+from finetune.task import Predictions, Terms, dump, total
 from pretrain import text
 
 
@@ -102,21 +104,19 @@ def qa_loss(model: nn.Module, batch: dict, cfg: QAConfig) -> tuple[Tensor, dict[
     q_tok, a_tok = language_tokens(model, batch)  # (B, N, d), (B, A, Na, d)
     lang = decoder_samples(model, batch, q_tok, a_tok)  # (B, A, d) the decoder's l_k
     logits = answer_logits(model, ctx, frame_mask, lang)  # (B, A)
-    task_loss = F.cross_entropy(logits.float(), target)
-    loss, logs = task_loss, {"qa_loss": float(task_loss.detach())}
+    terms: Terms = {"qa_loss": (1.0, F.cross_entropy(logits.float(), target))}
     if cfg.align.enabled:  # the alignment losses' l_k: E_question and E_ans_k pooled per task.align.pooling
         align_lang = alignment_samples(model.head.align_pooling, batch, q_tok, a_tok)  # (B, A, d)
     if cfg.align.glob:
         e_v = model.head.align_pooling.video(ctx, frame_mask)  # (B, d)
         true_lang = align_lang[torch.arange(len(target)), target]  # (B, d)
-        glob = global_alignment_loss(true_lang, e_v, cfg.align.margin)
-        loss, logs["align_glob_loss"] = loss + cfg.align.glob * glob, float(glob.detach())
+        terms["align_glob_loss"] = (cfg.align.glob, global_alignment_loss(true_lang, e_v, cfg.align.margin))
     if cfg.align.seg:
         true_frames = frames_in_span(batch["span"], ctx.shape[1])  # (B, M)
         seg = segment_alignment_loss(align_lang, ctx, frame_mask, true_frames, target, cfg.align.margin)
-        loss, logs["align_seg_loss"] = loss + cfg.align.seg * seg, float(seg.detach())
+        terms["align_seg_loss"] = (cfg.align.seg, seg)
+    loss, logs = total(terms)
     logs["accuracy"] = float((logits.argmax(1) == target).float().mean())
-    logs["loss"] = float(loss.detach())
     return loss, logs
 
 
@@ -162,8 +162,8 @@ class QATask:
 
     @torch.no_grad()
     def predict(self, engine: Any, dcfg: data.FinetuneDataConfig, split: str, tokenizer: Any,
-                device: torch.device, with_gt: bool) -> dict[str, Any]:  # fmt: skip
-        """{'predictions': per question the scores and the chosen candidate, 'metrics': accuracy}."""
+                device: torch.device, with_gt: bool) -> QAPredictions:  # fmt: skip
+        """Per question the candidates' scores and the chosen one; with_gt also the accuracy."""
         queries = data.load_queries(dcfg, split)
         encoded = encode_corpus(engine, data.build_loader(dcfg, split, tokenizer, 0, 1, False, uniform=False), device)
         index = encoded.index
@@ -183,22 +183,34 @@ class QATask:
                 preds[i]["prediction"], preds[i]["scores"] = int(torch.tensor(scores).argmax()), scores
             sims.extend(sim.float().unbind(0))
         info = {"videos": len(encoded.meta), "videos_cut": sum(m["frames"] > dcfg.max_frames for m in encoded.meta)}
-        out: dict[str, Any] = {"predictions": preds, "gt_rows": gt_rows, "queries": queries, "similarity": sims[:4],
-                               "info": info}  # fmt: skip
+        out = QAPredictions(queries=queries, gt_rows=gt_rows, info=info, predictions=preds, similarity=sims[:4])
         if with_gt:
-            out["metrics"] = accuracy(preds, queries)
-            out["per_query"] = {"accuracy": [100.0 * (p["prediction"] == q["answer_idx"])
-                                             for p, q in zip(preds, queries)]}  # fmt: skip
+            out.metrics = accuracy(preds, queries)
+            out.per_query = {"accuracy": [100.0 * (p["prediction"] == q["answer_idx"])
+                                          for p, q in zip(preds, queries)]}  # fmt: skip
         return out
 
-    def plots(self, out: dict[str, Any], folder: str, title: str) -> dict[str, str]:
+
+@dataclass(kw_only=True)
+class QAPredictions(Predictions):
+    """How2QA's predictions on a split: per question the candidates' scores and the chosen one."""
+
+    predictions: list[dict[str, Any]]  # per question: query_id, video_id, prediction, scores (None: clip rejected)
+    similarity: list[Tensor]  # the first answered questions' cos(l_k, E_f,t), (A, M) each (the figure's)
+
+    def write_predictions(self, folder: str, recipe: str, split: str) -> dict[str, str]:
+        files = {"predictions": os.path.join(folder, "predictions.json")}
+        dump(files["predictions"], self.predictions)
+        return files
+
+    def plots(self, folder: str, title: str, heatmap_queries: int) -> dict[str, str]:
         """The multi-level alignment paper's Figure 5: cos(question + candidate, frame) of a question."""
-        if not out["similarity"]:
+        if not self.similarity:
             return {}
-        first = next(i for i, p in enumerate(out["predictions"]) if p["prediction"] is not None)
-        q = out["queries"][first]
+        first = next(i for i, p in enumerate(self.predictions) if p["prediction"] is not None)
+        q = self.queries[first]
         labels = [f"{'*' if k == q['answer_idx'] else ' '} {a}" for k, a in enumerate(q["answers"])]
-        sim = out["similarity"][0]  # (A, M)
+        sim = self.similarity[0]  # (A, M)
         path = f"{folder}/similarity.png"
         caption = ("Rows: the question with each candidate answer (* the correct one); columns: the clip's frames; "
                    "cells: cosine of question + candidate and the frame. A good model: the * row is the brightest "

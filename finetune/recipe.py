@@ -1,9 +1,11 @@
 """The finetune recipe shared by every entry script in finetune/ (one per dataset of
-finetune/datasets.py): the dataset's record names its config schema and task, the task brings its head, loss and
-evaluation, and everything else is pretraining's (pretrain/session.py: engine, resume,
-preemption; pretrain/loop.py: the one training loop; MLflow tracking; checkpoints).
+finetune/datasets.py): the dataset's record names its config schema and task, the task brings its
+head, loss and evaluation (the `Task` protocol, finetune/task.py), and everything else is
+pretraining's (pretrain/session.py: engine, resume, preemption; pretrain/loop.py: the one training
+loop; MLflow tracking; checkpoints).
 
-Outputs under run.output_dir, besides checkpoints/, metrics.jsonl and the MLflow store:
+Outputs under run.output_dir, besides checkpoints/, metrics.jsonl and the MLflow store (the task's
+`Predictions` write each evaluation folder):
 
     eval/<split>/step_<N>/metrics.json     the official metrics (TVR's keys; R@K/MedR/MeanR; accuracy)
                           eval_info.json   counts: queries, videos, videos cut to max_frames, ...
@@ -28,9 +30,10 @@ from typing import Any
 
 import torch
 
-from finetune import data, datasets, moment_eval, plots, value_submission
+from finetune import data, datasets
 from finetune.config import FinetuneConfig
 from finetune.model import TaskModel, load_backbone, resolve_checkpoint
+from finetune.task import Predictions, Task, dump
 from pretrain import config, runtime, session
 from pretrain.config import ConfigError
 from pretrain.distributed import rank_info
@@ -100,7 +103,7 @@ def main(name: str, argv: list[str] | None = None) -> dict[str, Any]:
     return runtime.run_then_shutdown(lambda: finetune(name, cfg, dataset.task(cfg.task), rank, world))
 
 
-def finetune(name: str, cfg: FinetuneConfig, task: Any, rank: int, world: int) -> dict[str, Any]:
+def finetune(name: str, cfg: FinetuneConfig, task: Task, rank: int, world: int) -> dict[str, Any]:
     run_dir, device = cfg.run.output_dir, runtime.device()
     session.seed_everything(cfg.run.seed)  # the same initial weights on every rank
     tokenizer = load_tokenizer(cfg.model)
@@ -116,9 +119,8 @@ def finetune(name: str, cfg: FinetuneConfig, task: Any, rank: int, world: int) -
     tracker = Tracker(replace(cfg.tracking, run_name=cfg.tracking.run_name or cfg.run.name), run_dir, rank)
     state.mlflow_run_id = tracker.start(config.to_dict(cfg), config.to_yaml(cfg), state.mlflow_run_id)
     reporter = Reporter(name, cfg, task, run.engine, tokenizer, device, tracker, rank)
-    trainer = Trainer(run.engine, loader, task.loss, tracker, state, run_dir, cfg.run.max_steps, cfg.run.log_every,
-                      cfg.run.max_bad_steps, cfg.checkpoint.every, cfg.checkpoint.keep_last, reporter.evaluate,
-                      cfg.eval.every, rank, world, device, run.mirror)  # fmt: skip
+    trainer = Trainer.from_config(cfg, run.engine, loader, task.loss, tracker, state, rank, world, device,
+                                  evaluate=reporter.evaluate, mirror=run.mirror)  # fmt: skip
     state = session.fit(trainer, tracker)
     if cfg.checkpoint.export:  # the finetuned model (backbone + head) as one fp32 file
         run.export(cfg, state.step, tokenizer, rank)
@@ -133,7 +135,7 @@ class Reporter:
 
     name: str
     cfg: FinetuneConfig
-    task: Any
+    task: Task
     engine: Any
     tokenizer: Any
     device: torch.device
@@ -147,7 +149,7 @@ class Reporter:
             os.makedirs(path, exist_ok=True)
         return path
 
-    def predict(self, split: str, with_gt: bool) -> dict[str, Any]:
+    def predict(self, split: str, with_gt: bool) -> Predictions:
         """The task's predictions on a split, the engine in eval mode meanwhile (dropout off)."""
         was_training = self.engine.training
         self.engine.eval()
@@ -161,55 +163,17 @@ class Reporter:
         out = self.predict(split, with_gt=True)
         folder = self.out_dir("eval", split, f"step_{step:08d}")
         files = self.write(out, split, folder) if self.rank == 0 else {}
-        self.last = {"step": step, "split": split, "metrics": out["metrics"], "files": files}
-        flat = flatten_metrics(split, out["metrics"])
+        self.last = {"step": step, "split": split, "metrics": out.metrics, "files": files}
         if self.rank == 0:
-            log.info("step %d %s: %s", step, split, json.dumps(out["metrics"]))
-        return flat
+            log.info("step %d %s: %s", step, split, json.dumps(out.metrics))
+        return flatten_metrics(split, out.metrics)
 
-    def write(self, out: dict[str, Any], split: str, folder: str) -> dict[str, str]:
-        """metrics.json (official keys), eval_info.json, predictions, plots; logged to MLflow."""
-        files = {"metrics": os.path.join(folder, "metrics.json"), "info": os.path.join(folder, "eval_info.json")}
-        if "metrics" in out:
-            dump(files["metrics"], out["metrics"])
-            files["per_query"] = os.path.join(folder, "per_query.json")  # each query's share of the metrics
-            dump(files["per_query"], out["per_query"])
-        else:
-            files.pop("metrics")
-        gt_rows = out["gt_rows"]
-        dump(files["info"], {"recipe": self.name, "split": split, "queries": len(out["queries"]),
-                             "queries_without_video": int((gt_rows < 0).sum()), **out["info"]})  # fmt: skip
-        if "submission" in out:
-            files["submission"] = os.path.join(folder, f"{self.name}_{split}_submission.json")
-            moment_eval.write_submission(files["submission"], out["submission"]["video2idx"],
-                                         {k: v for k, v in out["submission"].items() if k != "video2idx"})  # fmt: skip
-            if self.name == "how2r":  # what How2R's leaderboard reads: VALUE's format (idx: data_prep --video2dur)
-                files["value_submission"] = os.path.join(folder, value_submission.file_name(split))
-                value_submission.write(files["value_submission"], value_submission.from_tvr(out["submission"]),
-                                       out["submission"]["video2idx"].values())  # fmt: skip
-        else:
-            files["predictions"] = os.path.join(folder, "predictions.json")
-            dump(files["predictions"], out["predictions"])
-        if "metrics" in out:
-            task_plots = getattr(self.task, "plots", None)  # a task's own plots, else recall and similarity
-            files.update(task_plots(out, folder, f"{self.name} {split}") if task_plots else self.plots(out, folder))
+    def write(self, out: Predictions, split: str, folder: str) -> dict[str, str]:
+        """The predictions' files (metrics.json, eval_info.json, predictions, plots), logged to MLflow."""
+        files = out.write(folder, self.name, split, self.cfg.eval.heatmap_queries)
         for path in files.values():
             self.tracker.log_artifact(path, os.path.relpath(folder, self.cfg.run.output_dir))
         return files
-
-    def plots(self, out: dict[str, Any], folder: str) -> dict[str, str]:
-        sim, gt_rows, queries = out["vr_scores"], out["gt_rows"], out["queries"]
-        ranks = vr_ranks(out)
-        recall = os.path.join(folder, "recall_at_k.png")
-        plots.recall_curve({"video retrieval": ranks}, recall, f"{self.name} {self.cfg.data.eval_split}")
-        heat = os.path.join(folder, "similarity.png")
-        rows, cols, z, gt, labels = heatmap_sample(sim, gt_rows, queries, self.cfg.eval.heatmap_queries)
-        videos = [str(queries[i]["video_id"]) for i in rows]
-        plots.similarity_heatmap(z[:, cols], labels, list(dict.fromkeys(videos)), heat,
-                                 f"{self.name} {self.cfg.data.eval_split}: query-video scores, per query",
-                                 gt=gt, colorbar="z-score over all videos, per query",
-                                 caption=HEATMAP_CAPTION.format(videos=sim.shape[1]))  # fmt: skip
-        return {"recall_plot": recall, "heatmap": heat}
 
     def finish(self, state: TrainState) -> dict[str, Any]:
         """The test split's predictions (no metrics), the Codalab zip, results.json."""
@@ -220,61 +184,14 @@ class Reporter:
             folder = self.out_dir("eval", test, f"step_{state.step:08d}")
             if self.rank == 0:
                 results["test_files"] = self.write(out, test, folder)
-                sub = results["test_files"].get("submission")
-                if self.cfg.eval.codalab_zip and sub and "submission" in self.last.get("files", {}):
-                    results["codalab_zip"] = os.path.join(self.cfg.run.output_dir, f"{self.name}_submission.zip")
-                    if self.name == "how2r":
-                        value_submission.value_zip(results["codalab_zip"], self.last["files"]["value_submission"],
-                                                   results["test_files"]["value_submission"])  # fmt: skip
-                    else:
-                        moment_eval.codalab_zip(results["codalab_zip"], self.last["files"]["submission"], sub)
-                    self.tracker.log_artifact(results["codalab_zip"], "submission")
+                if self.cfg.eval.codalab_zip and self.last.get("files"):  # the evaluation's files: the val split's
+                    upload = os.path.join(self.cfg.run.output_dir, f"{self.name}_submission.zip")
+                    if out.leaderboard_zip(upload, self.name, self.last["files"], results["test_files"]):
+                        results["codalab_zip"] = upload
+                        self.tracker.log_artifact(upload, "submission")
         if self.rank == 0:
             dump(os.path.join(self.cfg.run.output_dir, "results.json"), results)
         return results
-
-
-HEATMAP_CAPTION = ("Each row is one query: its scores against the sampled queries' own videos, as standard deviations "
-                   "from that query's mean score over all {videos} videos of the split (so rows compare). The red box "
-                   "is the query's own video; '[rank k]' is that video's rank among all {videos}. A good model: every "
-                   "box is the brightest cell of its row (rank 1), and no column is bright in every row (a video that "
-                   "wins every query is a hub, not a match).")
-
-
-def heatmap_sample(sim: torch.Tensor, gt_rows: torch.Tensor, queries: list[dict], n: int) -> tuple:
-    """Up to n queries with a video, spread over the split; their scores standardised per query over all
-    videos; the columns (each sampled query's own video, in order), each row's box and label with its rank.
-    Returns (rows, cols, z (rows, all videos), gt column per row, labels)."""
-    have = [i for i in range(sim.shape[0]) if gt_rows[i] >= 0]
-    rows = [have[round(j * (len(have) - 1) / max(n - 1, 1))] for j in range(min(n, len(have)))] if have else []
-    rows = list(dict.fromkeys(rows))
-    cols = list(dict.fromkeys(int(gt_rows[i]) for i in rows))
-    s = sim[rows].float()  # (R, V)
-    z = (s - s.mean(dim=1, keepdim=True)) / s.std(dim=1, keepdim=True).clamp_min(1e-12)
-    own = torch.tensor([int(gt_rows[i]) for i in rows], dtype=torch.long)
-    ranks = 1 + (s > s.gather(1, own[:, None])).sum(dim=1)  # (R,)
-    labels = [f"[rank {int(r)}] {queries[i]['text']}" for i, r in zip(rows, ranks)]
-    return rows, cols, z, [cols.index(int(c)) for c in own], labels
-
-
-def vr_ranks(out: dict[str, Any]) -> torch.Tensor:
-    """1-based rank of each query's video in its VR list (moment tasks) or similarity row; 10**9 if absent."""
-    gt_rows = out["gt_rows"]
-    ranks = torch.full(gt_rows.shape, 10**9, dtype=torch.long)  # (Q,)
-    if "submission" in out:
-        sub = out["submission"]
-        idx = sub["video2idx"]
-        for i, (q, entry) in enumerate(zip(out["queries"], sub["VR"])):
-            videos = [p[0] for p in entry["predictions"]]
-            target = idx.get(q["video_id"])
-            if target in videos:
-                ranks[i] = videos.index(target) + 1
-        return ranks
-    for i, (q, entry) in enumerate(zip(out["queries"], out["predictions"])):
-        videos = [p[0] for p in entry["predictions"]]
-        if q["video_id"] in videos:
-            ranks[i] = videos.index(q["video_id"]) + 1
-    return ranks
 
 
 def flatten_metrics(split: str, metrics: dict[str, Any]) -> dict[str, float]:
@@ -286,9 +203,3 @@ def flatten_metrics(split: str, metrics: dict[str, Any]) -> dict[str, float]:
         elif isinstance(v, (int, float)):
             out[f"{split}/{k}"] = float(v)
     return out
-
-
-def dump(path: str, obj: Any) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(path + ".tmp", path)

@@ -12,6 +12,7 @@ not in the corpus, rejected in data_prep for its features, gets the worst rank V
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from finetune import data
+from finetune import data, plots
 from finetune.alignment import AlignConfig, build_pooling, global_alignment_loss
+from finetune.task import Predictions, Terms, dump, total
 from pretrain import metrics
 from pretrain.objectives.taco import Taco, TacoConfig, Texts, fusion_all_pairs, taco_pair_scores
 
@@ -72,12 +74,13 @@ class VideoRetrievalTask:
         bb, frame_mask = model.backbone, batch["frame_mask"]  # (B, M)
         x = bb.embed_video(batch["frames"], frame_mask)  # (B, M, d)
         y = bb.embed_text(batch["input_ids"], batch["attention_mask"])  # (B, N, d)
-        losses = self.taco.from_embeddings(bb, batch, x, y)
+        # every term is logged weighted: TACo's come multiplied by their lambdas, the alignment's by task.align.glob
+        terms: Terms = {k: (1.0, v) for k, v in self.taco.from_embeddings(bb, batch, x, y).items()}
         if self.cfg.align.glob:  # E_L, E_V per task.align.pooling: the words / frames pooled, or [CLS] / mean frame
             e_l, e_v = model.head.language(y, batch["attention_mask"]), model.head.video(x, frame_mask)  # (B, d) each
-            losses["align_glob_loss"] = self.cfg.align.glob * global_alignment_loss(e_l, e_v, self.cfg.align.margin)
-        total = sum(losses.values())
-        return total, {**{k: float(v.detach()) for k, v in losses.items()}, "loss": float(total.detach())}
+            glob = self.cfg.align.glob * global_alignment_loss(e_l, e_v, self.cfg.align.margin)
+            terms["align_glob_loss"] = (1.0, glob)
+        return total(terms)
 
     def fusion_fn(self, engine: Any):
         """The fusion score (P,) of P (video, text) pairs, through the engine (ZeRO-3 gathers its parameters)."""
@@ -106,8 +109,8 @@ class VideoRetrievalTask:
 
     @torch.no_grad()
     def predict(self, engine: Any, dcfg: data.FinetuneDataConfig, split: str, tokenizer: Any,
-                device: torch.device, with_gt: bool) -> dict[str, Any]:  # fmt: skip
-        """{'predictions': per query its best videos, 'metrics': R@K/MedR/MeanR, 'vr_scores', 'gt_rows'}."""
+                device: torch.device, with_gt: bool) -> RetrievalPredictions:  # fmt: skip
+        """Per query its best videos; with_gt also R@K/MedR/MeanR."""
         queries = data.load_queries(dcfg, split)
         xs, masks, meta = [], [], []
         for batch in data.build_loader(dcfg, split, tokenizer, 0, 1, False, uniform=True):
@@ -136,11 +139,37 @@ class VideoRetrievalTask:
                   "predictions": [[meta[v]["video_id"], s] for v, s in zip(vs, ss)]}
                  for q, vs, ss in zip(queries, top_v.tolist(), top_s.tolist())]  # fmt: skip
         info = {"videos": len(meta), "videos_subsampled": sum(mt["frames"] > dcfg.max_frames for mt in meta)}
-        out: dict[str, Any] = {"predictions": preds, "vr_scores": torch.cat(dual)[:64], "gt_rows": gt_rows,
-                               "queries": queries, "info": info}  # fmt: skip
+        out = RetrievalPredictions(queries=queries, gt_rows=gt_rows, info=info, predictions=preds,
+                                   vr_scores=torch.cat(dual)[:64])  # fmt: skip
         if with_gt:
-            out["metrics"], out["per_query"] = retrieval_metrics(sim, gt_rows), per_query_ranks(sim, gt_rows)
+            out.metrics, out.per_query = retrieval_metrics(sim, gt_rows), per_query_ranks(sim, gt_rows)
         return out
+
+
+@dataclass(kw_only=True)
+class RetrievalPredictions(Predictions):
+    """Text-to-video retrieval's predictions on a split: per query its TOP_PREDICTIONS best videos."""
+
+    predictions: list[dict[str, Any]]  # per query: query_id, video_id, predictions [[video_id, score], ...]
+    vr_scores: Tensor  # (R, V) the first queries' sentence + token scores against every video (the heatmap's)
+
+    def write_predictions(self, folder: str, recipe: str, split: str) -> dict[str, str]:
+        files = {"predictions": os.path.join(folder, "predictions.json")}
+        dump(files["predictions"], self.predictions)
+        return files
+
+    def plots(self, folder: str, title: str, heatmap_queries: int) -> dict[str, str]:
+        return plots.retrieval_plots(self.vr_ranks(), self.vr_scores, self.gt_rows, self.queries, folder, title,
+                                     heatmap_queries)  # fmt: skip
+
+    def vr_ranks(self) -> Tensor:
+        """(Q,) 1-based rank of each query's video in its predictions; 10**9 if absent."""
+        ranks = torch.full(self.gt_rows.shape, 10**9, dtype=torch.long)  # (Q,)
+        for i, (q, entry) in enumerate(zip(self.queries, self.predictions)):
+            videos = [p[0] for p in entry["predictions"]]
+            if q["video_id"] in videos:
+                ranks[i] = videos.index(q["video_id"]) + 1
+        return ranks
 
 
 def gt_video_ranks(sim: Tensor, gt_rows: Tensor) -> Tensor:

@@ -31,6 +31,7 @@ from pretrain import checkpoint, runtime
 log = logging.getLogger(__name__)
 
 Compute = Callable[[torch.nn.Module, dict, int], tuple[torch.Tensor, dict[str, float]]]
+Evaluate = Callable[[int], dict[str, float]]  # step -> the metrics of an evaluation at that step
 
 
 COLLAPSE_KEYS = ("sentence_cos", "video_cos")  # mean pairwise cosines of the batch's embeddings (the Combiner's)
@@ -70,7 +71,7 @@ class Trainer:
     max_bad_steps: int = 3
     checkpoint_every: int = 0
     keep_last: int = 3
-    evaluate: Callable[[int], dict[str, float]] | None = None
+    evaluate: Evaluate | None = None
     eval_every: int = 0
     rank: int = 0
     world: int = 1
@@ -79,6 +80,17 @@ class Trainer:
     stop_requested: bool = False  # set by a signal handler on any rank
     _stop_agreed: bool = False  # every rank knows that some rank was asked to stop
     _window: dict[str, list[float]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: Any, engine: Any, loader: Any, compute: Compute, tracker: Any, state: TrainState,
+                    rank: int, world: int, device: torch.device, evaluate: Evaluate | None = None,
+                    mirror: Any = None) -> Trainer:  # fmt: skip
+        """A Trainer for a run config (PretrainConfig, finetune's configs): its schedule from `run` (output_dir,
+        max_steps, log_every, max_bad_steps), `checkpoint` (every, keep_last) and `eval.every`."""
+        return cls(engine, loader, compute, tracker, state, run_dir=cfg.run.output_dir, max_steps=cfg.run.max_steps,
+                   log_every=cfg.run.log_every, max_bad_steps=cfg.run.max_bad_steps,
+                   checkpoint_every=cfg.checkpoint.every, keep_last=cfg.checkpoint.keep_last, evaluate=evaluate,
+                   eval_every=cfg.eval.every, rank=rank, world=world, device=device, mirror=mirror)  # fmt: skip
 
     def request_stop(self, signum: int = 0, frame: Any = None) -> None:
         """Signal handler: checkpoint after the current optimizer step, then stop (Preempted)."""

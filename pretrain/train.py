@@ -72,9 +72,8 @@ def train(cfg: config.PretrainConfig, rank: int, world: int) -> TrainState:
         held_out = build_eval_loader(cfg.eval.held_out, cfg.data, tokenizer, cfg.eval.batch_size)
         evaluate = lambda step: zeroshot.evaluate(engine, held_out, device, cfg.eval.max_samples,  # noqa: E731
                                                   cfg.objectives.taco)
-    trainer = Trainer(engine, loader, Combiner(cfg.objectives), tracker, state, run_dir, cfg.run.max_steps,
-                      cfg.run.log_every, cfg.run.max_bad_steps, cfg.checkpoint.every, cfg.checkpoint.keep_last,
-                      evaluate, cfg.eval.every, rank, world, device, run.mirror)  # fmt: skip
+    trainer = Trainer.from_config(cfg, engine, loader, Combiner(cfg.objectives), tracker, state, rank, world, device,
+                                  evaluate=evaluate, mirror=run.mirror)  # fmt: skip
     state = session.fit(trainer, tracker)
     if cfg.checkpoint.export:
         run.export(cfg, state.step, tokenizer, rank)

@@ -16,10 +16,7 @@ from launch import ablate, report, stages
 
 REPO = Path(__file__).resolve().parent.parent
 # Where a dataset name may be written out in launch/ or the recipe, and why.
-ALLOWED = {
-    ("launch/stages.py", "tvr"), ("launch/stages.py", "msrvtt"),  # the main job's default recipes
-    ("finetune/recipe.py", "how2r"),  # How2R's leaderboard reads VALUE's format (finetune/value_submission.py)
-}  # fmt: skip
+ALLOWED = {("launch/stages.py", "tvr"), ("launch/stages.py", "msrvtt")}  # the main job's default recipes
 
 
 @pytest.mark.parametrize("name", list(DATASETS))

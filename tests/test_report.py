@@ -154,7 +154,7 @@ def test_heatmap_sample_standardises_per_query_and_ranks_each_own_video() -> Non
     the box on the query's own video; the label's rank among all videos (1 + strictly better)."""
     import torch
 
-    from finetune.recipe import heatmap_sample
+    from finetune.plots import heatmap_sample
 
     g = torch.Generator().manual_seed(0)
     sim = torch.randn(30, 12, generator=g)
