@@ -10,6 +10,8 @@
   ablation (`mesm`: XML head, MA + L_enc, +FW-MESM, +SS-MESM, both; DiDeMo and TVR). Their
   recipes are the suite's own: `finetune.recipes` does not apply to them.
 
+The suites are configs/ablate_suites.yaml (rows, overrides, columns); the run settings configs/ablate.yaml.
+
     python -m launch.ablate --suite feel|taco|readings|align|mesm [--config configs/ablate.yaml] [key=value ...]
     python -m launch.ablate --suite taco --slurm [key=value ...]    # Slurm job chains
     python -m launch.ablate --suite taco --collect [key=value ...]  # the table + MLflow from the run dirs
