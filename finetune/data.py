@@ -1,12 +1,12 @@
 """Finetune data: the converted sets (docs/finetune_sets.md) through the pretraining loader.
 
-A finetune shard holds one sample per video with all its queries. Training reuses
-pretrain/loader.py's VideoTextLoader (deterministic shard plan, per-rank split, exact resume,
-corrupt-shard accounting) with its own processor: each video gives one training row per
-epoch, a query drawn by (seed, epoch, video) and, for DiDeMo's several annotators, one of its
-spans. So an epoch is one pass over the videos (TVR: ~5 queries each, so ~5 epochs see every
-query once on average), and a batch never holds the same video twice: in-batch negatives are
-never false negatives.
+A finetune shard holds one sample per video with all its queries. Training reuses the
+pretraining loader's VideoTextLoader (pretrain/loader/: deterministic shard plan, per-rank
+split, exact resume, corrupt-shard accounting) with its own processor: each video gives one
+training row per epoch, a query drawn by (seed, epoch, video) and, for DiDeMo's several
+annotators, one of its spans. So an epoch is one pass over the videos (TVR: ~5 queries each, so
+~5 epochs see every query once on average), and a batch never holds the same video twice:
+in-batch negatives are never false negatives.
 
 Evaluation reads the split's videos once (no shuffle) and its queries from queries.jsonl,
 every valid query of the split, also those whose video was rejected for its features: the

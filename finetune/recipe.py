@@ -37,7 +37,7 @@ from finetune.task import Predictions, Task, dump
 from pretrain import config, runtime, session
 from pretrain.config import ConfigError
 from pretrain.distributed import rank_info
-from pretrain.loader import check_world
+from pretrain.loader import check_world, read_manifest
 from pretrain.loop import Trainer, TrainState
 from pretrain.model import build_model, load_tokenizer
 from pretrain.tracking import Tracker
@@ -66,7 +66,7 @@ def validate(cfg: FinetuneConfig, world: int) -> None:
         check_world(list(data.read_json(f"{train_dir}/sizes.json", cfg.data.s3_endpoint).values()), world)
     except ValueError as e:
         raise ConfigError(f"data.train_split {train_dir}: {e}") from None
-    manifest = data.read_json(f"{train_dir}/manifest.json", cfg.data.s3_endpoint)
+    manifest = read_manifest(train_dir, cfg.data.s3_endpoint)
     if manifest["feature_spec"]["dim"] != model.frame_dim:
         raise ConfigError(f"model.frame_dim {model.frame_dim} != the shards' feature dim "
                           f"{manifest['feature_spec']['dim']} ({cfg.data.root})")  # fmt: skip

@@ -1,14 +1,13 @@
 """The pretraining config tree: defaults <- YAML <- key=value overrides, then validation.
 
 Each part's schema lives beside the code it configures (ModelConfig in model.py, LoaderConfig
-in loader.py, ...); this module assembles them. OmegaConf's structured configs reject an
+in pretrain/loader/, ...); this module assembles them. OmegaConf's structured configs reject an
 unknown key or a wrong type with the key's name; `validate` then checks what needs the
 world (world size, files on disk) before any work starts.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 
@@ -16,11 +15,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pretrain.checkpoint import CheckpointConfig
-from pretrain.loader import LoaderConfig, check_world, resolve_shards
+from pretrain.loader import LoaderConfig, check_world, read_manifest, resolve_shards, source_folder
 from pretrain.model import ModelConfig, resolve
 from pretrain.objectives import ObjectivesConfig
 from pretrain.objectives import validate as validate_objectives
 from pretrain.runtime import OptimConfig, RuntimeConfig, ds_config, grad_accum_steps
+from pretrain.s3retry import NO_RETRY, is_remote
 from pretrain.tracking import TrackingConfig
 
 
@@ -85,23 +85,17 @@ def to_dict(cfg) -> dict:
 def _shard_manifest(url: str, s3_endpoint: str | None) -> dict | None:
     """The manifest.json of a shard folder, or beside a shard path or brace pattern (local or s3://);
     None when there is none to read."""
-    if url.endswith(".tar") or "{" in url:
-        url = url.rsplit("/", 1)[0] if "/" in url else "."
-    if url.startswith("s3://"):
-        import fsspec
-
-        from data_prep.storage import s3_options
-
-        try:
-            with fsspec.open(url.rstrip("/") + "/manifest.json", "r", **s3_options(s3_endpoint)) as f:
-                return json.load(f)
-        except (OSError, ValueError):  # unreachable here: the loader reports it with its retries
-            return None
-    path = os.path.join(url, "manifest.json")
-    if not os.path.exists(path):
+    folder = source_folder(url)
+    if folder is None:
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        return read_manifest(folder, s3_endpoint, NO_RETRY)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        if is_remote(folder):  # unreachable here: the loader reports it with its retries
+            return None
+        raise
 
 
 def validate_run(cfg, world: int) -> ModelConfig:

@@ -82,7 +82,7 @@ def seed_everything(seed: int) -> None:
 
 
 def standardize_frames(model: torch.nn.Module, loader_cfg: Any) -> None:
-    """A fresh model's frame statistics from its training data (feature_stats.json, pretrain/loader.py),
+    """A fresh model's frame statistics from its training data (feature_stats.json, pretrain/loader/),
     when `model.standardize_frames`; a resumed run or a loaded export brings its own."""
     from pretrain.loader import load_feature_stats
 

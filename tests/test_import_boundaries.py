@@ -30,9 +30,10 @@ ONLY_IN: dict[str, set[str]] = {
     # which create the parent runs and nest the training runs under them, use Tracker; launch/mlflow_server.sh
     # starts a server from the shell, not an import.
     "mlflow": {"pretrain/tracking.py"},
-    # Reading shards: pretrain/loader.py. finetune/data.py reads its splits through pretrain.loader, and
+    # Reading shards: the loader package's reading module, and its storage module for webdataset's brace and
+    # "::" shard-list syntax. finetune/data.py reads its splits through pretrain.loader, and
     # data_prep/sharding.py writes the tars with the standard library's tarfile.
-    "webdataset": {"pretrain/loader.py"},
+    "webdataset": {"pretrain/loader/reading.py", "pretrain/loader/storage.py"},
     # spaCy's part-of-speech tagger (the optional `pos` extra), behind data_prep.tagger's heuristic fallback.
     "spacy": {"data_prep/tagger.py"},
 }

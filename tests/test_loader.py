@@ -1,4 +1,4 @@
-"""The pretraining loader (pretrain/loader.py) and its tokenisation (pretrain/text.py).
+"""The pretraining loader (pretrain/loader/) and its tokenisation (pretrain/text.py).
 
 Shards come from the real converter on the synthetic corpus (conftest's `corpus`), cut small
 (--shard-size 8) so that an epoch spans many shards, streams and blocks. The loader runs with

@@ -29,6 +29,7 @@ from data_prep import howto100m, synthetic
 from launch.pipeline import free_port
 from pretrain import loader as L
 from pretrain import s3retry
+from pretrain.loader import reading, storage
 
 pytestmark = pytest.mark.slow
 
@@ -303,7 +304,7 @@ def test_transient_errors_are_retried_and_the_batches_do_not_change(s3, shards, 
 
 
 def test_permanent_errors_are_not_retried(s3, shards, tokenizer, reference, inject, caplog, monkeypatch) -> None:
-    monkeypatch.setattr(L, "_logged", Counter())  # skip logging is rate-limited per process
+    monkeypatch.setattr(reading, "_logged", Counter())  # skip logging is rate-limited per process
     names = _shard_names(shards)
     calls = inject(names[2], every=_no_such_key())  # the object went away after the plan was made
     with caplog.at_level(logging.WARNING):
@@ -321,7 +322,7 @@ def test_permanent_errors_are_not_retried(s3, shards, tokenizer, reference, inje
     calls = inject("sizes.json", every=_no_such_key())
     before = calls["sizes.json"]
     with pytest.raises(FileNotFoundError):
-        L._read_json(f"{URL}/sizes.json", None, s3retry.RetryPolicy(retries=5, backoff=10.0))
+        storage.read_json(f"{URL}/sizes.json", None, s3retry.RetryPolicy(retries=5, backoff=10.0))
     assert calls["sizes.json"] == before + 1
 
 
