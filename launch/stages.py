@@ -25,6 +25,7 @@ from finetune.datasets import DATASETS
 from launch import pipeline, report
 from pretrain import config
 from pretrain.config import ConfigError
+from pretrain.loader import read_manifest
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "main_job.yaml"
@@ -219,7 +220,7 @@ def summary(shards: Path) -> str:
     """A table of what every sharded dataset holds, from the manifests."""
     rows = [("dataset/split", "videos", "samples", "shards", "rejected", "MB")]
     for manifest in sorted(shards.glob("**/manifest.json")):
-        c = json.loads(manifest.read_text())["counts"]
+        c = read_manifest(str(manifest.parent))["counts"]
         name = str(manifest.parent.relative_to(shards))
         rows.append((name, c["videos"], c["samples"], c["shards"], c["videos_rejected"], f"{c['bytes'] / 1e6:.1f}"))
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
@@ -244,10 +245,10 @@ def held_out_split(folder: Path, n: int) -> tuple[list[str], str]:
 
 def feature_dim(split_dir: Path) -> int:
     """The frame feature dim of a converted split (its manifest's feature_spec.dim): the model's frame_dim."""
-    manifest = split_dir / "manifest.json"
-    if not manifest.exists():
-        raise FileNotFoundError(f"{manifest} is missing: run the data stages first")
-    return int(json.loads(manifest.read_text())["feature_spec"]["dim"])
+    try:
+        return int(read_manifest(str(split_dir))["feature_spec"]["dim"])
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{e}: run the data stages first") from None
 
 
 def train_split(recipe: str, overrides: list[str]) -> str:
