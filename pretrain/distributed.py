@@ -21,7 +21,7 @@ single-process loss over the global batch (equal local batch sizes). What each p
   "W times too large" of the design notes holds for the per-rank gradient, or under a
   sum-reduce (Horovod's op=Sum), not after DeepSpeed's averaging (docs/design.md section 5).
 
-`tests/test_distributed.py` checks these four combinations with two gloo processes.
+`tests/integration/test_distributed.py` checks these four combinations with two gloo processes.
 
 Everything here is the identity (or a no-op) when torch.distributed is not initialised or has
 one rank, so the same loss code runs in a single CPU process.

@@ -1,4 +1,4 @@
-"""Retrieval metrics as pure functions (checked against brute force in tests/test_metrics.py).
+"""Retrieval metrics as pure functions (checked against brute force in tests/unit/test_loop_and_metrics.py).
 
 Text-to-video retrieval over a similarity matrix `sim[q, v]` where query q's ground truth is
 video `gt[q]`: the rank of the ground truth is 1 + the number of videos scored strictly

@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 source scripts/setup.sh
-# The Slurm tests (tests/test_slurm.py) start a single-node Slurm themselves; install it when missing.
+# The Slurm tests (tests/e2e/test_slurm.py) start a single-node Slurm themselves; install it when missing.
 if ! command -v sbatch >/dev/null 2>&1; then
   echo "test: installing slurm-wlm and munge for the Slurm tests" >&2
   apt-get update -qq >/dev/null

@@ -26,6 +26,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+# The tiers (tests/README.md): a test may import another tier's helpers (`from test_pretrain import FAST`) and
+# tests/slurm_cluster.py, so every tier's folder is on the path, as pytest puts each test's own there.
+for _folder in (REPO / "tests", *(REPO / "tests" / tier for tier in ("unit", "integration", "e2e"))):
+    if str(_folder) not in sys.path:
+        sys.path.insert(1, str(_folder))
 
 SYNTHETIC_VIDEOS = 32
 SHARD_SIZE = 12  # small, so every run writes many shards

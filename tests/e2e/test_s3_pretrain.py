@@ -33,7 +33,7 @@ from pretrain.loader import reading, storage
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BUCKET, PREFIX = "pretrain", "howto/clip60"
 URL = f"s3://{BUCKET}/{PREFIX}"
 ACCESS_KEY = "AKIAFAKEFAKEFAKE1234"

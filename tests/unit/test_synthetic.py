@@ -18,7 +18,7 @@ import pytest
 
 from data_prep import synthetic as syn
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHOW_PREFIXES = ("friends_", "castle_", "house_", "grey_", "met_")
 # generate(tmp / "c", videos=6, seed=2) before worlds existed: the default world must stay this, byte for byte.
 # Changed once on purpose (issue 20): How2R's VALUE files gained how2r_video2dur_idx.json and lost `type`, as

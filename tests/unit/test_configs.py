@@ -29,7 +29,7 @@ from finetune.datasets import DATASETS
 from launch import ablate, stages
 from pretrain import config as pretrain_config
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 
 
@@ -74,7 +74,7 @@ def loader_of(rel: str) -> Callable[[Path], Any]:
     found = [load for pattern, load in LOADERS.items() if fnmatch(rel, pattern)]
     if len(found) != 1:
         pytest.fail(f"configs/{rel}: no entry point known to load it ({len(found)} patterns match); "
-                    f"add it to LOADERS in tests/test_configs.py with the loader of the entry point that reads it")
+                    f"add it to LOADERS in tests/unit/test_configs.py with the loader of the entry point that reads it")
     return found[0]
 
 

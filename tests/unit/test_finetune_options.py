@@ -142,7 +142,7 @@ def test_moment_loss_is_the_task_loss_plus_the_weighted_terms(backbone, pooling)
     l_ss = ss_loss(q_enh, q_enh_mask, segment_features(ctx, span), span, torch.arange(B), 0.9, 1.0)
     aligned = h.align(h.enhance_video(ctx, q_tok, am), q_enh, q_enh_mask) * fm[..., None]
     l_enc = enc_loss(h.saliency_logits(aligned), span, fm)
-    q_span = model.head.span_query_vector(q_tok, am)  # the pooled words (tests/test_finetune.py checks it)
+    q_span = model.head.span_query_vector(q_tok, am)  # the pooled words (tests/integration/test_finetune.py checks it)
     x = torch.einsum("bd,bmd->bm", q_span, F.normalize(aligned, dim=-1))  # the span head reads F
     st, ed = model.head.span_logits(x)
     l_span = sum(F.cross_entropy(st[i, : int(fm[i].sum())][None], span[i, :1]) +

@@ -14,7 +14,7 @@ from finetune import datasets
 from finetune.datasets import DATASETS
 from launch import ablate, report, stages
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # Where a dataset name may be written out in launch/ or the recipe, and why.
 ALLOWED = {("launch/stages.py", "tvr"), ("launch/stages.py", "msrvtt")}  # the main job's default recipes
 

@@ -19,7 +19,7 @@ import torch
 from data_prep import howto100m, synthetic
 from launch.pipeline import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LOSS_KEYS = ("mlm_loss", "mfm_nce_loss", "gmr_loss", "self_contrast_loss", "taco_l1_loss", "taco_l2_loss",
              "taco_l3_loss", "loss")
 # A small, fast setting of the tiny preset (each rank one thread: 2 ranks on 2 cores).

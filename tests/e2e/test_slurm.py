@@ -28,7 +28,7 @@ from test_pretrain import FAST, LOSS_KEYS
 from data_prep import howto100m, synthetic
 from launch.pipeline import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PRETRAIN = REPO / "launch" / "pretrain_howto100m.sh"
 CONFIG = "configs/pretrain/tiny_cpu.yaml"  # relative: the script finds it in the repository
 # The CPU node: 2 ranks of 1 core each, no GPU (the script's defaults are 8 GPUs x 8 cores).

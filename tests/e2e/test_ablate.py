@@ -25,8 +25,8 @@ from finetune.datasets import DATASETS
 from launch import ablate
 from pretrain import config as pretrain_config
 
-REPO = Path(__file__).resolve().parent.parent
-CPU_NODE = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"]  # as tests/test_slurm.py
+REPO = Path(__file__).resolve().parents[2]
+CPU_NODE = ["--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"]  # as tests/e2e/test_slurm.py
 
 
 def _list(values: list[str]) -> str:

@@ -23,7 +23,7 @@ from finetune.moment import MomentConfig, MomentHead, moment_loss
 from launch.pipeline import free_port
 from pretrain.model import ModelConfig, build_model
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VCMR_KEYS = {f"{t}-r{k}" for t in (0.5, 0.7) for k in (1, 5, 10, 100)}
 VR_KEYS = {"r1", "r5", "r10", "r100"}
 RETRIEVAL_KEYS = {"R@1", "R@5", "R@10", "MedR", "MeanR"}

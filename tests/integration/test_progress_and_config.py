@@ -19,7 +19,7 @@ import pytest
 from launch.stages import load_config
 from pretrain.config import ConfigError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _tiny_corpus(root: Path, videos: int) -> tuple[Path, Path]:

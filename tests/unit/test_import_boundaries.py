@@ -15,7 +15,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 LAYERS = ("data_prep", "pretrain", "finetune", "launch")  # each may import itself and those before it
 NOT_A_LIBRARY = ("tests", "benchmarks", "scripts")  # importable by nothing in LAYERS
 
