@@ -30,10 +30,7 @@ The process's peak (getrusage ru_maxrss) is reported too. `--write` puts the res
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -43,14 +40,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for `python benchmarks/x.py`
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from benchmarks.pretrain_step import load, write_section  # noqa: E402
+from benchmarks._results import header, load, machine, write_section  # noqa: E402
 from finetune import moment_search as ms  # noqa: E402
 
 SECTION = "## finetune: VCMR corpus search"
@@ -289,10 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         r = runs[-1]
         lines = [
             SECTION, "",
-            f"Measured {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')} by `{command.strip()}`.",
-            "",
-            f"- machine: `{' '.join(os.uname())}`; 2-core AMD EPYC VM, no GPU",
-            f"- Python {platform.python_version()}, torch {torch.__version__} ({args.threads} thread(s))",
+            *header(machine("torch"), command.strip()),
             f"- load average (1, 5, 15 min) before: {load_before}; after: {load()}",
             f"- synthetic corpus: frames {args.min_frames}-{args.frames} per video (mean {r['frames_mean']:.1f}), "
             "unit-norm random frame vectors, fp32; `SearchConfig()` defaults (K = 100, moments of 1-16 frames, "
