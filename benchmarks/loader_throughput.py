@@ -126,12 +126,14 @@ def read_tars(folder: Path, decode: bool) -> int:
     return samples
 
 
-def loader_epoch(folder: Path, workers: int) -> tuple[Any, Callable[[], tuple[int, float]]]:
+def loader_epoch(
+    folder: Path, workers: int, streams: int = STREAMS, batch: int = BATCH, max_frames: int = 64
+) -> tuple[Any, Callable[[], tuple[int, float]]]:
     """A training loader over `folder` and a function running one epoch: (samples, seconds to the first batch)."""
     from pretrain.loader import LoaderConfig, build_train_loader
 
-    cfg = LoaderConfig(train=str(folder), batch_size=BATCH, max_text_len=64, max_frames=64, shuffle_buffer=100,
-                       num_workers=workers, streams=STREAMS)  # fmt: skip
+    cfg = LoaderConfig(train=str(folder), batch_size=batch, max_text_len=64, max_frames=max_frames,
+                       shuffle_buffer=100, num_workers=workers, streams=streams)  # fmt: skip
     loader = build_train_loader(cfg, rank=0, world_size=1)
 
     def run() -> tuple[int, float]:
