@@ -23,10 +23,8 @@
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -39,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for `python benchmarks/x.py`
+from benchmarks._results import REPO, machine, write_section  # noqa: E402
 
 HERO_DIM = 4352  # ResNet-152 2048 + SlowFast 2304
 HOWTO100M_VIDEOS = 1_220_000
@@ -248,29 +246,6 @@ def measure_read(out: Path, repeats: int) -> dict[str, float]:
     return results
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo") as f:
-        mem_kb = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
-    import spacy
-    import webdataset
-
-    return {
-        "uname": subprocess.run(["uname", "-a"], capture_output=True, text=True).stdout.strip(),
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "ram": f"{mem_kb / 2**20:.1f} GiB",
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "versions": f"Python {platform.python_version()}, numpy {np.__version__}, webdataset "
-        f"{getattr(webdataset, '__version__', '?')}, spaCy {spacy.__version__}",
-    }
-
-
 def fmt_time(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f} min"
@@ -418,19 +393,6 @@ def report(
     return "\n".join(lines)
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the "## data_prep" section of RESULTS.md (or add it), keeping the others."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    lines = text.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join(lines[:start] + section.rstrip("\n").splitlines() + [""] + lines[end:])
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", type=int, default=200, help="synthetic HowTo100M videos (64-d runs)")
@@ -482,8 +444,8 @@ def main(argv: list[str] | None = None) -> None:
         read_out = next(r.out for r in runs if r.features == "4352-d" and r.tagger == "spacy" and r.mode == "60 s")
         read = measure_read(read_out, max(args.repeats, 5))
         print(json.dumps(read), flush=True)
-        section = report(machine(), runs, comp, read, args)
-        write_section(args.results, section)
+        section = report(machine("numpy", "webdataset", "spacy"), runs, comp, read, args)
+        write_section(SECTION, section, args.results)
         print(section)
     finally:
         if args.workdir is None:

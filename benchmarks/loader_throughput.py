@@ -22,11 +22,9 @@ Results print as a table; `--write` puts them under "## loader" in benchmarks/RE
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -40,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for `python benchmarks/x.py`
+from benchmarks._results import machine, write_section  # noqa: E402
 
 HERO_DIM = 4352  # ResNet-152 2048 + SlowFast 2304
 SECTION = "## loader"
@@ -128,12 +126,14 @@ def read_tars(folder: Path, decode: bool) -> int:
     return samples
 
 
-def loader_epoch(folder: Path, workers: int) -> tuple[Any, Callable[[], tuple[int, float]]]:
+def loader_epoch(
+    folder: Path, workers: int, streams: int = STREAMS, batch: int = BATCH, max_frames: int = 64
+) -> tuple[Any, Callable[[], tuple[int, float]]]:
     """A training loader over `folder` and a function running one epoch: (samples, seconds to the first batch)."""
     from pretrain.loader import LoaderConfig, build_train_loader
 
-    cfg = LoaderConfig(train=str(folder), batch_size=BATCH, max_text_len=64, max_frames=64, shuffle_buffer=100,
-                       num_workers=workers, streams=STREAMS)  # fmt: skip
+    cfg = LoaderConfig(train=str(folder), batch_size=batch, max_text_len=64, max_frames=max_frames,
+                       shuffle_buffer=100, num_workers=workers, streams=streams)  # fmt: skip
     loader = build_train_loader(cfg, rank=0, world_size=1)
 
     def run() -> tuple[int, float]:
@@ -193,22 +193,6 @@ def measure(folder: Path, features: str, repeats: int) -> list[Row]:
     return rows
 
 
-def machine() -> dict[str, str]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    from importlib.metadata import version
-
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "uname": " ".join(platform.uname()),
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "versions": f"Python {platform.python_version()}, torch {version('torch')}, webdataset "
-        f"{version('webdataset')}, transformers {version('transformers')}, numpy {np.__version__}",
-    }
-
-
 def table(rows: list[Row], parts: dict[str, dict[str, float]]) -> str:
     base = {r.features: r.rate for r in rows if r.name.startswith("tarfile: bytes +")}
     lines = [
@@ -249,22 +233,6 @@ def section(info: dict[str, str], args: argparse.Namespace, body: str, load: tup
     ])  # fmt: skip
 
 
-def write_results(text: str) -> None:
-    """Replace (or append) the "## loader" section of benchmarks/RESULTS.md, if that file exists."""
-    path = REPO / "benchmarks" / "RESULTS.md"
-    if not path.exists():
-        print(f"{path} does not exist: not written")
-        return
-    lines = path.read_text().splitlines()
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = "\n".join(lines).rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join(lines[:start] + text.rstrip("\n").splitlines() + [""] + lines[end:])
-    path.write_text(new.rstrip("\n") + "\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", type=int, default=200, help="synthetic HowTo100M videos (64-d shards)")
@@ -281,10 +249,11 @@ def main(argv: list[str] | None = None) -> None:
         parts = {features: components(folder, args.repeats) for features, folder in folders.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = section(machine(), args, table(rows, parts), (load_start, os.getloadavg()[0]))
+    info = machine("torch", "webdataset", "transformers", "numpy")
+    text = section(info, args, table(rows, parts), (load_start, os.getloadavg()[0]))
     print(text)
     if args.write:
-        write_results(text)
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

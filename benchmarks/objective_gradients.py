@@ -20,9 +20,11 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for `python benchmarks/x.py`
 import torch  # noqa: E402
-from pretrain_step import REPO, header, machine, write_section  # noqa: E402
+
+from benchmarks._results import REPO, header, machine, write_section  # noqa: E402
+from benchmarks.pretrain_step import STACK  # noqa: E402
 
 SECTION = "## pretrain: objective gradients at initialisation"
 
@@ -70,7 +72,7 @@ def main() -> None:
             losses.append(float(loss))
         rows[name] = (sum(losses) / len(losses), sum(norms) / len(norms))
     g_taco = rows["taco"][1]
-    lines = [SECTION, "", *header(machine(), "python benchmarks/objective_gradients.py --write"), "",
+    lines = [SECTION, "", *header(machine(*STACK), "python benchmarks/objective_gradients.py --write"), "",
              f"Main-job corpus `{args.shards}`, pretraining config tiny_cpu.yaml + the main job's overrides "
              f"(weights excluded), model at init (seed 0), mean over {len(batches)} batches of 8 clips, each "
              "objective alone (TACo's losses summed, λ included):", "",

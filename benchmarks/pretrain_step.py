@@ -29,10 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import cProfile
-import datetime
 import io
-import os
-import platform
 import pstats
 import shutil
 import statistics
@@ -44,17 +41,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for `python benchmarks/x.py`
 import torch  # noqa: E402
+
+from benchmarks._results import header, load, machine, write_section  # noqa: E402
 
 SECTION = "## pretrain: training step overhead"
 CLS, SEP, MASK = 101, 102, 103  # the MiniLM (BERT uncased) vocabulary's special ids
 PHASES = ("forward", "finite check", "backward", "step")
+STACK = ("torch", "deepspeed", "transformers")  # the versions in the results header
 CLOCK = time.process_time  # CPU seconds of this process (all its threads): the phases, and the per-step CPU time
 
 
@@ -101,53 +96,6 @@ def make_batch(
     }  # fmt: skip
 
 
-def machine() -> dict[str, str]:
-    """The machine and software versions, for the results header."""
-    import deepspeed
-    import transformers
-
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    with open("/proc/meminfo") as f:
-        mem_kb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
-    return {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "uname": " ".join(os.uname()),
-        "cpu": f"{cpu}, {os.cpu_count()} cores, RAM {mem_kb / 2**20:.1f} GiB",
-        "versions": f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} "
-        f"thread(s)), deepspeed {deepspeed.__version__}, transformers {transformers.__version__}",
-    }
-
-
-def load() -> str:
-    """The 1/5/15-minute load averages (other processes share the 2 cores)."""
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def header(info: dict[str, str], command: str) -> list[str]:
-    return [
-        f"Measured {info['date']} by `{command}`.", "",
-        f"- machine: `{info['uname']}`",
-        f"- CPU: {info['cpu']}; no GPU in this session",
-        f"- {info['versions']}; DS_ACCELERATOR=cpu",
-    ]  # fmt: skip
-
-
-def write_section(section: str, text: str) -> None:
-    """Replace (or append) `section` of benchmarks/RESULTS.md; every other section is kept as it is."""
-    path = REPO / "benchmarks" / "RESULTS.md"
-    lines = path.read_text().splitlines() if path.exists() else ["# Benchmark results"]
-    start = next((i for i, line in enumerate(lines) if line.strip() == section), None)
-    if start is None:
-        new = "\n".join(lines).rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join(lines[:start] + text.rstrip("\n").splitlines() + [""] + lines[end:])
-    path.write_text(new.rstrip("\n") + "\n")
-    print(f"wrote {section!r} to {path}")
-
-
 def med_range(values: list[float], fmt: str = "{:.3f}") -> str:
     """'median (min-max)'."""
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
@@ -157,35 +105,36 @@ def med_range(values: list[float], fmt: str = "{:.3f}") -> str:
 
 
 class TimedEngine:
-    """The DeepSpeed engine, with the wall time of each call the training loop makes recorded."""
+    """The DeepSpeed engine, with the time of each call the training loop makes recorded on `clock` (CPU
+    seconds by default; benchmarks/device_check.py passes a wall clock that synchronises the GPU)."""
 
-    def __init__(self, engine: Any):
-        self.engine = engine
+    def __init__(self, engine: Any, clock: Callable[[], float] = CLOCK):
+        self.engine, self.clock = engine, clock
         self.times: dict[str, float] = dict.fromkeys(PHASES, 0.0)
         self._t = 0.0
 
     def __call__(self, compute: Callable, batch: dict) -> Any:
-        t = CLOCK()
+        t = self.clock()
         out = self.engine(compute, batch)
-        self._t = CLOCK()
+        self._t = self.clock()
         self.times["forward"] += self._t - t
         return out
 
     def is_gradient_accumulation_boundary(self) -> bool:
-        t = CLOCK()
+        t = self.clock()
         self.times["finite check"] += t - self._t  # the loop's `_all_finite` ran since the forward returned
         self._t = t
         return self.engine.is_gradient_accumulation_boundary()
 
     def backward(self, loss: torch.Tensor) -> None:
-        t = CLOCK()
+        t = self.clock()
         self.engine.backward(loss)
-        self.times["backward"] += CLOCK() - t
+        self.times["backward"] += self.clock() - t
 
     def step(self) -> None:
-        t = CLOCK()
+        t = self.clock()
         self.engine.step()
-        self.times["step"] += CLOCK() - t
+        self.times["step"] += self.clock() - t
 
 
 @dataclass
@@ -358,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--write", action="store_true", help=f'put the results under "{SECTION}" in RESULTS.md')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    info, load_before, t0 = machine(), load(), time.time()
+    info, load_before, t0 = machine(*STACK), load(), time.time()
     variants, facts = measure(args)
     body = table(variants)
     print("\n" + body)

@@ -29,15 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for `python benchmarks/x.py`
 import torch  # noqa: E402
 
-from benchmarks.pretrain_step import header, load, machine, write_section  # noqa: E402
+from benchmarks._results import REPO, header, load, machine, write_section  # noqa: E402
+from benchmarks.pretrain_step import STACK  # noqa: E402
 
 SECTION = "## finetune: TACo inference"
 RERANKS = (0, 8, 16, 32)
@@ -103,7 +99,7 @@ def main() -> None:
     from pretrain import config
     from pretrain.model import build_model, load_tokenizer, resolve
 
-    info = machine()
+    info = machine(*STACK)
     shards = make_data(args.workdir, args.queries)
     export = finetune(args.workdir, shards, args.steps)
     cfg = config.load(str(export / "config.yaml"), [], DATASETS["msrvtt"].schema)

@@ -42,15 +42,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for `python benchmarks/x.py`
 import torch  # noqa: E402
 
-from benchmarks.pretrain_step import header, load, machine, make_batch, med_range, write_section  # noqa: E402
+from benchmarks._results import header, load, machine, write_section  # noqa: E402
+from benchmarks.pretrain_step import STACK, make_batch, med_range  # noqa: E402
 
 SECTION = "## pretrain: TACo L3, cascade vs all pairs"
 VARIANTS = ("cascade", "all pairs")
@@ -225,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         child(args)
         return
-    info, load_before, t0 = machine(), load(), time.time()
+    info, load_before, t0 = machine(*STACK), load(), time.time()
     k1 = min(args.k_neg, args.batch - 1) + 1
     pairs = {"cascade": 2 * args.batch * k1, "all pairs": args.batch**2}
     runs = measure(args)

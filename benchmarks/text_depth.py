@@ -21,9 +21,11 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for `python benchmarks/x.py`
 import torch  # noqa: E402
-from pretrain_step import CLOCK, header, load, machine, make_batch, write_section  # noqa: E402
+
+from benchmarks._results import header, load, machine, write_section  # noqa: E402
+from benchmarks.pretrain_step import CLOCK, STACK, make_batch  # noqa: E402
 
 SECTION = "## pretrain: tiny preset text depth"
 DEPTHS = (2, 3, 4, 6)
@@ -93,7 +95,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--write", action="store_true")
     args = p.parse_args()
-    info = machine()
+    info = machine(*STACK)
     spreads = {n: spread(n) for n in DEPTHS}
     batch = make_batch(batch=8, frames=24, tokens=32)
     seconds: dict[int, list[float]] = {n: [] for n in DEPTHS}

@@ -30,10 +30,7 @@ The process's peak (getrusage ru_maxrss) is reported too. `--write` puts the res
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -43,14 +40,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for `python benchmarks/x.py`
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from benchmarks.pretrain_step import load, write_section  # noqa: E402
+from benchmarks._results import header, load, machine, write_section  # noqa: E402
 from finetune import moment_search as ms  # noqa: E402
 
 SECTION = "## finetune: VCMR corpus search"
@@ -64,7 +58,8 @@ TIMED = ("frame_log_probs", "band_scores", "ranked_topk", "temporal_nms", "to_li
 class SyntheticModel:
     """Frames (V, M, d) and query vectors (Q, 3, d); the two callbacks of `search_corpus`, timed."""
 
-    def __init__(self, queries: int, videos: int, frames: int, min_frames: int, dim: int, seed: int = 0):
+    def __init__(self, queries: int, videos: int, frames: int, min_frames: int, dim: int, seed: int = 0,
+                 device: str = "cpu"):  # fmt: skip
         g = torch.Generator().manual_seed(seed)
         self.counts = torch.randint(min_frames, frames + 1, (videos,), generator=g)  # (V,)
         self.valid = torch.arange(frames) < self.counts[:, None]  # (V, M)
@@ -75,21 +70,23 @@ class SyntheticModel:
         self.q_span = q[:, 1:].contiguous()  # (Q, 2, d): start, end
         self.shape = (videos, frames)
         self.seconds: dict[str, float] = defaultdict(float)
+        for name in ("valid", "frames", "q_vr", "q_span"):  # the model's side on the device; the corpus on the CPU
+            setattr(self, name, getattr(self, name).to(device))
 
     def vr_scores(self, q0: int, q1: int) -> Tensor:
-        t = time.perf_counter()
+        t = clock()
         cos = (self.q_vr[q0:q1] @ self.frames.T).view(q1 - q0, *self.shape)  # (Qv, V, M)
         out = cos.masked_fill_(~self.valid, float("-inf")).amax(dim=-1)  # (Qv, V)
-        self.seconds["model: vr_scores"] += time.perf_counter() - t
+        self.seconds["model: vr_scores"] += clock() - t
         return out
 
     def span_logits(self, q_rows: Tensor, v_rows: Tensor) -> tuple[Tensor, Tensor]:
-        t = time.perf_counter()
+        t = clock()
         qc, k = v_rows.shape
         x = (self.q_span[q_rows].view(2 * qc, -1) @ self.frames.T).view(qc, 2, *self.shape)  # (Qc, 2, V, M)
         idx = v_rows[:, None, :, None].expand(qc, 2, k, self.shape[1])  # (Qc, 2, K, M)
         st, ed = x.gather(2, idx).unbind(1)  # (Qc, K, M) each
-        self.seconds["model: span_logits"] += time.perf_counter() - t
+        self.seconds["model: span_logits"] += clock() - t
         return st, ed
 
 
@@ -106,12 +103,12 @@ def instrument(seconds: dict[str, float], num_videos: int) -> None:
         fn = getattr(ms, name)
 
         def timed(*a: Any, _fn: Callable = fn, _name: str = name, **kw: Any) -> Any:
-            t = time.perf_counter()
+            t = clock()
             out = _fn(*a, **kw)
             key = _name
             if _name == "ranked_topk":
                 key += " (videos)" if a[0].shape[1] == num_videos else " (moments)"
-            seconds[key] += time.perf_counter() - t
+            seconds[key] += clock() - t
             return out
 
         setattr(ms, name, timed)
@@ -125,16 +122,28 @@ def _status_kb(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
+def clock() -> float:
+    """Wall seconds, once the GPU (when one is in use) has finished its queued work."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 def measured(fn: Callable[[], Any]) -> tuple[Any, dict[str, float]]:
-    """(result, {wall, cpu, rss_before MiB, rss_peak_delta MiB}) of fn(), VmHWM reset just before."""
+    """(result, {wall, cpu, rss_before MiB, rss_peak_delta MiB, gpu_peak MiB}) of fn(), VmHWM (and the GPU's
+    peak, on a GPU) reset just before; gpu_peak is 0 without a GPU."""
+    gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # VmHWM := current VmRSS
     before = _status_kb("VmRSS")
-    t, c = time.perf_counter(), time.process_time()
+    t, c = clock(), time.process_time()
     out = fn()
-    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    wall, cpu = clock() - t, time.process_time() - c
     peak = (_status_kb("VmHWM") - before) / 1024
-    return out, {"wall": wall, "cpu": cpu, "rss_before": before / 1024, "rss_peak": peak}
+    gpu_peak = torch.cuda.max_memory_allocated() / MiB if gpu else 0.0
+    return out, {"wall": wall, "cpu": cpu, "rss_before": before / 1024, "rss_peak": peak, "gpu_peak": gpu_peak}
 
 
 def vr_stage(model: SyntheticModel, corpus: ms.Corpus, num_queries: int, cfg: ms.SearchConfig) -> int:
@@ -151,7 +160,8 @@ def vr_stage(model: SyntheticModel, corpus: ms.Corpus, num_queries: int, cfg: ms
 def dense_top(log_st: Tensor, log_ed: Tensor, prior: Tensor, cfg: ms.SearchConfig) -> tuple[Tensor, Tensor]:
     """Baseline: every (start, end) pair of the K videos, (Qc, K, M, M), band-masked, then topk."""
     m = log_st.shape[-1]
-    length = torch.arange(m)[None, :] - torch.arange(m)[:, None] + 1  # (M, M): j - i + 1
+    pos = torch.arange(m, device=log_st.device)  # (M,)
+    length = pos[None, :] - pos[:, None] + 1  # (M, M): j - i + 1
     bad = (length < cfg.min_moment_frames) | (length > cfg.max_moment_frames)  # (M, M)
     full = (log_st + prior[..., None])[..., :, None] + log_ed[..., None, :]  # (Qc, K, M, M)
     return full.masked_fill_(bad, float("-inf")).flatten(1).topk(cfg.candidates, dim=1)  # (Qc, C) each
@@ -178,14 +188,14 @@ def subset_inputs(model: SyntheticModel, corpus: ms.Corpus, n: int, cfg: ms.Sear
     for c0 in range(0, n, cfg.moment_chunk):
         rows = slice(c0, min(c0 + cfg.moment_chunk, n))
         st, ed = model.span_logits(torch.arange(rows.start, rows.stop), v_rows[rows])  # (Qc, K, M)
-        chunks.append((st, ed, corpus.frame_counts[v_rows[rows]], prior[rows]))
+        chunks.append((st, ed, corpus.frame_counts.to(v_rows.device)[v_rows[rows]], prior[rows]))
     return chunks
 
 
 def child(args: argparse.Namespace) -> dict[str, Any]:
     """One (scale, d) configuration in this process; returns the measurements."""
     q, v = round(args.queries * args.scale), round(args.videos * args.scale)
-    model = SyntheticModel(q, v, args.frames, args.min_frames, args.dim)
+    model = SyntheticModel(q, v, args.frames, args.min_frames, args.dim, device=args.device)
     corpus, cfg = corpus_of(model), ms.SearchConfig()
     res: dict[str, Any] = {"queries": q, "videos": v, "dim": args.dim, "rss_data": _status_kb("VmRSS") / 1024}
     res["frames_mib"] = model.frames.numel() * model.frames.element_size() / MiB
@@ -210,7 +220,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 def run_child(scale: float, dim: int, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", "--scale", str(scale), "--dims", str(dim), "--queries",
            str(args.queries), "--videos", str(args.videos), "--frames", str(args.frames), "--min-frames",
-           str(args.min_frames), "--subset", str(args.subset), "--threads", str(args.threads)]  # fmt: skip
+           str(args.min_frames), "--subset", str(args.subset), "--threads", str(args.threads),
+           "--device", args.device]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise RuntimeError(f"scale {scale}, d {dim} failed ({out.returncode}): {out.stderr[-2000:]}")
@@ -271,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="multiply Q and V (one run each)")
     p.add_argument("--subset", type=int, default=512, help="queries of the band vs dense comparison")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    p.add_argument("--device", default="cpu", help="where the model's tensors and the search run: cpu | cuda")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--scale", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--write", action="store_true", help=f'put the results under "{SECTION}" in RESULTS.md')
@@ -289,10 +301,7 @@ def main(argv: list[str] | None = None) -> None:
         r = runs[-1]
         lines = [
             SECTION, "",
-            f"Measured {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')} by `{command.strip()}`.",
-            "",
-            f"- machine: `{' '.join(os.uname())}`; 2-core AMD EPYC VM, no GPU",
-            f"- Python {platform.python_version()}, torch {torch.__version__} ({args.threads} thread(s))",
+            *header(machine("torch"), command.strip()),
             f"- load average (1, 5, 15 min) before: {load_before}; after: {load()}",
             f"- synthetic corpus: frames {args.min_frames}-{args.frames} per video (mean {r['frames_mean']:.1f}), "
             "unit-norm random frame vectors, fp32; `SearchConfig()` defaults (K = 100, moments of 1-16 frames, "

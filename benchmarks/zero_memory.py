@@ -44,15 +44,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository, for `python benchmarks/x.py`
 import torch  # noqa: E402
 
-from benchmarks.pretrain_step import header, load, machine, make_batch, write_section  # noqa: E402
+from benchmarks._results import header, load, machine, write_section  # noqa: E402
+from benchmarks.pretrain_step import STACK, make_batch  # noqa: E402
 from launch.pipeline import free_port  # noqa: E402
 
 SECTION = "## pretrain: ZeRO memory per rank (base preset, CPU)"
@@ -376,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
         rank_main(args)
         return
     torch.set_num_threads(1)  # as in the ranks (OMP_NUM_THREADS=1), for the header; this process only waits
-    info, load_before, t0 = machine(), load(), time.time()
+    info, load_before, t0 = machine(*STACK), load(), time.time()
     results = [run_stage(s, args) for s in args.stages]
     body = tables(results)
     print("\n" + body)

@@ -35,6 +35,15 @@ class TrackingConfig:
     parent_run_id: str | None = None  # nest this run under another (the main job's, an ablation's)
 
 
+def _mlflow() -> Any:
+    """The mlflow module, imported here on first use only: every rank imports this module (through
+    pretrain.config), and only rank 0 with tracking on should pay for importing mlflow."""
+    import mlflow
+    import mlflow.exceptions  # noqa: F401 (Tracker._known catches its MlflowException)
+
+    return mlflow
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """{'a': {'b': 1}} -> {'a.b': '1'}; values cut to MLflow's limit."""
     out: dict[str, str] = {}
@@ -75,8 +84,7 @@ class Tracker:
         """Start a run (or continue `run_id`); log params once and the YAML as an artifact."""
         if not self.active:
             return None
-        import mlflow
-
+        mlflow = _mlflow()
         os.makedirs(self.run_dir, exist_ok=True)
         before = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
@@ -112,20 +120,17 @@ class Tracker:
 
     @staticmethod
     def _known(run_id: str) -> bool:
-        import mlflow
-        from mlflow.exceptions import MlflowException
-
+        mlflow = _mlflow()
         try:
             mlflow.MlflowClient().get_run(run_id)
-        except MlflowException:
+        except mlflow.exceptions.MlflowException:
             return False
         return True
 
     def _set_experiment(self) -> None:
         """With a sqlite store MLflow puts artifacts in ./mlruns of the current directory; a new
         experiment in a local store gets them beside the store instead."""
-        import mlflow
-
+        mlflow = _mlflow()
         if self.uri.startswith("sqlite:") and mlflow.get_experiment_by_name(self.cfg.experiment) is None:
             store_dir = os.path.dirname(self.uri[len("sqlite:///"):]) or "."
             location = "file://" + os.path.abspath(os.path.join(store_dir, "mlartifacts"))
@@ -133,8 +138,7 @@ class Tracker:
         mlflow.set_experiment(self.cfg.experiment)
 
     def _log_params(self, flat: dict[str, str]) -> None:
-        import mlflow
-
+        mlflow = _mlflow()
         items = sorted(flat.items())
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
             mlflow.log_params(dict(items[i : i + MAX_PARAMS_PER_BATCH]))
@@ -144,14 +148,11 @@ class Tracker:
         named = {metric_name(k): float(v) for k, v in metrics.items()}
         named = {k: v for k, v in named.items() if step > self.logged.get(k, -1)}
         if self.active and named:
-            import mlflow
-
-            mlflow.log_metrics(named, step=step)
+            _mlflow().log_metrics(named, step=step)
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         if self.active:
-            import mlflow
-
+            mlflow = _mlflow()
             if os.path.isdir(path):
                 mlflow.log_artifacts(path, artifact_path=artifact_path)
             else:
@@ -159,12 +160,8 @@ class Tracker:
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.active:
-            import mlflow
-
-            mlflow.set_tags(tags)
+            _mlflow().set_tags(tags)
 
     def end(self, status: str = "FINISHED") -> None:
         if self.active:
-            import mlflow
-
-            mlflow.end_run(status=status)
+            _mlflow().end_run(status=status)

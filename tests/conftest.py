@@ -77,6 +77,23 @@ def converter_args(root: Path, out: Path | str, layout: str = "hero", mode: str 
     return [*howto100m_inputs(root, layout), "--out", str(out), "--shard-size", str(SHARD_SIZE), *clip, *extra]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default=os.environ.get("TEST_DEVICE", "cpu"), choices=("cpu", "cuda"),
+                     help="where the tests that take the `device` fixture put their model and tensors (default: "
+                     "$TEST_DEVICE, else cpu); benchmarks/device_check.sh runs them with cuda on a GPU")  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> Any:
+    """The torch.device of `--device`; cuda without a GPU fails the test that asks for it."""
+    import torch
+
+    name = request.config.getoption("--device")
+    if name == "cuda" and not torch.cuda.is_available():
+        pytest.fail("--device cuda, but torch sees no GPU")
+    return torch.device(name)
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     from data_prep import synthetic

@@ -46,16 +46,22 @@ class Batches(list):
         return {}
 
 
-def _trainer(losses: list[float], tmp_path, accum: int = 1, max_steps: int = 3, max_bad: int = 3) -> Trainer:
+def _trainer(losses: list[float], tmp_path, device: torch.device, accum: int = 1, max_steps: int = 3,
+             max_bad: int = 3) -> Trainer:  # fmt: skip
+    """A Trainer on `device` whose compute returns `losses` in turn; it checks that the batch arrives there."""
     it = iter(losses)
 
     def compute(model, batch, step):
+        assert batch["x"].device.type == device.type  # the loop moved the batch to the device
         value = next(it)
-        return torch.tensor(value), {"toy_loss": value, "loss": value}
+        return torch.tensor(value, device=device), {"toy_loss": value, "loss": value}
 
     batches = Batches({"keys": ["a"], "x": torch.zeros(1)} for _ in losses)
     return Trainer(FakeEngine(accum), batches, compute, _NoTracker(), TrainState(), str(tmp_path), max_steps,
-                   max_bad_steps=max_bad)
+                   max_bad_steps=max_bad, device=device)
+
+
+BATCH = {"keys": ["a"], "x": torch.zeros(1)}  # a batch as the loader gives it: on the CPU
 
 
 class _NoTracker:
@@ -63,26 +69,26 @@ class _NoTracker:
         pass
 
 
-def test_non_finite_losses_are_skipped_and_counted(tmp_path) -> None:
-    trainer = _trainer([1.0, math.nan, 2.0, math.inf, 3.0], tmp_path)
+def test_non_finite_losses_are_skipped_and_counted(tmp_path, device) -> None:
+    trainer = _trainer([1.0, math.nan, 2.0, math.inf, 3.0], tmp_path, device)
     for _ in range(5):
-        trainer._micro_step({"keys": ["a"]})
+        trainer._micro_step(BATCH)
     assert trainer.state.step == 3 and trainer.state.skipped == 2 and trainer.state.micro_steps == 5
     assert trainer.engine.backwards == 3 and trainer.state.bad_in_a_row == 0
 
 
-def test_too_many_non_finite_losses_in_a_row_stop_the_run(tmp_path) -> None:
-    trainer = _trainer([1.0, math.nan, math.nan, math.nan], tmp_path, max_bad=3)
-    trainer._micro_step({"keys": ["a"]})
-    trainer._micro_step({"keys": ["a"]})
-    trainer._micro_step({"keys": ["a"]})
+def test_too_many_non_finite_losses_in_a_row_stop_the_run(tmp_path, device) -> None:
+    trainer = _trainer([1.0, math.nan, math.nan, math.nan], tmp_path, device, max_bad=3)
+    trainer._micro_step(BATCH)
+    trainer._micro_step(BATCH)
+    trainer._micro_step(BATCH)
     with pytest.raises(NonFiniteLoss, match="3 non-finite losses in a row"):
-        trainer._micro_step({"keys": ["a"]})
+        trainer._micro_step(BATCH)
 
 
-def test_gradient_accumulation_counts_optimizer_steps(tmp_path) -> None:
-    trainer = _trainer([1.0, 2.0, math.nan, 3.0, 4.0], tmp_path, accum=2)
-    done = [trainer._micro_step({"keys": ["a"]}) for _ in range(5)]
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path, device) -> None:
+    trainer = _trainer([1.0, 2.0, math.nan, 3.0, 4.0], tmp_path, device, accum=2)
+    done = [trainer._micro_step(BATCH) for _ in range(5)]
     assert done == [False, True, False, False, True]  # the skipped micro-step does not close a window
     assert trainer.state.step == 2 and trainer.engine.updates == 2
 

@@ -9,21 +9,23 @@ from pretrain.model import ModelConfig, VideoLanguageModel, count_parameters, re
 
 
 @pytest.fixture(scope="module")
-def inputs() -> dict:
+def inputs(device: torch.device) -> dict:
+    """Three clips and texts, padded, on `device` (--device)."""
     g = torch.Generator().manual_seed(0)
     B, M, N = 3, 7, 6
     frame_mask = torch.ones(B, M, dtype=torch.bool)
     frame_mask[0, 4:] = False
     text_mask = torch.ones(B, N, dtype=torch.bool)
     text_mask[1, 3:] = False
-    return {"frames": torch.randn(B, M, 64, generator=g), "frame_mask": frame_mask,
-            "input_ids": torch.randint(1000, 2000, (B, N), generator=g), "text_mask": text_mask}
+    cpu = {"frames": torch.randn(B, M, 64, generator=g), "frame_mask": frame_mask,
+           "input_ids": torch.randint(1000, 2000, (B, N), generator=g), "text_mask": text_mask}
+    return {k: v.to(device) for k, v in cpu.items()}
 
 
 @pytest.fixture(scope="module")
-def model() -> VideoLanguageModel:
+def model(device: torch.device) -> VideoLanguageModel:
     torch.manual_seed(0)
-    return VideoLanguageModel(ModelConfig()).eval()
+    return VideoLanguageModel(ModelConfig()).eval().to(device)
 
 
 def test_every_representation_has_its_documented_shape(model, inputs) -> None:
@@ -42,7 +44,7 @@ def test_every_representation_has_its_documented_shape(model, inputs) -> None:
 def test_mask_frames_adds_the_mask_vector_to_masked_frames_only(model, inputs) -> None:
     fr, fm = inputs["frames"].clone(), inputs["frame_mask"]
     fr[0, 4:] = 1e3  # junk in the padded frames
-    mfm = fm & (torch.arange(7) % 3 == 1)  # (B, M)
+    mfm = fm & (torch.arange(7, device=fm.device) % 3 == 1)  # (B, M)
     vec = model.mfm_mask_vector
     assert vec.shape == (64,) and 0.01 < vec.std().item() < 0.04  # HERO's init, normal std 0.02
     learned, zeroed = model.mask_frames(fr, mfm, learned=True), model.mask_frames(fr, mfm, learned=False)
@@ -72,7 +74,7 @@ def test_activation_checkpointing_gives_the_same_outputs_and_gradients(inputs) -
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
-        m = VideoLanguageModel(ModelConfig(activation_checkpointing=checkpointing)).train()
+        m = VideoLanguageModel(ModelConfig(activation_checkpointing=checkpointing)).train().to(fr.device)
         torch.manual_seed(1)  # the same dropout masks
         o_v, o_t = m.cross(m.embed_video(fr, fm), fm, m.embed_text(ids, tm), tm)
         (o_v.sum() + o_t.pow(2).sum()).backward()
@@ -121,14 +123,14 @@ def test_text_pooling_is_the_encoders_own() -> None:
 def test_frames_are_standardised_with_the_corpus_statistics(model, inputs) -> None:
     fr, fm = inputs["frames"], inputs["frame_mask"]
     g = torch.Generator().manual_seed(5)
-    mean, std = torch.randn(64, generator=g), torch.rand(64, generator=g) + 0.5
+    mean, std = torch.randn(64, generator=g).to(fr.device), (torch.rand(64, generator=g) + 0.5).to(fr.device)
     standardised = model.embed_video((fr - mean) / std, fm)  # identity statistics: the fixture's fresh model
     try:
         model.set_frame_stats(mean, std)
         torch.testing.assert_close(model.embed_video(fr, fm), standardised)
         assert "frame_mean" in model.state_dict() and "frame_std" in model.state_dict()  # exports carry them
     finally:
-        model.set_frame_stats(torch.zeros(64), torch.ones(64))
+        model.set_frame_stats(torch.zeros(64, device=fr.device), torch.ones(64, device=fr.device))
     with pytest.raises(ValueError, match="frame_dim"):
         model.set_frame_stats(torch.zeros(32), torch.ones(32))
 

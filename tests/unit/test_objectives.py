@@ -306,13 +306,13 @@ def naive_taco(
 
 
 @pytest.fixture()
-def model() -> TinyModel:
-    return TinyModel()
+def model(device: torch.device) -> TinyModel:
+    return TinyModel().to(device)
 
 
 @pytest.fixture()
-def batch() -> dict[str, Tensor]:
-    return make_batch()
+def batch(device: torch.device) -> dict[str, Tensor]:
+    return {k: v.to(device) for k, v in make_batch().items()}
 
 
 def toy_fusion_fn(seed: int = 3) -> tuple[Callable, Callable]:
