@@ -26,7 +26,7 @@ that fails or runs out of time is recorded with the end of its output, and the n
    evaluation.
 
 `--dry-run` runs the same steps at tiny sizes on the CPU (about 3 minutes on 2 cores; step 2 with a 1-layer tiny
-model in fp32, since CPUs without bf16 units run its matmuls ten times slower): tests/test_device_check.py runs it
+model in fp32, since CPUs without bf16 units run its matmuls ten times slower): tests/e2e/test_device_check.py runs it
 in CI. Writes <out>/device_check.json (every step: status ok | failed | timeout | skipped, seconds,
 results) after each step, and <out>/device_check.md, a RESULTS.md section ("## device check"); `--write` also
 puts that section into benchmarks/RESULTS.md.
@@ -80,9 +80,9 @@ class Sizes:
 DEVICE = Sizes({"preset": "base"}, "bf16", 32, 40, 64, 3, 10, 200, 10895, 2179, 100, 768)
 DRY = Sizes({"preset": "tiny", "text_layers": 1, "cross_layers": 1}, "fp32", 2, 6, 12, 1, 1, 8, 64, 16, 20, 64)
 TESTS = [
-    "tests/test_model.py",
-    "tests/test_objectives.py",
-    "tests/test_loop_and_metrics.py",
+    "tests/unit/test_model.py",
+    "tests/unit/test_objectives.py",
+    "tests/unit/test_loop_and_metrics.py",
     "-k",
     "test_model or combiner or non_finite or accumulation",
 ]

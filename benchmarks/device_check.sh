@@ -5,7 +5,7 @@
 #
 # On one GPU (an H200: under 8 minutes) it writes DIR/device_check.json and DIR/device_check.md, DIR being
 # --out, else $OUT (set by the device tool), else the current folder; --dry-run runs the same steps at tiny
-# sizes on the CPU (CI: tests/test_device_check.py). The exit code is 0 when every step passed.
+# sizes on the CPU (CI: tests/e2e/test_device_check.py). The exit code is 0 when every step passed.
 # Python: $PYTHON, else the repository's .venv, else python3 (the device machine's, with the wheels that
 # docs/device_check.md lists installed on its path).
 set -u

@@ -16,7 +16,7 @@ import pytest
 
 from benchmarks import device_check
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN_KEYS = ("samples_per_s", "step_s", "peak_memory_mib", "mfu", "loss")
 
 
