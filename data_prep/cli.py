@@ -19,14 +19,22 @@ def add_output_args(p: argparse.ArgumentParser, shard_size: int) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes")
     p.add_argument("--resume", action="store_true", help="finish an interrupted run: redo incomplete shards")
     p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
-    p.add_argument("--tagger", default="auto", choices=("auto", "spacy", "heuristic"),
-                   help="POS tagger for TACo's tokens of interest (auto: spaCy if installed)")
+    p.add_argument(
+        "--tagger",
+        default="auto",
+        choices=("auto", "spacy", "heuristic"),
+        help="POS tagger for TACo's tokens of interest (auto: spaCy if installed)",
+    )
 
 
 def add_feature_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--features", required=required, help="feature folder (see --feature-layout)")
-    p.add_argument("--feature-layout", default="hero", choices=("hero", "howto100m"),
-                   help="hero: <id>.npz key 'features'; howto100m: 2d/<id>.npy (1/s) + 3d/<id>.npy (1.5/s)")
+    p.add_argument(
+        "--feature-layout",
+        default="hero",
+        choices=("hero", "howto100m"),
+        help="hero: <id>.npz key 'features'; howto100m: 2d/<id>.npy (1/s) + 3d/<id>.npy (1.5/s)",
+    )
     p.add_argument("--interval", type=float, default=1.5, help="seconds between stored frames")
     p.add_argument("--src-interval", type=float, default=1.5, help="interval of the hero-layout files")
     p.add_argument("--normalisation", default="none", choices=("none", "l2"))

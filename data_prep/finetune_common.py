@@ -499,22 +499,27 @@ def write_split(dataset: str, split: Split, run: Run) -> tuple[dict[str, Any], d
         "dropped": len(plan.dropped),
         "dropped_by_reason": dict(sorted(Counter(d["reason"] for d in plan.dropped).items())),
     }
-    manifest = sharding.finalize(loc, jobs, stats, {
-        "dataset": dataset,
-        "split": split.name,
-        "created_by": run.created_by,
-        "options": options,
-        "feature_spec": run.reader.spec(run.dims).to_json(),
-        "tagger": get_tagger(args.tagger).describe(),
-        "inputs": run.inputs,
-        "features_root": run.reader.root,
-        "excluded_ids": len(run.excluded),
-        "queries": queries,
-    })
+    manifest = sharding.finalize(
+        loc,
+        jobs,
+        stats,
+        {
+            "dataset": dataset,
+            "split": split.name,
+            "created_by": run.created_by,
+            "options": options,
+            "feature_spec": run.reader.spec(run.dims).to_json(),
+            "tagger": get_tagger(args.tagger).describe(),
+            "inputs": run.inputs,
+            "features_root": run.reader.root,
+            "excluded_ids": len(run.excluded),
+            "queries": queries,
+        },
+    )
     c = manifest["counts"]
     log.info("%s: %d videos -> %d samples in %d shards; %d rejected %s; %d queries, %d dropped %s",
              loc.url, c["videos"], c["samples"], c["shards"], c["videos_rejected"], c["rejects_by_reason"],
-             queries["kept"], queries["dropped"], queries["dropped_by_reason"])
+             queries["kept"], queries["dropped"], queries["dropped_by_reason"])  # fmt: skip
     return manifest, plan.durations
 
 

@@ -112,8 +112,14 @@ def clip_captions(segments: list[Segment], window: tuple[float, float]) -> tuple
     )
 
 
-def make_video(clip_id: str, duration: float, queries: list[fc.Query], reader: FeatureReader,
-               subtitles: dict[str, tuple[Segment, ...]], captions: Callable[[str], list[Segment]]) -> fc.Video:
+def make_video(
+    clip_id: str,
+    duration: float,
+    queries: list[fc.Query],
+    reader: FeatureReader,
+    subtitles: dict[str, tuple[Segment, ...]],
+    captions: Callable[[str], list[Segment]],
+) -> fc.Video:
     """A clip: its own feature file if there is one, else its window of the YouTube video's."""
     parsed = parse_clip_id(clip_id)
     if parsed is None:

@@ -140,8 +140,9 @@ def build_clips(item: sharding.WorkItem, ctx: Context) -> list[schema.Sample]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m data_prep.howto100m", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m data_prep.howto100m", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--captions", required=True, help="raw_caption.json (or caption.json)")
     cli.add_feature_args(p)
     p.add_argument("--csv", default=None, help="HowTo100M_v1.csv: keeps categories; its videos count as inputs")
@@ -189,19 +190,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     loc = open_location(args.out, args.s3_endpoint)
     stats = sharding.write_shards(loc, jobs, build_clips, ctx, args.workers, args.resume, args.s3_endpoint, "howto100m")
     inputs = [sharding.file_digest(p) for p in (args.captions, args.csv, args.exclude) if p]
-    manifest = sharding.finalize(loc, jobs, stats, {
-        "dataset": "howto100m",
-        "created_by": "python -m data_prep.howto100m",
-        "options": options,
-        "feature_spec": reader.spec(dims).to_json(),
-        "tagger": tagger.describe(),
-        "inputs": inputs,
-        "features_root": reader.root,
-        "excluded_ids": len(excluded),
-    })
+    manifest = sharding.finalize(
+        loc,
+        jobs,
+        stats,
+        {
+            "dataset": "howto100m",
+            "created_by": "python -m data_prep.howto100m",
+            "options": options,
+            "feature_spec": reader.spec(dims).to_json(),
+            "tagger": tagger.describe(),
+            "inputs": inputs,
+            "features_root": reader.root,
+            "excluded_ids": len(excluded),
+        },
+    )
     c = manifest["counts"]
     log.info("%s: %d videos -> %d clips in %d shards; %d rejected %s",
-             loc.url, c["videos"], c["samples"], c["shards"], c["videos_rejected"], c["rejects_by_reason"])
+             loc.url, c["videos"], c["samples"], c["shards"], c["videos_rejected"], c["rejects_by_reason"])  # fmt: skip
     return manifest
 
 

@@ -148,9 +148,7 @@ def process_job(job: ShardJob, build: BuildFn, ctx: Any, loc: Location) -> dict[
         sharded.append(item.video_id)
     name = schema.shard_name(job.index) if samples else None
     nbytes, sha = write_tar(loc, name, samples) if name else (0, "")
-    loc.write_bytes(
-        schema.shard_rejects_name(job.index), b"".join(schema.dumps(r) + b"\n" for r in rejects)
-    )
+    loc.write_bytes(schema.shard_rejects_name(job.index), b"".join(schema.dumps(r) + b"\n" for r in rejects))
     df = Counter(w for s in samples for w in _toi_words(s.meta))
     frames = np.concatenate([s.features.astype(np.float64) for s in samples]) if samples else None  # (F, D)
     source = hashlib.sha256(schema.dumps(sorted({s.meta.get("features_sha256", "") for s in samples})))
@@ -269,7 +267,12 @@ class _Progress:
             rate = self.samples / max(time.time() - self.t0, 1e-9)
             log.info(
                 "%s: %d/%d videos, %d samples, %d rejected, %.1f samples/s",
-                self.desc, self.videos, self.total, self.samples, self.rejected, rate,
+                self.desc,
+                self.videos,
+                self.total,
+                self.samples,
+                self.rejected,
+                rate,
             )
 
     def close(self) -> None:

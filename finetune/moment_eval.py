@@ -344,8 +344,9 @@ def percentage(count: int, total: int) -> float:
     return float(np.round(np.float64(count / total) * 100, 2))
 
 
-def _task_hits(preds: Predictions, truth: GroundTruth, task: str, iou_thds: Sequence[float],
-               topks: Sequence[int]) -> dict[str, np.ndarray]:
+def _task_hits(
+    preds: Predictions, truth: GroundTruth, task: str, iou_thds: Sequence[float], topks: Sequence[int]
+) -> dict[str, np.ndarray]:
     """{metric name: (Q,) bool hits}, in the official key order."""
     if task == "VR":
         return {f"r{k}": hits_at_k(same_video(preds, truth), preds.valid, k) for k in topks}
@@ -363,8 +364,9 @@ def _by_type(hits: dict[str, np.ndarray], types: np.ndarray) -> dict[str, float 
     ratios = []
     for code, name in enumerate(DESC_TYPES):
         in_type = types == code  # (Q,)
-        out.update({f"{name}-{key}": percentage(int((h & in_type).sum()), int(in_type.sum()))
-                    for key, h in hits.items()})
+        out.update(
+            {f"{name}-{key}": percentage(int((h & in_type).sum()), int(in_type.sum())) for key, h in hits.items()}
+        )
         ratios.append(f"{name} {percentage(int(in_type.sum()), len(types))}")
     out["desc_type_ratio"] = " ".join(ratios)
     return out
@@ -376,12 +378,11 @@ def _check_thresholds(iou_thds: Sequence[float]) -> None:
         raise EvalInputError(f"IoU thresholds must be in (0, 1], got {list(iou_thds)}")
 
 
-def _task_metrics(preds: Predictions, truth: GroundTruth, task: str, iou_thds: Sequence[float],
-                  topks: Sequence[int]) -> dict[str, dict[str, float | str]]:
+def _task_metrics(
+    preds: Predictions, truth: GroundTruth, task: str, iou_thds: Sequence[float], topks: Sequence[int]
+) -> dict[str, dict[str, float | str]]:
     hits = _task_hits(preds, truth, task, iou_thds, topks)
-    out: dict[str, dict[str, float | str]] = {
-        task: {key: percentage(int(h.sum()), len(h)) for key, h in hits.items()}
-    }
+    out: dict[str, dict[str, float | str]] = {task: {key: percentage(int(h.sum()), len(h)) for key, h in hits.items()}}
     if truth.types is not None:
         out[f"{task}_by_type"] = _by_type(hits, truth.types)
     return out
@@ -478,8 +479,10 @@ def _check_entry(e: Any, where: str, task: str, video_ids: set[int], max_predict
         raise EvalInputError(f"{where}: desc_id must be int, desc str and predictions a list")
     preds = e["predictions"]
     if not preds:
-        raise EvalInputError(f"{where}: no predictions; TVR's eval.py fails on an empty list (IndexError): "
-                             "give a query that cannot be answered one that misses, e.g. [idx, 0, 0, score]")
+        raise EvalInputError(
+            f"{where}: no predictions; TVR's eval.py fails on an empty list (IndexError): "
+            "give a query that cannot be answered one that misses, e.g. [idx, 0, 0, score]"
+        )
     if len(preds) > max_predictions:
         raise EvalInputError(f"{where}: {len(preds)} predictions, at most {max_predictions} allowed")
     for n, p in enumerate(preds):
@@ -592,8 +595,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "zip":
             print(codalab_zip(args.out, args.val, args.test))
             return 0
-        metrics = evaluate(load_submission(args.submission), load_ground_truth(args.gt),
-                           durations=_load_durations(args.durations), duration_tolerance=args.tolerance)
+        metrics = evaluate(
+            load_submission(args.submission),
+            load_ground_truth(args.gt),
+            durations=_load_durations(args.durations),
+            duration_tolerance=args.tolerance,
+        )
     except EvalInputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

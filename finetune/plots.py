@@ -47,9 +47,17 @@ def _wrap(label: str, width: int, lines: int = 2) -> str:
     return "\n".join(out)
 
 
-def similarity_heatmap(sim: Tensor, rows: Sequence[str], cols: Sequence[str], path: str, title: str,
-                       gt: Sequence[int] | None = None, colorbar: str = "score", caption: str = "",
-                       axes: tuple[str, str] = ("video", "query")) -> None:
+def similarity_heatmap(
+    sim: Tensor,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    path: str,
+    title: str,
+    gt: Sequence[int] | None = None,
+    colorbar: str = "score",
+    caption: str = "",
+    axes: tuple[str, str] = ("video", "query"),
+) -> None:
     """sim (R, C): query rows against video columns (or `axes` (x, y) others). gt[r]: the column of row r's
     ground truth, boxed (-1: none); `caption` under the plot says how to read it."""
     plt = pyplot()
@@ -70,11 +78,13 @@ def similarity_heatmap(sim: Tensor, rows: Sequence[str], cols: Sequence[str], pa
     plt.close(fig)
 
 
-HEATMAP_CAPTION = ("Each row is one query: its scores against the sampled queries' own videos, as standard deviations "
-                   "from that query's mean score over all {videos} videos of the split (so rows compare). The red box "
-                   "is the query's own video; '[rank k]' is that video's rank among all {videos}. A good model: every "
-                   "box is the brightest cell of its row (rank 1), and no column is bright in every row (a video that "
-                   "wins every query is a hub, not a match).")
+HEATMAP_CAPTION = (
+    "Each row is one query: its scores against the sampled queries' own videos, as standard deviations "
+    "from that query's mean score over all {videos} videos of the split (so rows compare). The red box "
+    "is the query's own video; '[rank k]' is that video's rank among all {videos}. A good model: every "
+    "box is the brightest cell of its row (rank 1), and no column is bright in every row (a video that "
+    "wins every query is a hub, not a match)."
+)
 
 
 def heatmap_sample(sim: Tensor, gt_rows: Tensor, queries: list[dict], n: int) -> tuple:

@@ -120,8 +120,7 @@ def qa_loss(model: nn.Module, batch: dict, cfg: QAConfig) -> tuple[Tensor, dict[
     return loss, logs
 
 
-def question_batches(queries: list[dict], tokenizer: Any, max_len: int, batch_size: int,
-                     pad_id: int) -> Any:  # fmt: skip
+def question_batches(queries: list[dict], tokenizer: Any, max_len: int, batch_size: int, pad_id: int) -> Any:
     """The questions with their candidates, tokenised as a training batch's fields, in order."""
 
     def enc(s: str) -> Tensor:
@@ -186,8 +185,7 @@ class QATask:
         out = QAPredictions(queries=queries, gt_rows=gt_rows, info=info, predictions=preds, similarity=sims[:4])
         if with_gt:
             out.metrics = accuracy(preds, queries)
-            out.per_query = {"accuracy": [100.0 * (p["prediction"] == q["answer_idx"])
-                                          for p, q in zip(preds, queries)]}  # fmt: skip
+            out.per_query = {"accuracy": [100.0 * (p["prediction"] == q["answer_idx"]) for p, q in zip(preds, queries)]}
         return out
 
 
@@ -212,9 +210,11 @@ class QAPredictions(Predictions):
         labels = [f"{'*' if k == q['answer_idx'] else ' '} {a}" for k, a in enumerate(q["answers"])]
         sim = self.similarity[0]  # (A, M)
         path = f"{folder}/similarity.png"
-        caption = ("Rows: the question with each candidate answer (* the correct one); columns: the clip's frames; "
-                   "cells: cosine of question + candidate and the frame. A good model: the * row is the brightest "
-                   "where the answer happens in the clip.")
+        caption = (
+            "Rows: the question with each candidate answer (* the correct one); columns: the clip's frames; "
+            "cells: cosine of question + candidate and the frame. A good model: the * row is the brightest "
+            "where the answer happens in the clip."
+        )
         plots.similarity_heatmap(sim, labels, [str(t) for t in range(sim.shape[1])], path,
                                  f"{title}: {q['text']} (* correct)", colorbar="cosine", caption=caption,
                                  axes=("frame", "candidate"))  # fmt: skip

@@ -298,8 +298,7 @@ def pretrain_run(plan: Plan, pre: Pretraining, parent: str | None) -> pipeline.R
     overrides = [*p.overrides, *pre.overrides, *frame_dim(folder), f"run.max_steps={p.steps}", f"run.seed={p.seed}",
                  f"data.train=[{','.join(train)}]", f"data.toi_df={folder / 'toi_df.json'}",
                  f"eval.held_out={held_out}", *plan.tracking(pre.name, parent)]  # fmt: skip
-    return pipeline.Run(pre.name, "pretrain/train.py", p.config, pre.folder / "pretrain", overrides, p.ranks,
-                        p.threads)  # fmt: skip
+    return pipeline.Run(pre.name, "pretrain/train.py", p.config, pre.folder / "pretrain", overrides, p.ranks, p.threads)
 
 
 def frame_dim(split_dir: Path) -> list[str]:
@@ -383,9 +382,11 @@ def zero_shot_differences(plan: Plan, variants: list[Variant]) -> str:
         draws = report.bootstrap([h, hits[0]])
         lo, hi = report.interval(draws[:, 0] - draws[:, 1])
         lines.append(f"- {v.label}: {h.mean() - hits[0].mean():+.1f} [{lo:+.1f}, {hi:+.1f}]")
-    return (f'\nZero-shot R@10 against "{variants[0].label}", with a 95% CI paired over the {hits[0].shape[1]} '
-            "held-out clips (one pretraining per row: the interval covers the choice of clips, not the "
-            "pretraining's seed):\n\n" + "\n".join(lines) + "\n")
+    return (
+        f'\nZero-shot R@10 against "{variants[0].label}", with a 95% CI paired over the {hits[0].shape[1]} '
+        "held-out clips (one pretraining per row: the interval covers the choice of clips, not the "
+        "pretraining's seed):\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def markdown(plan: Plan, results: dict[Variant, dict[str, tuple[float, float]]]) -> str:
@@ -513,8 +514,7 @@ def job_options(plan: Plan, name: str, extra: list[str], after: list[str]) -> li
     return [f"--job-name=abl-{plan.suite}-{name}", *slurm.after_ok(after), *plan.cfg.slurm.sbatch, *extra]
 
 
-def submit_run(plan: Plan, run: pipeline.Run, script: str, args: list[str], extra: list[str],
-               after: list[str]) -> str:  # fmt: skip
+def submit_run(plan: Plan, run: pipeline.Run, script: str, args: list[str], extra: list[str], after: list[str]) -> str:
     """sbatch the run's launch script with the run's config and overrides; its job id."""
     options = job_options(plan, run.name.replace("/", "-"), extra, after)
     return slurm.sbatch(options, script, [*args, run.config, f"run.output_dir={run.run_dir}", *run.overrides])

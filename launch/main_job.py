@@ -58,8 +58,9 @@ from pretrain.config import ConfigError
 
 def main(argv: list[str] | None = None) -> int:
     """Run the stages up to `until`; 0 when done, 2 on a config, data or stale-stage error, 1 when a run failed."""
-    p = argparse.ArgumentParser(prog="python -m launch.main_job", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m launch.main_job", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     p.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     args = p.parse_args(argv)
@@ -109,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     store = work / "mlflow.db"
     print(f"main job done in {time.time() - t0:.0f}s; outputs under {work}")
     if (work / "report" / "report.md").exists():
-        print(f"report: {work / 'report' / 'report.md'} (figures embedded: report.html; in MLflow: the 'main job' "
-              "run's artifacts, report/report.html)")
+        print(
+            f"report: {work / 'report' / 'report.md'} (figures embedded: report.html; in MLflow: the 'main job' "
+            "run's artifacts, report/report.html)"
+        )
     print(f"MLflow store: sqlite:///{store}")
     print(f"browse it:    mlflow ui --backend-store-uri sqlite:///{store} --port 5000")
     return 0

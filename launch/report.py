@@ -215,7 +215,7 @@ def loss_curves(metrics: list[dict[str, float]], path: Path) -> None:
         ax.plot(steps, [m.get(key, float("nan")) for m in metrics])
         ax.set(title=key.removesuffix("_loss"), xlabel="optimizer step", ylabel="loss")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(keys) :]:
         ax.axis("off")
     fig.suptitle("Pretraining loss per objective (each panel its own scale)")
     fig.tight_layout()
@@ -264,8 +264,12 @@ def write(out: Path, zero_shot: dict[str, Any], finetune: dict[str, dict[str, li
           pretrain_metrics: list[dict[str, float]], heatmap: Path | None, header: str) -> tuple[str, dict]:  # fmt: skip
     """report.md, summary.json-able dict and the PNGs under `out`; returns (markdown, summary)."""
     out.mkdir(parents=True, exist_ok=True)
-    parts = [header, "The same report with its figures embedded: `report.html` (what MLflow's artifact view shows).",
-             "## Zero-shot text-to-video retrieval (held-out HowTo100M clips)", zero_shot_table(zero_shot)]
+    parts = [
+        header,
+        "The same report with its figures embedded: `report.html` (what MLflow's artifact view shows).",
+        "## Zero-shot text-to-video retrieval (held-out HowTo100M clips)",
+        zero_shot_table(zero_shot),
+    ]
     summary: dict[str, Any] = {"zero_shot": {k: v for k, v in zero_shot.items() if k != "ranks"}, "finetune": {}}
     for recipe, results in finetune.items():
         text, summ = finetune_table(recipe, results)
@@ -274,17 +278,22 @@ def write(out: Path, zero_shot: dict[str, Any], finetune: dict[str, dict[str, li
         higher = {m.label: m.higher for m in DATASETS[recipe].metrics}
         variant_bars(summ, out / f"{recipe}_variants.png", recipe, higher)
         parts.append(f"![{recipe} per variant]({recipe}_variants.png)")
-    parts.append(f"Cells: mean ± std over seeds [{CI_LEVEL:.0%} CI]; `*`: the CI of the difference excludes 0 (a "
-                 f"bootstrap of {CI_DRAWS} draws over queries, paired between the two arms, and seeds); `†`: no "
-                 "per-query files, the difference exceeds twice its standard error over seeds.")
+    parts.append(
+        f"Cells: mean ± std over seeds [{CI_LEVEL:.0%} CI]; `*`: the CI of the difference excludes 0 (a "
+        f"bootstrap of {CI_DRAWS} draws over queries, paired between the two arms, and seeds); `†`: no "
+        "per-query files, the difference exceeds twice its standard error over seeds."
+    )
     loss_curves(pretrain_metrics, out / "pretrain_losses.png")
     parts += ["## Pretraining losses", "![per-objective losses](pretrain_losses.png)"]
     if heatmap is not None and heatmap.exists():
         shutil.copy(heatmap, out / "similarity.png")
-        parts += ["## Query-video similarity (TVR val, pretrained, seed 0)", "![similarity](similarity.png)",
-                  "Each row is a query's scores, standardised over all videos; the red box is its own video and "
-                  "'rank k' that video's rank. A good model: every box the brightest of its row, no column bright "
-                  "in every row."]
+        parts += [
+            "## Query-video similarity (TVR val, pretrained, seed 0)",
+            "![similarity](similarity.png)",
+            "Each row is a query's scores, standardised over all videos; the red box is its own video and "
+            "'rank k' that video's rank. A good model: every box the brightest of its row, no column bright "
+            "in every row.",
+        ]
     markdown = "\n\n".join(parts) + "\n"
     (out / "report.md").write_text(markdown)
     (out / "report.html").write_text(to_html(markdown, out))  # what MLflow's artifact view renders
@@ -315,13 +324,19 @@ def to_html(markdown: str, folder: Path) -> str:
             body.append(f"<table><tr>{head}</tr>{rows}</table>")
         elif m := re.fullmatch(r"!\[([^\]]*)\]\(([^)]+)\)", block.strip()):
             data = base64.b64encode((folder / m.group(2)).read_bytes()).decode()
-            body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(m.group(1))}">'
-                        f"<figcaption>{_inline(m.group(1))}</figcaption></figure>")
+            body.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(m.group(1))}">'
+                f"<figcaption>{_inline(m.group(1))}</figcaption></figure>"
+            )
         else:
             body.append(f"<p>{_inline(block)}</p>")
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%}figcaption{font-size:12px;color:#555}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Main job report</title><style>{style}</style>"
-            f"</head><body>{''.join(body)}</body></html>\n")
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:1em auto;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%}figcaption{font-size:12px;color:#555}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Main job report</title><style>{style}</style>"
+        f"</head><body>{''.join(body)}</body></html>\n"
+    )

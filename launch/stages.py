@@ -4,7 +4,6 @@ training runs it starts (pretraining, finetuning per dataset x init x seed), zer
 and the report.
 """
 
-
 from __future__ import annotations
 
 import csv
@@ -164,7 +163,7 @@ def shard_howto100m(cfg: MainJobConfig, raw: Path, out: Path) -> None:
         "--clip-seconds", str(cfg.clip_seconds), "--exclude", str(exclude),
         "--shard-size", str(cfg.shard_size), "--workers", str(cfg.workers), "--tagger", cfg.tagger,
         *(["--resume"] if out.exists() else []),
-    ])
+    ])  # fmt: skip
 
 
 def shard_finetune_set(cfg: MainJobConfig, name: str, src: Path, out: Path) -> None:
@@ -174,7 +173,7 @@ def shard_finetune_set(cfg: MainJobConfig, name: str, src: Path, out: Path) -> N
     dataset.converter.main([
         *dataset.inputs(src), "--out", str(out), "--shard-size", str(cfg.finetune_shard_size),
         "--workers", "1", "--tagger", cfg.tagger,
-    ])
+    ])  # fmt: skip
 
 
 def discover(root: Path) -> dict[str, list[str]]:
@@ -211,8 +210,7 @@ def data_stages(cfg: MainJobConfig, work: Path) -> list[tuple[str, str, Path, Ca
         raise DataPrepError(f"data={raw}: no howto100m folder to pretrain on (until=data converts the rest)")
     for name in (n for n in DATASETS if n in found):
         out = shards / name
-        stages.append(("sets", f"{name} -> shards", out,
-                       lambda n=name, o=out: shard_finetune_set(cfg, n, raw / n, o)))  # fmt: skip
+        stages.append(("sets", f"{name} -> shards", out, lambda n=name, o=out: shard_finetune_set(cfg, n, raw / n, o)))
     return stages
 
 

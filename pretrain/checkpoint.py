@@ -123,8 +123,7 @@ def _folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
 
-def save(engine, ckpt_dir: str, step: int, train_state: dict[str, Any], rank: int, world: int,
-         keep_last: int) -> str:
+def save(engine, ckpt_dir: str, step: int, train_state: dict[str, Any], rank: int, world: int, keep_last: int) -> str:
     """Every rank: DeepSpeed's save + its own train state; rank 0 marks it complete, points `latest`
     at it and prunes. Out of disk: DiskFull, with the partial folder removed."""
     tag = tag_for(step)
@@ -144,9 +143,12 @@ def save(engine, ckpt_dir: str, step: int, train_state: dict[str, Any], rank: in
             params = sum(getattr(q, "ds_numel", q.numel()) for q in engine.module.parameters())
             need = f"; a checkpoint of this model takes about {16 * params / 2**30:.2f} GiB"
         free = shutil.disk_usage(ckpt_dir).free / 2**30
-        raise DiskFull(errno.ENOSPC, f"no space left on device for checkpoint {path}: {free:.2f} GiB free on that "
-                                     f"filesystem{need}; the partial checkpoint was removed (free space, lower "
-                                     "checkpoint.keep_last, or point run.output_dir elsewhere)") from None
+        raise DiskFull(
+            errno.ENOSPC,
+            f"no space left on device for checkpoint {path}: {free:.2f} GiB free on that "
+            f"filesystem{need}; the partial checkpoint was removed (free space, lower "
+            "checkpoint.keep_last, or point run.output_dir elsewhere)",
+        ) from None
     runtime.barrier()
     if rank == 0:
         with open(os.path.join(path, COMPLETE + ".tmp"), "w") as f:
@@ -164,8 +166,12 @@ def _prune(ckpt_dir: str, keep_last: int, newest: str) -> None:
     """Keep the last `keep_last` complete checkpoints; drop older ones and stale partial ones."""
     tags = complete_tags(ckpt_dir)
     drop = tags[: max(0, len(tags) - keep_last)]
-    drop += [t for t in os.listdir(ckpt_dir) if (TAG_RE.match(t) and t not in tags and t < newest)
-             or (t.endswith("_universal") and t[: -len("_universal")] not in tags[-keep_last:])]
+    drop += [
+        t
+        for t in os.listdir(ckpt_dir)
+        if (TAG_RE.match(t) and t not in tags and t < newest)
+        or (t.endswith("_universal") and t[: -len("_universal")] not in tags[-keep_last:])
+    ]
     for t in drop:
         shutil.rmtree(os.path.join(ckpt_dir, t), ignore_errors=True)
 
@@ -208,7 +214,7 @@ def _export_text_encoder(module: Any, state: dict[str, Any], out_dir: str, token
     if holder is None or not hasattr(holder, "text"):
         return
     prefix = "text." if holder is module else "backbone.text."
-    weights = {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
+    weights = {k[len(prefix) :]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
     os.makedirs(out_dir, exist_ok=True)
     holder.text.config.save_pretrained(out_dir)
     save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
@@ -216,8 +222,9 @@ def _export_text_encoder(module: Any, state: dict[str, Any], out_dir: str, token
         tokenizer.save_pretrained(out_dir)
 
 
-def export(engine, ckpt_dir: str, tag: str, out_dir: str, config_yaml: str, tokenizer, zero_stage: int,
-           rank: int) -> None:
+def export(
+    engine, ckpt_dir: str, tag: str, out_dir: str, config_yaml: str, tokenizer, zero_stage: int, rank: int
+) -> None:
     """Consolidated export (rank 0 writes): config.yaml (every model field resolved), model.safetensors
     (fp32), the tokenizer, and text_encoder/ (the text encoder as a Hugging Face model folder)."""
     from safetensors.torch import save_file

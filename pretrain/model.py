@@ -62,7 +62,7 @@ PRESETS: dict[str, dict] = {
     "base": dict(text_encoder="roberta-base", text_pretrained=True, text_pooling="auto", text_layers=0, hidden=768,
                  frame_dim=4352, video_layers=4, cross_layers=6, mcb_layers=2, heads=12, ffn=3072, max_frames=128,
                  dropout=0.1),
-}
+}  # fmt: skip
 
 
 def resolve(cfg: ModelConfig) -> ModelConfig:
@@ -137,8 +137,9 @@ class Stack(nn.Module):
     def __init__(self, cfg: ModelConfig, layers: int):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, cfg.ffn, cfg.dropout, activation="gelu",
-                                       batch_first=True, norm_first=True)
+            nn.TransformerEncoderLayer(
+                cfg.hidden, cfg.heads, cfg.ffn, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+            )
             for _ in range(layers)
         )
         self.norm = nn.LayerNorm(cfg.hidden)

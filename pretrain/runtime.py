@@ -100,8 +100,9 @@ def init_distributed(cfg: RuntimeConfig) -> tuple[int, int, int]:
     else:
         accel.set_device(local_rank)
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                                   timeout=datetime.timedelta(minutes=cfg.timeout_minutes))
+        deepspeed.init_distributed(
+            dist_backend=backend, auto_mpi_discovery=False, timeout=datetime.timedelta(minutes=cfg.timeout_minutes)
+        )
     return rank, local_rank, world
 
 
@@ -167,8 +168,9 @@ def zero_config(runtime: RuntimeConfig) -> dict[str, Any]:
     return zero
 
 
-def ds_config(runtime: RuntimeConfig, optim: OptimConfig, micro_batch: int, accum: int,
-              load_universal: bool = False) -> dict[str, Any]:
+def ds_config(
+    runtime: RuntimeConfig, optim: OptimConfig, micro_batch: int, accum: int, load_universal: bool = False
+) -> dict[str, Any]:
     if runtime.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"runtime.zero_stage {runtime.zero_stage} is not 0, 1, 2 or 3")
     if runtime.precision not in ("fp32", "bf16"):
@@ -186,14 +188,22 @@ def ds_config(runtime: RuntimeConfig, optim: OptimConfig, micro_batch: int, accu
     }
 
 
-def build_engine(model: nn.Module, runtime: RuntimeConfig, optim: OptimConfig, micro_batch: int,
-                 max_steps: int, world: int, load_universal: bool = False):
+def build_engine(
+    model: nn.Module,
+    runtime: RuntimeConfig,
+    optim: OptimConfig,
+    micro_batch: int,
+    max_steps: int,
+    world: int,
+    load_universal: bool = False,
+):
     """The DeepSpeed engine with a torch AdamW and the warmup/decay schedule."""
     import deepspeed
 
     accum = grad_accum_steps(runtime, micro_batch, world)
-    optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr,
-                                  betas=(optim.beta1, optim.beta2), eps=optim.eps)
+    optimizer = torch.optim.AdamW(
+        param_groups(model, optim.weight_decay), lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim, max_steps))
     config = ds_config(runtime, optim, micro_batch, accum, load_universal)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
@@ -209,8 +219,9 @@ def save(engine, ckpt_dir: str, tag: str) -> None:
 
 
 def load(engine, ckpt_dir: str, tag: str) -> None:
-    path, _ = engine.load_checkpoint(ckpt_dir, tag=tag, load_module_strict=True,
-                                     load_optimizer_states=True, load_lr_scheduler_states=True)
+    path, _ = engine.load_checkpoint(
+        ckpt_dir, tag=tag, load_module_strict=True, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {ckpt_dir}/{tag}")
 
@@ -220,8 +231,13 @@ def to_universal(ckpt_dir: str, tag: str, out_tag: str) -> None:
     from deepspeed.checkpoint import ds_to_universal
 
     args = argparse.Namespace(
-        input_folder=os.path.join(ckpt_dir, tag), output_folder=os.path.join(ckpt_dir, out_tag),
-        num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=True,
+        input_folder=os.path.join(ckpt_dir, tag),
+        output_folder=os.path.join(ckpt_dir, out_tag),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
     )
     ds_to_universal.main(args)
 

@@ -132,7 +132,6 @@ class Resumable:
         log.info("resumed from %s/%s at step %d (world size %d)", src_dir, tag, state.step, world)
         return state
 
-
     def export(self, cfg: Any, step: int, tokenizer: Any, rank: int) -> None:
         """The consolidated export of the final step (and its upload to the mirror)."""
         out_dir = os.path.join(self.run_dir, "export")

@@ -132,7 +132,7 @@ class Tracker:
         experiment in a local store gets them beside the store instead."""
         mlflow = _mlflow()
         if self.uri.startswith("sqlite:") and mlflow.get_experiment_by_name(self.cfg.experiment) is None:
-            store_dir = os.path.dirname(self.uri[len("sqlite:///"):]) or "."
+            store_dir = os.path.dirname(self.uri[len("sqlite:///") :]) or "."
             location = "file://" + os.path.abspath(os.path.join(store_dir, "mlartifacts"))
             mlflow.create_experiment(self.cfg.experiment, artifact_location=location)
         mlflow.set_experiment(self.cfg.experiment)

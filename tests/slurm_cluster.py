@@ -55,7 +55,7 @@ def _run(*cmd: str, check: bool = True, timeout: float = 30) -> subprocess.Compl
 def _daemon(*cmd: str) -> None:
     """Start a self-daemonising program detached from the caller's terminal and pipes."""
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True, timeout=30, start_new_session=True)
+                          text=True, timeout=30, start_new_session=True)  # fmt: skip
     if proc.returncode != 0:
         raise SlurmSetupError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}")
 
@@ -95,8 +95,11 @@ def ensure_munge() -> None:
 def _munge_works() -> bool:
     try:
         cred = _run("munge", "-n", check=False)
-        return cred.returncode == 0 and subprocess.run(
-            ["unmunge"], input=cred.stdout, capture_output=True, text=True, timeout=10).returncode == 0
+        return (
+            cred.returncode == 0
+            and subprocess.run(["unmunge"], input=cred.stdout, capture_output=True, text=True, timeout=10).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -184,8 +187,10 @@ def ensure_cluster(timeout: float = 90) -> str:
     host = socket.gethostname()
     conf = slurm_conf(host)
     if SLURM_CONF.exists() and not SLURM_CONF.read_text().startswith(CONF_MARKER):
-        raise SlurmSetupError(f"{SLURM_CONF} exists and was not written by {__file__}: this looks like a real "
-                              "cluster, whose configuration the tests will not overwrite. Run them elsewhere.")
+        raise SlurmSetupError(
+            f"{SLURM_CONF} exists and was not written by {__file__}: this looks like a real "
+            "cluster, whose configuration the tests will not overwrite. Run them elsewhere."
+        )
     if not SLURM_CONF.exists() or SLURM_CONF.read_text() != conf:
         stop_cluster()
         SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
@@ -194,8 +199,11 @@ def ensure_cluster(timeout: float = 90) -> str:
         d.mkdir(parents=True, exist_ok=True)
     if _pid_alive(PIDFILES["slurmctld"]) is None:
         _daemon("slurmctld")
-    _wait(lambda: "UP" in _run("scontrol", "ping", check=False).stdout, timeout,
-          f"slurmctld did not answer\n{_log_tail('slurmctld')}")
+    _wait(
+        lambda: "UP" in _run("scontrol", "ping", check=False).stdout,
+        timeout,
+        f"slurmctld did not answer\n{_log_tail('slurmctld')}",
+    )
     if _pid_alive(PIDFILES["slurmd"]) is None:
         _daemon("slurmd")
     deadline = time.monotonic() + timeout

@@ -108,8 +108,9 @@ class VideoTextLoader:
     loop and starting a new one continues at the next batch (one iterator at a time).
     """
 
-    def __init__(self, cfg: LoaderConfig, corpus: Corpus, rank: int, world: int, training: bool, tokenizer: Any,
-                 proc: Any = None):
+    def __init__(
+        self, cfg: LoaderConfig, corpus: Corpus, rank: int, world: int, training: bool, tokenizer: Any, proc: Any = None
+    ):
         """`proc` turns a RawSample into a batch row and collates rows (default: pretraining's Processor;
         the finetune tasks bring their own, see finetune/data.py); it must pickle to DataLoader workers."""
         cfg.validate()

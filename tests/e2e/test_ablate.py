@@ -81,7 +81,10 @@ def test_variants_are_the_papers_rows() -> None:
         o = pretrain_config.load("configs/pretrain/tiny_cpu.yaml", list(v.overrides)).objectives
         seen[v.key] = (list(o.enabled), o.taco.lambda1 > 0, o.taco.lambda2 > 0, o.taco.lambda3 > 0, o.taco.cascade)
     assert [seen[k][0] for k in ("mlm-mfm", "gmr", "gmr-cs")] == [
-        ["mlm", "mfm_nce"], ["mlm", "mfm_nce", "gmr"], ["mlm", "mfm_nce", "gmr", "self_contrast"]]
+        ["mlm", "mfm_nce"],
+        ["mlm", "mfm_nce", "gmr"],
+        ["mlm", "mfm_nce", "gmr", "self_contrast"],
+    ]
     taco = {k: v[1:] for k, v in seen.items() if v[0] == ["taco"]}
     assert taco == {"l1": (True, False, False, True), "l3": (False, False, True, False),
                     "l1-l3": (True, False, True, False), "cascade": (True, False, True, True),
@@ -122,12 +125,18 @@ def test_readings_rows_change_one_reading_each_in_pretraining_and_finetuning() -
             cfg = pretrain_config.load(run.config, run.overrides, schema)
             pre = pretrain_config.load("configs/pretrain/tiny_cpu.yaml", list(v.overrides))
             assert (cfg.model.text_pooling, cfg.model.text_layers, cfg.model.standardize_frames) == (
-                pre.model.text_pooling, pre.model.text_layers, pre.model.standardize_frames), (v.key, run.name)
+                pre.model.text_pooling,
+                pre.model.text_layers,
+                pre.model.standardize_frames,
+            ), (v.key, run.name)
             assert (cfg.data.idf, cfg.data.subword_weights) == (pre.data.idf, pre.data.subword_weights), v.key
             if run.script.endswith("msrvtt.py"):
                 taco = cfg.task.taco
-                assert (taco.similarity, taco.tau1, taco.tau2) == (pre.objectives.taco.similarity,
-                                                                  pre.objectives.taco.tau1, pre.objectives.taco.tau2)
+                assert (taco.similarity, taco.tau1, taco.tau2) == (
+                    pre.objectives.taco.similarity,
+                    pre.objectives.taco.tau1,
+                    pre.objectives.taco.tau2,
+                )
                 assert cfg.task.rerank == (8 if v.key == "previous" else 0)
 
 
@@ -172,8 +181,13 @@ def test_finetune_only_variants_are_the_papers_rows() -> None:
             assert f"init.checkpoint={plan.suite_dir / 'pretrain' / 'export'}" in run.overrides  # the shared export
             task = finetune_task(run)
             seen[v.key] = (task.align.glob, task.align.seg, task.align.pooling)
-        assert seen == {"none": (0, 0, "attention"), "global": (1, 0, "attention"), "segment": (0, 1, "attention"),
-                        "global-segment": (1, 1, "attention"), "global-segment-cls": (1, 1, "cls_mean")}, recipe
+        assert seen == {
+            "none": (0, 0, "attention"),
+            "global": (1, 0, "attention"),
+            "segment": (0, 1, "attention"),
+            "global-segment": (1, 1, "attention"),
+            "global-segment-cls": (1, 1, "cls_mean"),
+        }, recipe
     # ... and MESM's (aligner on, lambda_fw, lambda_ss, lambda_enc)
     plan = ablate.make_plan(cfg, "mesm")
     for recipe_index, recipe in enumerate(mesm.recipes):
@@ -181,8 +195,9 @@ def test_finetune_only_variants_are_the_papers_rows() -> None:
         for v in plan.variants:
             m = finetune_task(ablate.finetune_runs(plan, v, None)[recipe_index]).mesm
             seen[v.key] = (m.enabled, m.fw, m.ss, m.enc, m.ss_layers)
-        assert seen == {"xml": (False, 0, 0, 0, 4), "ma-enc": (True, 0, 0, 1, 4), "fw": (True, 1, 0, 1, 4),
-                        "ss": (True, 0, 1, 1, 4), "ss-2": (True, 0, 1, 1, 2), "fw-ss": (True, 1, 1, 1, 4)}, recipe
+        expected = {"xml": (False, 0, 0, 0, 4), "ma-enc": (True, 0, 0, 1, 4), "fw": (True, 1, 0, 1, 4),
+                    "ss": (True, 0, 1, 1, 4), "ss-2": (True, 0, 1, 1, 2), "fw-ss": (True, 1, 1, 1, 4)}  # fmt: skip
+        assert seen == expected, recipe
 
 
 def test_config_inherits_the_main_job_and_rejects_unknown_keys() -> None:
@@ -258,8 +273,11 @@ def test_finetune_only_suite_locally(main_work: Path, tmp_path: Path, capsys, mo
     (not `finetune.recipes`), no zero-shot column, each row's overrides in effect, the MLflow nesting."""
     monkeypatch.setitem(ablate.SUITES, "align", replace(ablate.SUITES["align"], recipes=("how2qa",)))
     work, t0 = tmp_path / "ablate", time.monotonic()
-    args = ["--suite", "align", *tiny(main_work, work, "variants=[none,global-segment]",
-                                      "finetune.recipe_overrides.how2qa=[data.max_frames=8,data.max_sub_len=32]")]
+    overrides = [
+        "variants=[none,global-segment]",
+        "finetune.recipe_overrides.how2qa=[data.max_frames=8,data.max_sub_len=32]",
+    ]
+    args = ["--suite", "align", *tiny(main_work, work, *overrides)]
     assert ablate.main(args) == 0, capsys.readouterr().out[-4000:]
     assert capsys.readouterr().out.count("[pretrain] started") == 1
     text = (work / "ablation_align.md").read_text()

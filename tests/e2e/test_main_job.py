@@ -183,7 +183,8 @@ def test_short_main_job_runs_every_stage(tmp_path: Path, capsys) -> None:
     assert "| pretrained - scratch |" in note and "![" not in note and "report/report.html" in note
     children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert sorted(r.info.run_name for r in children) == sorted(
-        ["pretrain"] + [f"{r}-{i}-seed0" for r in ("tvr", "msrvtt") for i in ("pretrained", "scratch")])
+        ["pretrain"] + [f"{r}-{i}-seed0" for r in ("tvr", "msrvtt") for i in ("pretrained", "scratch")]
+    )
     assert "mlflow ui --backend-store-uri sqlite:///" in out and "report.md" in out
 
     again = _run(tmp_path, capsys, "until=report", "videos=96", "tagger=auto", "pretrain.steps=60", "finetune.steps=3",

@@ -79,8 +79,13 @@ def test_every_file_is_in_the_bucket(s3, s3_run):
     keys = s3.keys(prefix)
     sizes = json.loads(s3.get(f"{prefix}/sizes.json"))
     stats = {json.loads(s3.get(f"{prefix}/{k}"))["index"] for k in keys if k.endswith(".stats.json")}
-    expected = {schema.SIZES_FILE, schema.MANIFEST_FILE, schema.REJECTS_FILE, schema.TOI_DF_FILE,
-                schema.FEATURE_STATS_FILE}
+    expected = {
+        schema.SIZES_FILE,
+        schema.MANIFEST_FILE,
+        schema.REJECTS_FILE,
+        schema.TOI_DF_FILE,
+        schema.FEATURE_STATS_FILE,
+    }
     for i in stats:
         expected |= {schema.stats_name(i), schema.shard_rejects_name(i), schema.shard_name(i)}
     assert set(keys) == expected  # no temporary object left behind

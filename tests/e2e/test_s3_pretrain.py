@@ -326,8 +326,7 @@ def test_permanent_errors_are_not_retried(s3, shards, tokenizer, reference, inje
     assert calls["sizes.json"] == before + 1
 
 
-def test_a_shard_failing_every_attempt_is_skipped_and_counted(s3, shards, tokenizer, reference, inject,
-                                                              caplog) -> None:  # fmt: skip
+def test_a_shard_failing_every_attempt_is_skipped_and_counted(s3, shards, tokenizer, reference, inject, caplog) -> None:
     names = _shard_names(shards)
     calls = inject(names[1], every=_slowdown())
     with caplog.at_level(logging.WARNING):

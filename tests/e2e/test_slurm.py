@@ -49,7 +49,7 @@ def shards(tmp_path_factory) -> Path:
     howto100m.main([
         "--captions", str(src / "raw_caption.json"), "--features", str(src / "features" / "hero"),
         "--out", str(root / "shards"), "--shard-size", "8", "--tagger", "heuristic",
-    ])
+    ])  # fmt: skip
     return root / "shards"
 
 
@@ -68,8 +68,9 @@ def _submit_dir(tmp_path: Path) -> Path:
 def _sbatch(submit: Path, *args: str, timeout: float = 300) -> tuple[int, subprocess.CompletedProcess]:
     """Submit (with --wait: and wait); a job still there at the timeout is cancelled, not left to block the node."""
     try:
-        proc = subprocess.run(["sbatch", "--parsable", *args], cwd=submit, env=_env(), capture_output=True,
-                              text=True, timeout=timeout)
+        proc = subprocess.run(
+            ["sbatch", "--parsable", *args], cwd=submit, env=_env(), capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired as e:
         job = re.match(r"(\d+)", e.stdout.decode() if isinstance(e.stdout, bytes) else e.stdout or "")
         if job:
@@ -107,9 +108,14 @@ def _mlflow_runs(run_dir: Path) -> tuple:
 @pytest.mark.slow
 def test_sbatch_two_tasks_trains_checkpoints_exports_and_logs(slurm_node, shards, tmp_path) -> None:
     submit, run_dir = _submit_dir(tmp_path), tmp_path / "run"
-    job_id, proc = _sbatch(submit, "--wait", *CPU_NODE,
-                           *_train_args(shards, run_dir, "run.max_steps=4", "checkpoint.every=2", "eval.every=2",
-                                        f"eval.held_out={shards}"))
+    job_id, proc = _sbatch(
+        submit,
+        "--wait",
+        *CPU_NODE,
+        *_train_args(
+            shards, run_dir, "run.max_steps=4", "checkpoint.every=2", "eval.every=2", f"eval.held_out={shards}"
+        ),
+    )
     log = submit / "logs" / f"vlp-pretrain-{job_id}.out"  # --output=logs/%x-%j.out under the submit dir
     assert log.exists(), f"no log at {log}: {list((submit / 'logs').iterdir())}"
     text = log.read_text()
@@ -172,8 +178,9 @@ def test_warning_signal_checkpoints_requeues_and_resumes(slurm_node, shards, tmp
     """USR1 to the batch shell (what --signal=B:USR1@300 sends) mid-run: the trainer checkpoints and
     exits 3, the script requeues the job, the same job id resumes and finishes all 8 steps."""
     submit, run_dir = _submit_dir(tmp_path), tmp_path / "run"
-    job_id, _ = _sbatch(submit, *CPU_NODE, *_train_args(shards, run_dir, "run.max_steps=8", "checkpoint.every=0",
-                                                       "eval.every=0"))
+    job_id, _ = _sbatch(
+        submit, *CPU_NODE, *_train_args(shards, run_dir, "run.max_steps=8", "checkpoint.every=0", "eval.every=0")
+    )
     log = submit / "logs" / f"vlp-pretrain-{job_id}.out"
     job = _preempt_after(job_id, run_dir, log, steps=2)  # after step 2, well before step 8
     text = log.read_text()
@@ -216,8 +223,15 @@ def _preempt_after(job_id: int, run_dir: Path, log: Path, steps: int) -> dict[st
 def _wait_done(job_id: int, log: Path, timeout: float = 300) -> dict[str, str]:
     """The job's last record once it has ended (or left the controller)."""
     deadline = time.monotonic() + timeout
-    while (job := _job(job_id)).get("JobState") not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT",
-                                                        "NODE_FAIL", "OUT_OF_MEMORY", None):
+    while (job := _job(job_id)).get("JobState") not in (
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        None,
+    ):
         assert time.monotonic() < deadline, f"job {job_id} still {job.get('JobState')}\n{log.read_text()[-4000:]}"
         time.sleep(1)
     return job
@@ -256,8 +270,9 @@ def test_finetune_job_preempted_requeues_and_finishes(slurm_node, finetune_sets,
 
 
 def _bash(script: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", "-c", script], cwd=REPO, env=env or _env(), capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        ["bash", "-c", script], cwd=REPO, env=env or _env(), capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.slow
@@ -280,8 +295,9 @@ def test_launch_scripts_parse_and_fail_clearly() -> None:
         proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert proc.returncode == 0, (script, proc.stderr)
     if shutil.which("shellcheck"):  # a check where it is installed; the project does not need it
-        proc = subprocess.run(["shellcheck", "-x", *[str(p.relative_to(REPO)) for p in scripts]], cwd=REPO,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            ["shellcheck", "-x", *[str(p.relative_to(REPO)) for p in scripts]], cwd=REPO, capture_output=True, text=True
+        )
         assert proc.returncode == 0, proc.stdout
     for script in ("pretrain_howto100m.sh", "finetune.sh"):  # no hyperparameters in the launch scripts
         text = (REPO / "launch" / script).read_text()
@@ -304,7 +320,7 @@ def test_local_launcher_two_cpu_ranks(shards, tmp_path) -> None:
     proc = subprocess.run(["bash", str(REPO / "launch" / "local.sh"), "2", CONFIG, f"data.train={shards}",
                            f"run.output_dir={run_dir}", *FAST, "run.max_steps=2", "checkpoint.every=0",
                            "tracking.enabled=false", "checkpoint.export=false"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "2 local ranks, DS_ACCELERATOR=cpu" in proc.stdout
     assert _metrics_steps(run_dir) == [1, 2]
@@ -320,7 +336,7 @@ def test_mlflow_server_takes_runs_from_another_host_name(tmp_path) -> None:
     env = {**_env(), "MLFLOW_PORT": str(port)}
     server_log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(["bash", str(REPO / "launch" / "mlflow_server.sh"), "--workers", "1"], cwd=tmp_path,
-                              env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+                              env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     try:
         host = socket.gethostname()
         deadline = time.monotonic() + 120

@@ -119,7 +119,7 @@ def test_collate_pads_every_field() -> None:
              "sub_ids": torch.tensor([1, 2]), "frames": np.ones((3, 4), np.float16), "span": torch.tensor([0, 2])},
             {"key": "b", "meta": None, "input_ids": torch.tensor([1, 2]), "toi_weight": torch.tensor([0.0, 0]),
              "sub_ids": torch.tensor([1, 7, 7, 2]), "frames": np.ones((5, 4), np.float16),
-             "span": torch.tensor([1, 1])}]
+             "span": torch.tensor([1, 1])}]  # fmt: skip
     b = data.collate_rows(rows, pad_id=0)
     assert b["input_ids"].tolist() == [[1, 5, 2], [1, 2, 0]] and b["attention_mask"].sum().item() == 5
     assert b["sub_input_ids"].shape == (2, 4) and b["sub_attention_mask"].sum().item() == 6
@@ -174,8 +174,13 @@ def test_moment_loss_matches_a_naive_loop(span_query: str) -> None:
     model = TaskModel(_Backbone(d), head)
     frame_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
     attention_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
-    batch = {"frames": torch.randn(b, m, d), "frame_mask": frame_mask, "input_ids": torch.randint(0, 50, (b, 5)),
-             "attention_mask": attention_mask, "span": torch.tensor([[1, 3], [0, 2], [1, 1]])}
+    batch = {
+        "frames": torch.randn(b, m, d),
+        "frame_mask": frame_mask,
+        "input_ids": torch.randint(0, 50, (b, 5)),
+        "attention_mask": attention_mask,
+        "span": torch.tensor([[1, 3], [0, 2], [1, 1]]),
+    }
     cfg = MomentConfig(temperature=tau, span_weight=0.5, conv_kernel=3, span_query=span_query, span_temperature=0.2)
     loss, logs = moment_loss(model, batch, cfg)
 
@@ -251,8 +256,10 @@ def test_init_mismatch_names_the_tensors(pretrained, tmp_path) -> None:
         resolve_checkpoint(str(tmp_path))
     zero3 = tmp_path / "z3"
     zero3.mkdir()
-    torch.save({"module": {"w": torch.empty(0)}, "param_shapes": [{"w": torch.Size([2])}]},
-               zero3 / "mp_rank_00_model_states.pt")
+    torch.save(
+        {"module": {"w": torch.empty(0)}, "param_shapes": [{"w": torch.Size([2])}]},
+        zero3 / "mp_rank_00_model_states.pt",
+    )
     with pytest.raises(ValueError, match="ZeRO-3 checkpoint holds only partitions"):
         read_state_dict(str(zero3))
 
@@ -268,7 +275,7 @@ RETRIEVAL = {"msrvtt": "test_1ka", "activitynet": "val_1"}
 # alignment (both levels) on How2R and (global only) on MSR-VTT; TVR and ActivityNet run without options
 OPTIONS = {"didemo": ("task.mesm.fw=1", "task.mesm.ss=1", "task.mesm.enc=1", "task.mesm.fw_layers=1",
                       "task.mesm.ss_layers=1", "task.mesm.ma_layers=1"),
-           "how2r": ("task.align.glob=1", "task.align.seg=1"), "msrvtt": ("task.align.glob=1",)}
+           "how2r": ("task.align.glob=1", "task.align.seg=1"), "msrvtt": ("task.align.glob=1",)}  # fmt: skip
 OPTION_LOSSES = {"didemo": ("mesm_fw_loss", "mesm_ss_loss", "mesm_enc_loss"),
                  "how2r": ("align_glob_loss", "align_seg_loss"), "msrvtt": ("align_glob_loss",)}  # fmt: skip
 

@@ -291,7 +291,7 @@ def tiny_tvr(root: Path) -> Path:
     d.mkdir(parents=True)
     (d / "tvr_video2dur_idx.json").write_text(json.dumps(video2dur))
     line = lambda i, vid, ts, desc="Sheldon opens the door.": {  # noqa: E731
-        "desc": desc, "duration": 60.0, "ts": ts, "desc_id": i, "type": "v", "vid_name": vid}
+        "desc": desc, "duration": 60.0, "ts": ts, "desc_id": i, "type": "v", "vid_name": vid}  # fmt: skip
     write_jsonl(d / "tvr_train_release.jsonl", [
         line(1, "a_clip", [10, 62.5]),  # past the end, within the 3 s tolerance: kept
         line(2, "a_clip", [50, 80]),  # past_end
@@ -401,7 +401,12 @@ def test_how2r_clip_files_windows_and_captions(tmp_path: Path) -> None:
     assert b["frame_start"] == 0 and b["queries"][0]["text"] == "cut, then fold the paper" and b["subtitles"] == []
     np.testing.assert_array_equal(b["features"], clip.astype(np.float16))
     assert read_jsonl(out / "gt" / "how2r_train_release.jsonl")[0] == {
-        "desc_id": 0, "desc": "open the box", "vid_name": "yt-A_x_31_91", "ts": [9.0, 19.5], "duration": 60.0}
+        "desc_id": 0,
+        "desc": "open the box",
+        "vid_name": "yt-A_x_31_91",
+        "ts": [9.0, 19.5],
+        "duration": 60.0,
+    }
 
 
 def _edit(path: Path, old: str, new: str) -> None:

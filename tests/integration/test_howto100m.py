@@ -340,8 +340,12 @@ def test_resume_after_sigkill_gives_the_same_shards(convert, corpus, tmp_path):
     assert refused.returncode == 2
     assert "already holds shards" in _error_line(refused) and "--resume" in _error_line(refused)
     other_features = shutil.copytree(corpus.hero, tmp_path / "same_features_elsewhere")
-    for other in (["--shard-size", str(SHARD_SIZE + 5)], ["--min-words", "10"], ["--tolerance", "1"],
-                  ["--features", str(other_features)]):
+    for other in (
+        ["--shard-size", str(SHARD_SIZE + 5)],
+        ["--min-words", "10"],
+        ["--tolerance", "1"],
+        ["--features", str(other_features)],
+    ):
         opts = [a for a in args if a not in ("--clip-seconds", "60")] if "--min-words" in other else args
         refused = run_cli([*opts, *other, "--resume"])
         assert refused.returncode == 2, refused.stderr

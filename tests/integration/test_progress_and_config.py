@@ -62,7 +62,7 @@ def test_progress_bar_on_a_terminal_shows_counts_and_rate(tmp_path: Path) -> Non
     code, out = _run_on_terminal([
         sys.executable, "-m", "data_prep.howto100m", "--captions", str(captions), "--features", str(feats),
         "--out", str(tmp_path / "out"), "--shard-size", "2", "--tagger", "heuristic",
-    ])
+    ])  # fmt: skip
     assert code == 0, out
     assert re.search(r"6/6 \[", out), out  # videos done / total
     assert re.search(r"video/s", out), out  # the rate
@@ -74,7 +74,7 @@ def test_no_progress_bar_in_a_log(tmp_path: Path) -> None:
     proc = subprocess.run([
         sys.executable, "-m", "data_prep.howto100m", "--captions", str(captions), "--features", str(feats),
         "--out", str(tmp_path / "out"), "--shard-size", "1", "--tagger", "heuristic",
-    ], cwd=ROOT, capture_output=True, text=True)
+    ], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr
     assert "3/3 videos, 3 samples, 0 rejected" in proc.stderr
@@ -98,5 +98,6 @@ def test_every_config_starts_with_the_command_that_uses_it() -> None:
     assert configs
     for path in configs:
         first = path.read_text().splitlines()[0]
-        assert first.startswith("# ") and ("python" in first or "bash" in first or "deepspeed" in first
-                                           or "sbatch" in first), path
+        assert first.startswith("# ") and (
+            "python" in first or "bash" in first or "deepspeed" in first or "sbatch" in first
+        ), path

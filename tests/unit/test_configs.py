@@ -73,8 +73,10 @@ CONFIG_FILES = sorted(p.relative_to(CONFIGS).as_posix() for p in CONFIGS.rglob("
 def loader_of(rel: str) -> Callable[[Path], Any]:
     found = [load for pattern, load in LOADERS.items() if fnmatch(rel, pattern)]
     if len(found) != 1:
-        pytest.fail(f"configs/{rel}: no entry point known to load it ({len(found)} patterns match); "
-                    f"add it to LOADERS in tests/unit/test_configs.py with the loader of the entry point that reads it")
+        pytest.fail(
+            f"configs/{rel}: no entry point known to load it ({len(found)} patterns match); "
+            f"add it to LOADERS in tests/unit/test_configs.py with the loader of the entry point that reads it"
+        )
     return found[0]
 
 
@@ -126,8 +128,7 @@ def check_finetune(cfg: FinetuneConfig, tmp_path: Path) -> None:
     pretrain_config.validate_run(replace(cfg, run=replace(cfg.run, output_dir=str(tmp_path / "run"))), world=1)
 
 
-def check_training_overrides(pretrain: stages.PretrainStage, finetune: stages.FinetuneStage,
-                             recipes: set[str]) -> None:
+def check_training_overrides(pretrain: stages.PretrainStage, finetune: stages.FinetuneStage, recipes: set[str]) -> None:
     """The key=value lists a driver hands to pretrain/train.py and finetune/<recipe>.py load through their
     schemas (a typo there would otherwise surface only when that run starts)."""
     pretrain_config.load(str(REPO / pretrain.config), list(pretrain.overrides))
@@ -148,4 +149,3 @@ def check_suites(suites: dict[str, ablate.Suite]) -> None:
                 dataset = DATASETS[name]
                 pretrain_config.load(str(CONFIGS / dataset.config.removeprefix("configs/")), v.finetune_for(name),
                                      dataset.schema)  # fmt: skip
-

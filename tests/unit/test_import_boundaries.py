@@ -59,10 +59,16 @@ def imports_of(source: str, module: str, is_package: bool = False) -> list[tuple
             else:
                 name = node.module or ""
             found.append((node.lineno, name))
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and ((isinstance(node.func, ast.Name) and node.func.id in ("__import__", "import_module"))
-                   or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"))):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                (isinstance(node.func, ast.Name) and node.func.id in ("__import__", "import_module"))
+                or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+            )
+        ):
             found.append((node.lineno, node.args[0].value))
     return found
 
@@ -99,7 +105,7 @@ def test_the_parser_sees_every_kind_of_import() -> None:
     assert sorted(imports_of(source, "pretrain.objectives.gmr")) == [
         (1, "deepspeed.comm"), (1, "os"), (2, "mlflow.entities"), (3, "pretrain.objectives"),
         (4, "pretrain.loader"), (6, "webdataset"), (7, "spacy"), (8, "launch.pipeline"), (10, "finetune.recipe"),
-    ]
+    ]  # fmt: skip
     assert imports_of("from . import x\n", "pretrain", is_package=True) == [(1, "pretrain")]
     assert module_name(REPO / "pretrain" / "objectives" / "__init__.py") == "pretrain.objectives"
 
@@ -136,7 +142,10 @@ def test_masked_mean_has_one_home() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.FunctionDef) and node.name == "masked_mean" and rel != "pretrain/pooling.py":
                 bad.append(f"{rel}:{node.lineno} defines masked_mean")
-            if (isinstance(node, ast.ImportFrom) and node.module != "pretrain.pooling"
-                    and any(alias.name == "masked_mean" for alias in node.names)):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module != "pretrain.pooling"
+                and any(alias.name == "masked_mean" for alias in node.names)
+            ):
                 bad.append(f"{rel}:{node.lineno} imports masked_mean from {node.module}, not pretrain.pooling")
     assert not bad, "\n".join(bad)

@@ -17,8 +17,12 @@ def inputs(device: torch.device) -> dict:
     frame_mask[0, 4:] = False
     text_mask = torch.ones(B, N, dtype=torch.bool)
     text_mask[1, 3:] = False
-    cpu = {"frames": torch.randn(B, M, 64, generator=g), "frame_mask": frame_mask,
-           "input_ids": torch.randint(1000, 2000, (B, N), generator=g), "text_mask": text_mask}
+    cpu = {
+        "frames": torch.randn(B, M, 64, generator=g),
+        "frame_mask": frame_mask,
+        "input_ids": torch.randint(1000, 2000, (B, N), generator=g),
+        "text_mask": text_mask,
+    }
     return {k: v.to(device) for k, v in cpu.items()}
 
 
@@ -136,10 +140,14 @@ def test_frames_are_standardised_with_the_corpus_statistics(model, inputs) -> No
 
 
 COLLAPSE_TEXTS = [
-    "now you cut the onion with a sharp knife", "the car engine needs new oil every year",
-    "paint the fence with a wide brush", "my grandmother loved to knit warm scarves",
-    "tighten the bolt on the bicycle wheel", "the stock market fell sharply today",
-    "whisk two eggs with sugar until fluffy", "he scored a goal in the last minute",
+    "now you cut the onion with a sharp knife",
+    "the car engine needs new oil every year",
+    "paint the fence with a wide brush",
+    "my grandmother loved to knit warm scarves",
+    "tighten the bolt on the bicycle wheel",
+    "the stock market fell sharply today",
+    "whisk two eggs with sugar until fluffy",
+    "he scored a goal in the last minute",
 ]
 
 

@@ -55,8 +55,9 @@ def ref_evaluate(sub: dict[str, Any], gt: list[dict[str, Any]]) -> dict[str, dic
     tasks = [t for t in ("VCMR", "SVMR", "VR") if t in sub]
     for task in tasks:
         by_id = {e["desc_id"]: e["predictions"] for e in sub[task]}
-        rows = [(g.get("type"), ref_hits(task, by_id[g["desc_id"]], sub["video2idx"][g["vid_name"]], g["ts"]))
-                for g in gt]
+        rows = [
+            (g.get("type"), ref_hits(task, by_id[g["desc_id"]], sub["video2idx"][g["vid_name"]], g["ts"])) for g in gt
+        ]
         keys = list(rows[0][1])
         out[task] = {k: ref_pct(sum(h[k] for _, h in rows), len(rows)) for k in keys}
         if typed:
@@ -66,7 +67,8 @@ def ref_evaluate(sub: dict[str, Any], gt: list[dict[str, Any]]) -> dict[str, dic
                 for k in keys:
                     by_type[f"{ty}-{k}"] = ref_pct(sum(h[k] for h in sel), len(sel))
             by_type["desc_type_ratio"] = " ".join(
-                f"{ty} {ref_pct(sum(t == ty for t, _ in rows), len(rows))}" for ty in ("v", "t", "vt"))
+                f"{ty} {ref_pct(sum(t == ty for t, _ in rows), len(rows))}" for ty in ("v", "t", "vt")
+            )
             out[f"{task}_by_type"] = by_type
     return {k: out[k] for k in [*tasks, *(f"{t}_by_type" for t in tasks)] if k in out}
 
@@ -113,8 +115,13 @@ def rand_case(seed: int, n_query: int = 40, didemo: bool = False, typed: bool = 
             n = rng.choice([0, 1, 3, 7, 12, 60, 100, 101, 130])  # fewer than k, and past 100
             preds = [[*rng.choice(pool), 0.0] for _ in range(n)]  # few distinct rows: duplicates
             scores = sorted((rng.choice([1.0, 0.5, 0.25]) for _ in preds), reverse=True)  # equal scores
-            entries.append({"desc_id": g["desc_id"], "desc": g["desc"],
-                            "predictions": [[*p[:3], s] for p, s in zip(preds, scores)]})
+            entries.append(
+                {
+                    "desc_id": g["desc_id"],
+                    "desc": g["desc"],
+                    "predictions": [[*p[:3], s] for p, s in zip(preds, scores)],
+                }
+            )
         sub[task] = entries
     return sub, gt
 
@@ -203,40 +210,49 @@ def test_three_queries_by_hand() -> None:
     got = me.evaluate(sub, gt)
     third, two_thirds = 33.33, 66.67
     assert got["VCMR"] == {"0.5-r1": third, "0.5-r5": two_thirds, "0.5-r10": two_thirds, "0.5-r100": two_thirds,
-                           "0.7-r1": third, "0.7-r5": third, "0.7-r10": two_thirds, "0.7-r100": two_thirds}
+                           "0.7-r1": third, "0.7-r5": third, "0.7-r10": two_thirds, "0.7-r100": two_thirds}  # fmt: skip
     # SVMR ranks q2's gt-video predictions only: IoU 0.6 first, the exact span second
     assert got["SVMR"] == {"0.5-r1": two_thirds, "0.5-r5": two_thirds, "0.5-r10": two_thirds,
                            "0.5-r100": two_thirds, "0.7-r1": third, "0.7-r5": two_thirds, "0.7-r10": two_thirds,
-                           "0.7-r100": two_thirds}
+                           "0.7-r100": two_thirds}  # fmt: skip
     assert got["VR"] == {"r1": two_thirds, "r5": 100.0, "r10": 100.0, "r100": 100.0}
     by_type = got["VCMR_by_type"]
     assert (by_type["v-0.5-r1"], by_type["t-0.5-r1"], by_type["t-0.5-r5"], by_type["vt-0.5-r100"]) == (
-        100.0, 0.0, 100.0, 0.0)
+        100.0,
+        0.0,
+        100.0,
+        0.0,
+    )
     assert got["VR_by_type"]["vt-r1"] == 100.0 and got["VR_by_type"]["t-r1"] == 0.0
     assert by_type["desc_type_ratio"] == "v 33.33 t 33.33 vt 33.33"
     assert list(got) == ["VCMR", "SVMR", "VR", "VCMR_by_type", "SVMR_by_type", "VR_by_type"]
 
 
 def one_query(pred_spans: list[list[float]], ts: list[Any], vid: int = 0) -> dict[str, float]:
-    sub = {"video2idx": {"a": 0, "b": 1},
-           "VCMR": [{"desc_id": 0, "desc": "", "predictions": [[vid, *s, 1.0] for s in pred_spans]}]}
+    sub = {
+        "video2idx": {"a": 0, "b": 1},
+        "VCMR": [{"desc_id": 0, "desc": "", "predictions": [[vid, *s, 1.0] for s in pred_spans]}],
+    }
     return me.evaluate(sub, [{"desc_id": 0, "desc": "", "vid_name": "a", "ts": ts}])["VCMR"]
 
 
-@pytest.mark.parametrize(("pred", "ts", "at_05", "at_07"), [
-    ([0, 1], [0, 2], 100.0, 0.0),  # IoU exactly 0.5
-    ([0, 0.7], [0, 1], 100.0, 100.0),  # float32(0.7) >= float32(0.7): the threshold is compared in float32
-    ([0, 0.69999999], [0, 1], 100.0, 100.0),  # float64 IoU < 0.7, float32 rounds it to 0.7
-    ([0, 0.69], [0, 1], 100.0, 0.0),
-    ([2, 4], [0, 2], 0.0, 0.0),  # touching: IoU 0
-    ([3, 3], [3, 3], 0.0, 0.0),  # same instant: empty hull, IoU 0
-    ([3, 3], [0, 6], 0.0, 0.0),  # zero-length prediction
-    ([0, 6], [3, 3], 0.0, 0.0),  # zero-length gt
-    ([1.5, 4.5], [1.5, 4.5], 100.0, 100.0),
-    ([0, 10], [[0, 5], [0, 5], [5, 10], [20, 25]], 100.0, 0.0),  # DiDeMo: IoU 0.5 with 3 of 4 spans
-    ([5, 10], [[0, 5], [0, 5], [5, 10], [20, 25]], 0.0, 0.0),  # DiDeMo: exact with only 1 span
-    ([0, 5], [[0, 5], [0, 5], [5, 10], [20, 25]], 100.0, 100.0),  # DiDeMo: exact with 2
-])
+@pytest.mark.parametrize(
+    ("pred", "ts", "at_05", "at_07"),
+    [
+        ([0, 1], [0, 2], 100.0, 0.0),  # IoU exactly 0.5
+        ([0, 0.7], [0, 1], 100.0, 100.0),  # float32(0.7) >= float32(0.7): the threshold is compared in float32
+        ([0, 0.69999999], [0, 1], 100.0, 100.0),  # float64 IoU < 0.7, float32 rounds it to 0.7
+        ([0, 0.69], [0, 1], 100.0, 0.0),
+        ([2, 4], [0, 2], 0.0, 0.0),  # touching: IoU 0
+        ([3, 3], [3, 3], 0.0, 0.0),  # same instant: empty hull, IoU 0
+        ([3, 3], [0, 6], 0.0, 0.0),  # zero-length prediction
+        ([0, 6], [3, 3], 0.0, 0.0),  # zero-length gt
+        ([1.5, 4.5], [1.5, 4.5], 100.0, 100.0),
+        ([0, 10], [[0, 5], [0, 5], [5, 10], [20, 25]], 100.0, 0.0),  # DiDeMo: IoU 0.5 with 3 of 4 spans
+        ([5, 10], [[0, 5], [0, 5], [5, 10], [20, 25]], 0.0, 0.0),  # DiDeMo: exact with only 1 span
+        ([0, 5], [[0, 5], [0, 5], [5, 10], [20, 25]], 100.0, 100.0),  # DiDeMo: exact with 2
+    ],
+)
 def test_single_prediction_by_hand(pred: list[float], ts: list[Any], at_05: float, at_07: float) -> None:
     got = one_query([pred], ts)
     assert (got["0.5-r1"], got["0.7-r1"]) == (at_05, at_07)
@@ -280,8 +296,9 @@ def test_full_size_shapes() -> None:
     gt = [{"desc_id": i, "desc": "", "vid_name": names[v], "ts": [1.0, 5.0], "type": "v"} for i, v in enumerate(gt_vid)]
     vids = rng.integers(0, len(names), (q, 100))
     vids[:, 0] = np.where(np.arange(q) % 2 == 0, gt_vid, vids[:, 0])  # half the queries right at rank 1
-    entries = [{"desc_id": i, "desc": "", "predictions": [[int(v), 1.0, 5.0, 0.0] for v in row]}
-               for i, row in enumerate(vids)]
+    entries = [
+        {"desc_id": i, "desc": "", "predictions": [[int(v), 1.0, 5.0, 0.0] for v in row]} for i, row in enumerate(vids)
+    ]
     got = me.evaluate({"video2idx": v2i, "VCMR": entries}, gt)["VCMR"]
     assert got["0.7-r1"] == me.percentage(int(sum(vids[:, 0] == gt_vid)), q) >= 50.0
 
@@ -320,15 +337,18 @@ def test_desc_id_mismatch_names_ids_and_counts() -> None:
     assert "55" not in msg
 
 
-@pytest.mark.parametrize(("pred", "words"), [
-    ([0, 5, 2, 1.0], ("st > ed", "[0, 5, 2]")),
-    ([0, -1, 2, 1.0], ("starts before 0",)),
-    ([7, 0, 2, 1.0], ("video idx",)),
-    ([0.5, 0, 2, 1.0], ("video idx",)),
-    ([0, float("nan"), 2, 1.0], ("non-finite",)),
-    ([0, 1], ("[video_idx, st, ed, score]",)),
-    ("0,1,2", ("[video_idx, st, ed, score]",)),
-])
+@pytest.mark.parametrize(
+    ("pred", "words"),
+    [
+        ([0, 5, 2, 1.0], ("st > ed", "[0, 5, 2]")),
+        ([0, -1, 2, 1.0], ("starts before 0",)),
+        ([7, 0, 2, 1.0], ("video idx",)),
+        ([0.5, 0, 2, 1.0], ("video idx",)),
+        ([0, float("nan"), 2, 1.0], ("non-finite",)),
+        ([0, 1], ("[video_idx, st, ed, score]",)),
+        ("0,1,2", ("[video_idx, st, ed, score]",)),
+    ],
+)
 def test_bad_prediction_names_query(pred: Any, words: tuple[str, ...]) -> None:
     sub, gt = small()
     sub["SVMR"][2]["predictions"].insert(1, pred)
@@ -396,14 +416,17 @@ def test_duplicate_desc_ids() -> None:
     raises(sub, [*gt, dict(gt[0])], "desc_id 1", "more than once in the ground truth")
 
 
-@pytest.mark.parametrize(("ts", "words"), [
-    ([[0, 5], [5, 10]], ("2 spans", "at least 4")),
-    ([[0, 5], [5, 10], [0, 10]], ("3 spans",)),
-    ([[0, 5]], ("1 spans",)),
-    ([0, 5, 10], ("ts must be",)),
-    ([5, 2], ("0 <= st <= ed",)),
-    ("0-5", ("ts must be",)),
-])
+@pytest.mark.parametrize(
+    ("ts", "words"),
+    [
+        ([[0, 5], [5, 10]], ("2 spans", "at least 4")),
+        ([[0, 5], [5, 10], [0, 10]], ("3 spans",)),
+        ([[0, 5]], ("1 spans",)),
+        ([0, 5, 10], ("ts must be",)),
+        ([5, 2], ("0 <= st <= ed",)),
+        ("0-5", ("ts must be",)),
+    ],
+)
 def test_bad_gt_spans(ts: Any, words: tuple[str, ...]) -> None:
     sub, gt = small()
     gt[1] = {**gt[1], "ts": ts}
@@ -429,10 +452,14 @@ def test_bad_gt_lines_and_submission_shape() -> None:
 
 def valid_submission() -> dict[str, Any]:
     v2i = {"a": 0, "b": 1, "c": 2}
-    moments = [{"desc_id": 1, "desc": "q1", "predictions": [[0, 0.0, 1.5, 2.0], [0, 1.5, 3.0, 2.0], [1, 0, 3, -1]]},
-               {"desc_id": 2, "desc": "q2", "predictions": [[2, 0.0, 0.0, 0.0]]}]
-    videos = [{"desc_id": 1, "desc": "q1", "predictions": [[0, 0, 0, 2.0], [1, 0, 0, 2.0]]},
-              {"desc_id": 2, "desc": "q2", "predictions": [[2, 0, 0, 1.0]]}]
+    moments = [
+        {"desc_id": 1, "desc": "q1", "predictions": [[0, 0.0, 1.5, 2.0], [0, 1.5, 3.0, 2.0], [1, 0, 3, -1]]},
+        {"desc_id": 2, "desc": "q2", "predictions": [[2, 0.0, 0.0, 0.0]]},
+    ]
+    videos = [
+        {"desc_id": 1, "desc": "q1", "predictions": [[0, 0, 0, 2.0], [1, 0, 0, 2.0]]},
+        {"desc_id": 2, "desc": "q2", "predictions": [[2, 0, 0, 1.0]]},
+    ]
     return {"video2idx": v2i, "VCMR": moments, "SVMR": json.loads(json.dumps(moments)), "VR": videos}
 
 
@@ -515,7 +542,7 @@ VIOLATIONS = {
     "unknown video": "video idx 9", "st > ed": "0 <= st <= ed", "st < 0": "0 <= st <= ed",
     "scores increase": "sorted by score", "VR repeats video": "distinct videos", "duplicate desc_id": "more than once",
     "no predictions": "SVMR entry 1 (desc_id 2): no predictions",
-}
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("how", list(VIOLATIONS))
@@ -575,8 +602,10 @@ def test_codalab_zip_refuses(tmp_path, which: str) -> None:
         test["VR"][0]["predictions"][0][0] = 42
     (tmp_path / "val.json").write_text(json.dumps(val))
     (tmp_path / "test.json").write_text(json.dumps(test))
-    with pytest.raises(EvalInputError, match="val.json: submission keys" if which == "val_without_svmr" else
-                       "test.json: VR entry 0 .* video idx 42"):
+    with pytest.raises(
+        EvalInputError,
+        match="val.json: submission keys" if which == "val_without_svmr" else "test.json: VR entry 0 .* video idx 42",
+    ):
         me.codalab_zip(tmp_path / "sub.zip", tmp_path / "val.json", tmp_path / "test.json")
     assert not (tmp_path / "sub.zip").exists()
 
@@ -590,7 +619,7 @@ def test_load_ground_truth_and_main(tmp_path, capsys) -> None:
     (tmp_path / "sub.json").write_text(json.dumps(sub))
     assert me.load_ground_truth(tmp_path / "gt.jsonl") == gt
     argv = ["eval", "--submission", str(tmp_path / "sub.json"), "--gt", str(tmp_path / "gt.jsonl"),
-            "--save", str(tmp_path / "m.json")]
+            "--save", str(tmp_path / "m.json")]  # fmt: skip
     assert me.main(argv) == 0
     assert json.loads((tmp_path / "m.json").read_text()) == me.evaluate(sub, gt)
     (tmp_path / "gt.jsonl").write_text(json.dumps(gt[0]) + "\n{oops\n")
@@ -606,7 +635,7 @@ def test_main_durations_in_tvr_layout(tmp_path, capsys) -> None:
     (tmp_path / "gt.jsonl").write_text("\n".join(json.dumps(g) for g in gt))
     (tmp_path / "sub.json").write_text(json.dumps(sub))
     argv = ["eval", "--submission", str(tmp_path / "sub.json"), "--gt", str(tmp_path / "gt.jsonl"),
-            "--durations", str(tmp_path / "dur.json"), "--tolerance", "0"]
+            "--durations", str(tmp_path / "dur.json"), "--tolerance", "0"]  # fmt: skip
     (tmp_path / "dur.json").write_text(json.dumps({"val": {"a": [15.0, 0], "b": [None, 1]}, "test": {"c": [4.0, 2]}}))
     assert me.main(argv) == 0
     (tmp_path / "dur.json").write_text(json.dumps({"val": {"a": [14.0, 0]}}))

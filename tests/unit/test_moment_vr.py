@@ -100,8 +100,9 @@ def test_words_and_edge_init_localise_at_step_0() -> None:
     st, ed = head.span_logits(x)
     assert st.argmax().item() == 4 and ed.argmax().item() == 7
     cls_head = build_head(_Aligned(d), MomentConfig(span_query="cls"))
-    _, q_cls = encode_queries(TaskModel(_Aligned(d), cls_head), {"input_ids": ids,
-                                                                 "attention_mask": torch.ones(1, 4, dtype=torch.bool)})
+    _, q_cls = encode_queries(
+        TaskModel(_Aligned(d), cls_head), {"input_ids": ids, "attention_mask": torch.ones(1, 4, dtype=torch.bool)}
+    )
     assert torch.allclose(q_cls, cls_head.query_span(F.one_hot(torch.tensor([0]), d).float()))  # the [CLS] only
 
 

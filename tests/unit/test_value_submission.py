@@ -267,7 +267,7 @@ BAD = [  # (what, edit of a valid submission, message)
     ("ascending", lambda s: s["VCMR"][0]["predictions"].reverse(), "sorted by score"),
     ("repeated VR video", lambda s: s["VR"][0].update(predictions=[7, 7]), "distinct videos"),
     ("101 predictions", lambda s: s["VR"][0].update(predictions=list(range(101))), "at most 100"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("what", "edit", "message"), BAD, ids=[b[0] for b in BAD])
