@@ -449,7 +449,7 @@ def vcmr_main(args: argparse.Namespace) -> dict[str, Any]:
 def end_to_end_main(args: argparse.Namespace) -> dict[str, Any]:
     """Step 5: the main job at tiny sizes (DS_ACCELERATOR, set by the driver, puts its runs on the device)."""
     from finetune.recipe import flatten_metrics
-    from launch import main_job
+    from launch import main_job, stages
 
     work = args.work / "main"
     code = main_job.main([f"workdir={work}", *E2E])
@@ -462,7 +462,7 @@ def end_to_end_main(args: argparse.Namespace) -> dict[str, Any]:
         "pretrain_first_loss": metrics[0]["loss"],
         "pretrain_last_loss": metrics[-1]["loss"],
     }
-    for init in main_job.INITS:
+    for init in stages.INITS:
         results = json.loads((runs / "finetune" / f"tvr-{init}-seed0" / "results.json").read_text())
         out.update(flatten_metrics(f"tvr_{init}", results["metrics"]))  # 'tvr_pretrained/VCMR/0.5-r1': x
     return out
