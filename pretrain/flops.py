@@ -22,7 +22,7 @@ Each objective runs its own passes (pretrain/objectives), so per sample:
     guard          text + video + frames + 2 (2Bd), no grad (the Combiner's collapse guard: its two
                    (B, B) cosine matrices over the B samples of this rank)
     mlm            3(text + video + cross(M+N)) + 2 frames + 3 p_mlm (2dH + 2HV)      p_mlm: MLM targets
-    mfm_nce        3(text + video + cross(M+N)) + 3 frames + head + NCE
+    mfm_nce        3(text + video + cross(M+N)) + 3 frames (2 without the mask vector) + head + NCE
                    raw: head 3M(2d^2 + 2d Dv); NCE over the local batch's masked (q per sample) and
                    unmasked valid frames: q B (2 * 2q Dv + 3 * 2(v - q) Dv), v valid frames per sample
                    (the targets are fixed, so their matmul's backward is 1x); embedded: d for Dv, a
@@ -31,6 +31,7 @@ Each objective runs its own passes (pretrain/objectives), so per sample:
     self_contrast  gmr's passes + 3(cross(2N) + mcb(N) + cross(2M) + mcb(M))
     taco           3(text + video) + 2 frames + 3(2K d + 2 p_toi K M d)      L1 and L2 against K = B x world
                    + 2(2K d + 2 p_toi K M d)                                the cascade's scores, no grad
+                                                                            (random negatives: none)
                    + 2(k + 1) 3(cross(M+N) + 2d)                             L3: the fusion of the sampled
                    pairs, k = min(k_neg, K - 1) negatives per text and per video; none when lambda3 = 0
 
@@ -47,9 +48,9 @@ import torch
 
 from pretrain.model import ModelConfig, resolve, text_config
 from pretrain.objectives import ObjectivesConfig, objective_config, validate
+from pretrain.objectives.mlm import IGNORE
 
 TRAIN, ONE_GRAD, NO_GRAD = 3, 2, 1  # (forward + backward) / forward of a matmul: both operands' gradients, one, none
-IGNORE = -100  # mlm_labels where nothing is predicted (pretrain/objectives/mlm.py)
 
 # Dense bf16 tensor-core peaks from NVIDIA's data sheets, first match in the device name wins.
 PEAK_BF16 = (("H100 PCIe", 756e12), ("H200 NVL", 835e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12))
