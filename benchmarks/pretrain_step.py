@@ -231,6 +231,7 @@ def profile(variant: Variant, first: int, steps: int, top: int = 25) -> str:
 
 def measure(args: argparse.Namespace) -> tuple[list[Variant], dict[str, Any]]:
     from pretrain import runtime
+    from pretrain.flops import PretrainFlops, TextEncoder, peak_flops
     from pretrain.model import ModelConfig, build_model, count_parameters
     from pretrain.objectives import Combiner, ObjectivesConfig
 
@@ -266,6 +267,8 @@ def measure(args: argparse.Namespace) -> tuple[list[Variant], dict[str, Any]]:
         "first_losses": first_losses,
         "frames": tuple(batch["frames"].shape),
         "tokens": tuple(batch["input_ids"].shape),
+        "flops": PretrainFlops(model.config, combiner.cfg, TextEncoder.of(model.text.config), 1)(batch),
+        "peak": peak_flops(next(model.parameters()).device),
     }
     if args.profile:
         for v in variants:
@@ -293,6 +296,18 @@ def table(variants: list[Variant]) -> str:
     return "\n".join(lines)
 
 
+def flops_line(variants: list[Variant], facts: dict[str, Any]) -> str:
+    """The analytic training FLOPs (pretrain/flops.py) per sample, each variant's GFLOP/s and, on a GPU of
+    known peak, its MFU."""
+    samples = facts["frames"][0]
+    rates = []
+    for v in variants:
+        rate = facts["flops"] / statistics.median(v.wall)  # FLOP/s
+        mfu = f", MFU {rate / facts['peak']:.1%}" if facts["peak"] else ""
+        rates.append(f"{v.name} {rate / 1e9:.1f} GFLOP/s{mfu}")
+    return f"analytic training FLOPs: {facts['flops'] / samples / 1e9:.2f} GFLOP per sample; " + ", ".join(rates)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=12)
@@ -312,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     body = table(variants)
     print("\n" + body)
     print(f"first-step losses (must agree): {facts['first_losses']}; wall {time.time() - t0:.0f} s")
+    print(flops_line(variants, facts))
     if args.write:
         command = "python benchmarks/pretrain_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
         lines = [

@@ -8,6 +8,15 @@ and the run stops with a clear message after `max_bad_steps` in a row. Rank 0 wr
 metrics.jsonl line per optimizer step and logs to MLflow every `log_every` steps. The train
 state (step, data position, counters, MLflow run id) is checkpointed with the engine.
 
+Throughput, per optimizer step (the window of its micro-steps: fetching the batches and
+training on them; logging, evaluation and checkpoints fall outside): `tokens_per_s` (the text
+tokens of all ranks, padding excluded), `data_wait_frac` (the share of the window spent waiting
+for the loader, mean over ranks) and, when the Trainer has `flops` (the analytic training FLOPs
+of a batch, pretrain/flops.py) and the device's `peak_flops`, `mfu` (FLOPs of all ranks /
+(window x peak x world)). They are counted on the loader's CPU batches and summed over ranks in
+the all-reduce of the step's log line, so they add no host sync to the step. `samples_per_s`
+stays the mean since the run (re)started.
+
 Preemption: SIGUSR1 on any rank (`request_stop`) makes every rank checkpoint after the current
 optimizer step and raise `Preempted`; pretrain/train.py then exits with PREEMPTED_EXIT and the
 sbatch script requeues the job, whose restart resumes from that checkpoint.
@@ -27,6 +36,7 @@ from typing import Any
 import torch
 
 from pretrain import checkpoint, runtime
+from pretrain.flops import peak_flops
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,26 @@ class NonFiniteLoss(RuntimeError):
 
 class Preempted(Exception):
     """Raised after the checkpoint that a stop request (SIGUSR1) asked for."""
+
+
+@dataclass
+class Meter:
+    """What this rank's micro-steps since the last logged step took: seconds in all, seconds waiting for the
+    loader, text tokens (padding excluded) and training FLOPs."""
+
+    seconds: float = 0.0
+    waiting: float = 0.0
+    tokens: float = 0.0
+    flops: float = 0.0
+
+    def count(self, batch: dict, flops: Callable[[dict], float] | None) -> None:
+        """Add a batch, still on the CPU: its tokens, and its FLOPs when `flops` is given."""
+        mask = batch.get("attention_mask")
+        self.tokens += float(mask.sum()) if torch.is_tensor(mask) else 0.0
+        self.flops += flops(batch) if flops is not None else 0.0
+
+    def values(self) -> list[float]:
+        return [self.seconds, self.waiting, self.tokens, self.flops]
 
 
 @dataclass
@@ -77,20 +107,25 @@ class Trainer:
     world: int = 1
     device: torch.device = torch.device("cpu")
     mirror: Any = None  # checkpoint.Mirror: rank 0 uploads each checkpoint there
+    flops: Callable[[dict], float] | None = None  # training FLOPs of one batch on this rank (pretrain/flops.py)
+    peak_flops: float | None = None  # the device's peak FLOP/s; with `flops`, the loop logs mfu
     stop_requested: bool = False  # set by a signal handler on any rank
     _stop_agreed: bool = False  # every rank knows that some rank was asked to stop
     _window: dict[str, list[float]] = field(default_factory=dict)
+    _meter: Meter = field(default_factory=Meter)
 
     @classmethod
     def from_config(cls, cfg: Any, engine: Any, loader: Any, compute: Compute, tracker: Any, state: TrainState,
                     rank: int, world: int, device: torch.device, evaluate: Evaluate | None = None,
-                    mirror: Any = None) -> Trainer:  # fmt: skip
+                    mirror: Any = None, flops: Callable[[dict], float] | None = None) -> Trainer:  # fmt: skip
         """A Trainer for a run config (PretrainConfig, finetune's configs): its schedule from `run` (output_dir,
-        max_steps, log_every, max_bad_steps), `checkpoint` (every, keep_last) and `eval.every`."""
+        max_steps, log_every, max_bad_steps), `checkpoint` (every, keep_last) and `eval.every`; MFU from
+        `flops` and the device's peak (`pretrain.flops.peak_flops`) when both are known."""
         return cls(engine, loader, compute, tracker, state, run_dir=cfg.run.output_dir, max_steps=cfg.run.max_steps,
                    log_every=cfg.run.log_every, max_bad_steps=cfg.run.max_bad_steps,
                    checkpoint_every=cfg.checkpoint.every, keep_last=cfg.checkpoint.keep_last, evaluate=evaluate,
-                   eval_every=cfg.eval.every, rank=rank, world=world, device=device, mirror=mirror)  # fmt: skip
+                   eval_every=cfg.eval.every, rank=rank, world=world, device=device, mirror=mirror, flops=flops,
+                   peak_flops=peak_flops(device))  # fmt: skip
 
     def request_stop(self, signum: int = 0, frame: Any = None) -> None:
         """Signal handler: checkpoint after the current optimizer step, then stop (Preempted)."""
@@ -105,8 +140,11 @@ class Trainer:
         batches = self._batches()
         t0, samples0 = time.time(), self.state.samples
         while self.state.step < self.max_steps:
+            start = time.perf_counter()
             batch = next(batches)
+            self._meter.waiting += time.perf_counter() - start
             stepped = self._micro_step(batch)
+            self._meter.seconds += time.perf_counter() - start
             if not stepped:
                 continue
             step = self.state.step
@@ -136,6 +174,7 @@ class Trainer:
 
     def _micro_step(self, batch: dict) -> bool:
         """One micro-batch; True when it completed an optimizer step."""
+        self._meter.count(batch, self.flops)  # before the batch leaves the CPU: no device sync
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         step = self.state.step
         loss, logs = self.engine(lambda m, b: self.compute(m, b, step), batch)
@@ -183,10 +222,11 @@ class Trainer:
         log_every steps and at evaluations, the log."""
         means = {k: sum(v) / len(v) for k, v in self._window.items()}
         self._window.clear()
+        skipped, throughput = self._summed_over_ranks()
         record = {
             "step": step, **means, "lr": self.engine.get_lr()[0], "grad_norm": _grad_norm(self.engine),
-            "samples_per_s": rate, "skipped_steps": self.state.skipped,
-            **self._data_skipped(), **(evaluation or {}),
+            "samples_per_s": rate, **throughput, "skipped_steps": self.state.skipped,
+            **skipped, **(evaluation or {}),
         }
         if self.rank == 0:
             os.makedirs(self.run_dir, exist_ok=True)
@@ -200,20 +240,30 @@ class Trainer:
         if step % self.log_every == 0 or step == self.max_steps or evaluation:
             self.tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
             if self.rank == 0:
-                log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s", step, self.max_steps,
-                         record.get("loss", float("nan")), record["lr"], rate)
+                mfu = f" mfu {record['mfu']:.1%}" if "mfu" in record else ""
+                log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s data wait %.0f%%%s", step, self.max_steps,
+                         record.get("loss", float("nan")), record["lr"], rate, 100 * record["data_wait_frac"], mfu)
 
-    def _data_skipped(self) -> dict[str, float]:
-        """What the loaders of all ranks skipped so far (corrupt shards, bad samples), in all and by kind
-        (`data_skipped_<kind>`; `other` for kinds outside SKIP_KINDS): one all-reduce, on every rank."""
+    def _summed_over_ranks(self) -> tuple[dict[str, float], dict[str, float]]:
+        """One all-reduce, on every rank: (what the loaders of all ranks skipped so far, `_data_skipped`; the
+        throughput of the window since the last logged step, `_throughput`). The window starts afresh."""
         from pretrain.loader import SKIP_KINDS
 
         counts = getattr(self.loader, "skipped", {})
-        local = [float(counts.get(k, 0)) for k in SKIP_KINDS] + [float(sum(counts.values()))]
+        local = [float(counts.get(k, 0)) for k in SKIP_KINDS] + [float(sum(counts.values()))] + self._meter.values()
         total = runtime.all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=self.device)).tolist()
-        by_kind = dict(zip(SKIP_KINDS, total))
-        by_kind["other"] = total[-1] - sum(total[:-1])
-        return {"data_skipped": total[-1], **{f"data_skipped_{k}": v for k, v in by_kind.items()}}
+        self._meter = Meter()
+        kinds = len(SKIP_KINDS) + 1
+        return _data_skipped(total[:kinds]), self._throughput(Meter(*total[kinds:]))
+
+    def _throughput(self, summed: Meter) -> dict[str, float]:
+        """tokens_per_s of all ranks, data_wait_frac (mean over ranks) and, with flops and a known peak, mfu."""
+        rank_seconds = max(summed.seconds, 1e-9)  # the window's length summed over ranks: world x its mean
+        out = {"tokens_per_s": summed.tokens * self.world / rank_seconds,
+               "data_wait_frac": summed.waiting / rank_seconds}
+        if self.flops is not None and self.peak_flops:
+            out["mfu"] = summed.flops / (rank_seconds * self.peak_flops)
+        return out
 
     def save(self) -> str:
         """A checkpoint of the engine and the train state (all ranks)."""
@@ -224,6 +274,16 @@ class Trainer:
         if self.mirror is not None and self.rank == 0:
             self.mirror.push_checkpoint(self.ckpt_dir, os.path.basename(path))
         return path
+
+
+def _data_skipped(total: list[float]) -> dict[str, float]:
+    """metrics.jsonl's data_skipped (all kinds) and data_skipped_<kind> (`other` for kinds outside SKIP_KINDS)
+    from the summed counts by kind, then the summed total."""
+    from pretrain.loader import SKIP_KINDS
+
+    by_kind = dict(zip(SKIP_KINDS, total))
+    by_kind["other"] = total[-1] - sum(total[:-1])
+    return {"data_skipped": total[-1], **{f"data_skipped_{k}": v for k, v in by_kind.items()}}
 
 
 def _grad_norm(engine) -> float:

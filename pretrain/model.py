@@ -102,9 +102,22 @@ def load_tokenizer(cfg: ModelConfig):
         raise ValueError(f"model.text_encoder {cfg.text_encoder!r}: no tokenizer found locally ({e})") from None
 
 
+def text_config(cfg: ModelConfig, **overrides: Any) -> Any:
+    """The text encoder's Hugging Face config from a local path (never downloaded), before any cut to
+    model.text_layers; `roberta-base` without its weights needs none (RobertaConfig's defaults)."""
+    from transformers import AutoConfig, RobertaConfig
+
+    path = text_encoder_path(cfg.text_encoder)
+    if path == "roberta-base" and not cfg.text_pretrained:
+        return RobertaConfig(**overrides)
+    if not os.path.isdir(path) and os.environ.get("HF_HUB_OFFLINE", "1") == "1":
+        os.environ["HF_HUB_OFFLINE"] = "1"  # a name must resolve in the local cache: no download
+    return AutoConfig.from_pretrained(path, **overrides)
+
+
 def load_text_encoder(cfg: ModelConfig) -> nn.Module:
     """A Hugging Face encoder from a local path (never downloaded), optionally cut to N layers."""
-    from transformers import AutoConfig, AutoModel, RobertaConfig
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the load report lists the unused pooler: expected
@@ -120,8 +133,7 @@ def load_text_encoder(cfg: ModelConfig) -> nn.Module:
         except OSError as e:
             raise ValueError(f"model.text_encoder {cfg.text_encoder!r}: not found locally ({e})") from None
     else:  # architecture only (benchmarks of the base preset without the weights)
-        hf_cfg = RobertaConfig(**dropout) if path == "roberta-base" else AutoConfig.from_pretrained(path, **dropout)
-        encoder = AutoModel.from_config(hf_cfg, add_pooling_layer=False)
+        encoder = AutoModel.from_config(text_config(cfg, **dropout), add_pooling_layer=False)
     if cfg.text_layers:
         layers = encoder.encoder.layer
         if cfg.text_layers > len(layers):

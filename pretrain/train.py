@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script (`deepspeed pretrain/train.py`)
 
 from pretrain import config, runtime, session, zeroshot
 from pretrain.distributed import rank_info
+from pretrain.flops import PretrainFlops, TextEncoder
 from pretrain.loader import build_eval_loader, build_train_loader
 from pretrain.loop import Trainer, TrainState
 from pretrain.model import build_model, load_tokenizer
@@ -72,8 +73,9 @@ def train(cfg: config.PretrainConfig, rank: int, world: int) -> TrainState:
         held_out = build_eval_loader(cfg.eval.held_out, cfg.data, tokenizer, cfg.eval.batch_size)
         evaluate = lambda step: zeroshot.evaluate(engine, held_out, device, cfg.eval.max_samples,  # noqa: E731
                                                   cfg.objectives.taco)
+    flops = PretrainFlops(model.config, cfg.objectives, TextEncoder.of(model.text.config), world)
     trainer = Trainer.from_config(cfg, engine, loader, Combiner(cfg.objectives), tracker, state, rank, world, device,
-                                  evaluate=evaluate, mirror=run.mirror)  # fmt: skip
+                                  evaluate=evaluate, mirror=run.mirror, flops=flops)  # fmt: skip
     state = session.fit(trainer, tracker)
     if cfg.checkpoint.export:
         run.export(cfg, state.step, tokenizer, rank)

@@ -112,16 +112,21 @@ def validate(cfg: ObjectivesConfig) -> None:
         raise ValueError(f"objective weights must be >= 0 with at least one > 0, got {dict(cfg.weights)}")
 
 
-def build_objective(name: str, cfg: ObjectivesConfig) -> Objective:
-    """The registry's builder applied to the objective's own section of the config."""
+def objective_config(name: str, cfg: ObjectivesConfig) -> Any:
+    """The objective's own section of the config, as its config dataclass."""
     check_names([name])
-    config_cls, builder = OBJECTIVES[name]
+    config_cls = OBJECTIVES[name][0]
     section = getattr(cfg, name, None)
     if section is None:
-        section = config_cls()
-    elif not isinstance(section, config_cls):  # e.g. an OmegaConf DictConfig section
-        section = config_cls(**dict(section))
-    return builder(section)
+        return config_cls()
+    if not isinstance(section, config_cls):  # e.g. an OmegaConf DictConfig section
+        return config_cls(**dict(section))
+    return section
+
+
+def build_objective(name: str, cfg: ObjectivesConfig) -> Objective:
+    """The registry's builder applied to the objective's own section of the config."""
+    return OBJECTIVES[name][1](objective_config(name, cfg))
 
 
 def mean_pairwise_cosine(v: Tensor) -> float:

@@ -133,7 +133,8 @@ def test_two_ranks_zero2_all_objectives_checkpoints_export_mlflow(straight, shar
     runs = _mlflow_runs(straight)
     assert len(runs) == 1
     run = runs[0]
-    for key in (*LOSS_KEYS, "lr", "grad_norm", "samples_per_s", "zeroshot_t2v_R_1", "zeroshot_t2v_R_10"):
+    for key in (*LOSS_KEYS, "lr", "grad_norm", "samples_per_s", "tokens_per_s", "data_wait_frac", "zeroshot_t2v_R_1",
+                "zeroshot_t2v_R_10"):
         assert key in run.data.metrics, key
     assert run.data.params["model.preset"] == "tiny" and run.data.params["runtime.zero_stage"] == "2"
     assert run.info.run_name == "tiny-cpu"  # run.name, not a random MLflow name

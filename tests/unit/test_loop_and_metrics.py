@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
+import time
 
 import pytest
 import torch
@@ -91,6 +93,41 @@ def test_gradient_accumulation_counts_optimizer_steps(tmp_path, device) -> None:
     done = [trainer._micro_step(BATCH) for _ in range(5)]
     assert done == [False, True, False, False, True]  # the skipped micro-step does not close a window
     assert trainer.state.step == 2 and trainer.engine.updates == 2
+
+
+class _SlowBatches(Batches):
+    """Batches that take `wait` seconds each to arrive, as a loader that cannot keep up."""
+
+    def __init__(self, items, wait: float):
+        super().__init__(items)
+        self.wait = wait
+
+    def __iter__(self):
+        for item in super().__iter__():
+            time.sleep(self.wait)
+            yield item
+
+
+@pytest.mark.parametrize("peak", [None, 1e9])
+def test_throughput_data_wait_and_mfu_are_logged_every_step(tmp_path, peak) -> None:
+    """tokens_per_s counts the text tokens (padding excluded), data_wait_frac the time spent waiting for the
+    loader, mfu the batches' FLOPs against the peak over the same window; no peak (the CPU): no mfu."""
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)  # 5 tokens a batch
+    batches = _SlowBatches([{"keys": ["a", "b"], "attention_mask": mask} for _ in range(4)], wait=0.05)
+    compute = lambda model, batch, step: (torch.tensor(1.0), {"loss": 1.0})  # noqa: E731
+    trainer = Trainer(FakeEngine(accum=2), batches, compute, _NoTracker(), TrainState(), str(tmp_path), 2,
+                      flops=lambda batch: 1e6, peak_flops=peak)  # fmt: skip
+    trainer.save = lambda: ""  # the stand-in engine has nothing to save
+    trainer.fit()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert 0.5 < row["data_wait_frac"] <= 1.0, row  # the compute takes next to nothing: the loader is slow
+        assert 0 < row["tokens_per_s"] <= 10 / 0.1, row  # 2 batches of 5 tokens, each after a 0.05 s wait
+        if peak is None:
+            assert "mfu" not in row
+        else:  # the same window: FLOPs / peak per second against tokens per second
+            assert row["mfu"] * peak / 2e6 == pytest.approx(row["tokens_per_s"] / 10), row
 
 
 def _brute_ranks(sim: torch.Tensor, gt: torch.Tensor) -> list[int]:
