@@ -82,8 +82,11 @@ def parse_args(name: str, argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("--config", default=None, help=f"YAML config (configs/finetune/{name}.yaml)")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # appended by the launcher
-    p.add_argument("--check", action="store_true",
-                   help="check the config (keys, types, paths, feature dims, batch sizes), exit 0 or 2 and one line")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config (keys, types, paths, feature dims, batch sizes), exit 0 or 2 and one line",
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. init.checkpoint=runs/pretrain/export")
     return p.parse_args(argv)
 

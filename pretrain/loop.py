@@ -183,8 +183,9 @@ class Trainer:
         if not self._all_finite(loss, logs):
             self.state.skipped += 1
             self.state.bad_in_a_row += 1
-            log.warning("step %d: non-finite loss %s, micro-step skipped (%d in a row)",
-                        step, logs, self.state.bad_in_a_row)
+            log.warning(
+                "step %d: non-finite loss %s, micro-step skipped (%d in a row)", step, logs, self.state.bad_in_a_row
+            )
             if self.state.bad_in_a_row >= self.max_bad_steps:
                 raise NonFiniteLoss(
                     f"stopping at step {step}: {self.state.bad_in_a_row} non-finite losses in a row "
@@ -227,22 +228,35 @@ class Trainer:
             "step": step, **means, "lr": self.engine.get_lr()[0], "grad_norm": _grad_norm(self.engine),
             "samples_per_s": rate, **throughput, "skipped_steps": self.state.skipped,
             **skipped, **(evaluation or {}),
-        }
+        }  # fmt: skip
         if self.rank == 0:
             os.makedirs(self.run_dir, exist_ok=True)
             with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
                 f.write(json.dumps(record) + "\n")
         collapsed = {k: round(record[k], 5) for k in COLLAPSE_KEYS if record.get(k, 0.0) > COLLAPSE_WARN}
         if collapsed and self.rank == 0:
-            log.warning("step %d: embeddings collapsing, mean pairwise cosine %s > %s: texts (or videos) are no "
-                        "longer told apart (docs/objectives.md, collapse guard)", step, collapsed, COLLAPSE_WARN)
+            log.warning(
+                "step %d: embeddings collapsing, mean pairwise cosine %s > %s: texts (or videos) are no "
+                "longer told apart (docs/objectives.md, collapse guard)",
+                step,
+                collapsed,
+                COLLAPSE_WARN,
+            )
         self._say_eval(step, evaluation or {})
         if step % self.log_every == 0 or step == self.max_steps or evaluation:
             self.tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
             if self.rank == 0:
                 mfu = f" mfu {record['mfu']:.1%}" if "mfu" in record else ""
-                log.info("step %d/%d loss %.4f lr %.2e %.1f samples/s data wait %.0f%%%s", step, self.max_steps,
-                         record.get("loss", float("nan")), record["lr"], rate, 100 * record["data_wait_frac"], mfu)
+                log.info(
+                    "step %d/%d loss %.4f lr %.2e %.1f samples/s data wait %.0f%%%s",
+                    step,
+                    self.max_steps,
+                    record.get("loss", float("nan")),
+                    record["lr"],
+                    rate,
+                    100 * record["data_wait_frac"],
+                    mfu,
+                )
 
     def _summed_over_ranks(self) -> tuple[dict[str, float], dict[str, float]]:
         """One all-reduce, on every rank: (what the loaders of all ranks skipped so far, `_data_skipped`; the
@@ -259,8 +273,10 @@ class Trainer:
     def _throughput(self, summed: Meter) -> dict[str, float]:
         """tokens_per_s of all ranks, data_wait_frac (mean over ranks) and, with flops and a known peak, mfu."""
         rank_seconds = max(summed.seconds, 1e-9)  # the window's length summed over ranks: world x its mean
-        out = {"tokens_per_s": summed.tokens * self.world / rank_seconds,
-               "data_wait_frac": summed.waiting / rank_seconds}
+        out = {
+            "tokens_per_s": summed.tokens * self.world / rank_seconds,
+            "data_wait_frac": summed.waiting / rank_seconds,
+        }
         if self.flops is not None and self.peak_flops:
             out["mfu"] = summed.flops / (rank_seconds * self.peak_flops)
         return out

@@ -36,8 +36,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="YAML config (see configs/pretrain/)")
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # appended by the launcher
-    p.add_argument("--check", action="store_true",
-                   help="check the config (keys, types, paths, feature dims, batch sizes), exit 0 or 2 and one line")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config (keys, types, paths, feature dims, batch sizes), exit 0 or 2 and one line",
+    )
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. run.max_steps=10")
     return p.parse_args(argv)
 
@@ -71,8 +74,13 @@ def train(cfg: config.PretrainConfig, rank: int, world: int) -> TrainState:
     evaluate = None
     if cfg.eval.held_out:
         held_out = build_eval_loader(cfg.eval.held_out, cfg.data, tokenizer, cfg.eval.batch_size)
-        evaluate = lambda step: zeroshot.evaluate(engine, held_out, device, cfg.eval.max_samples,  # noqa: E731
-                                                  cfg.objectives.taco)
+        evaluate = lambda step: zeroshot.evaluate(
+            engine,
+            held_out,
+            device,
+            cfg.eval.max_samples,  # noqa: E731
+            cfg.objectives.taco,
+        )
     flops = PretrainFlops(model.config, cfg.objectives, TextEncoder.of(model.text.config), world)
     trainer = Trainer.from_config(cfg, engine, loader, Combiner(cfg.objectives), tracker, state, rank, world, device,
                                   evaluate=evaluate, mirror=run.mirror, flops=flops)  # fmt: skip

@@ -21,13 +21,13 @@ from launch.pipeline import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 LOSS_KEYS = ("mlm_loss", "mfm_nce_loss", "gmr_loss", "self_contrast_loss", "taco_l1_loss", "taco_l2_loss",
-             "taco_l3_loss", "loss")
+             "taco_l3_loss", "loss")  # fmt: skip
 # A small, fast setting of the tiny preset (each rank one thread: 2 ranks on 2 cores).
 FAST = [
     "data.batch_size=4", "data.max_frames=16", "data.max_text_len=32", "data.streams=2",
     "model.text_layers=1", "model.cross_layers=1", "eval.max_samples=32", "run.log_every=1",
     "optim.warmup_steps=2",
-]
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def shards(tmp_path_factory) -> Path:
     howto100m.main([
         "--captions", str(src / "raw_caption.json"), "--features", str(src / "features" / "hero"),
         "--out", str(root / "shards"), "--shard-size", "8", "--tagger", "heuristic",
-    ])
+    ])  # fmt: skip
     return root / "shards"
 
 
@@ -50,18 +50,17 @@ def launch_env() -> dict[str, str]:
 
 def _command(launcher: str, ranks: int, run_dir: Path, shards: Path, *overrides: str) -> list[str]:
     args = ["pretrain/train.py", "--config", "configs/pretrain/tiny_cpu.yaml", f"data.train={shards}",
-            f"eval.held_out={shards}", f"run.output_dir={run_dir}", *FAST, *overrides]
+            f"eval.held_out={shards}", f"run.output_dir={run_dir}", *FAST, *overrides]  # fmt: skip
     port = str(free_port())
     if launcher == "deepspeed":
         return [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--no_ssh_check",
-                "--master_port", port, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-            "--master_port", port, *args]
+                "--master_port", port, *args]  # fmt: skip
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", port, *args]
 
 
 def _train(launcher: str, ranks: int, run_dir: Path, shards: Path, *overrides: str) -> None:
     proc = subprocess.run(_command(launcher, ranks, run_dir, shards, *overrides), cwd=REPO, env=launch_env(),
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
@@ -81,8 +80,9 @@ def _mlflow_runs(run_dir: Path) -> list:
 def straight(shards, tmp_path_factory) -> Path:
     """4 steps, 2 ranks, ZeRO-2, DeepSpeed launcher: the reference run."""
     run_dir = tmp_path_factory.mktemp("straight")
-    _train("deepspeed", 2, run_dir, shards, "run.max_steps=4", "checkpoint.every=2", "eval.every=2",
-           "runtime.zero_stage=2")
+    _train(
+        "deepspeed", 2, run_dir, shards, "run.max_steps=4", "checkpoint.every=2", "eval.every=2", "runtime.zero_stage=2"
+    )
     return run_dir
 
 
@@ -133,8 +133,16 @@ def test_two_ranks_zero2_all_objectives_checkpoints_export_mlflow(straight, shar
     runs = _mlflow_runs(straight)
     assert len(runs) == 1
     run = runs[0]
-    for key in (*LOSS_KEYS, "lr", "grad_norm", "samples_per_s", "tokens_per_s", "data_wait_frac", "zeroshot_t2v_R_1",
-                "zeroshot_t2v_R_10"):
+    for key in (
+        *LOSS_KEYS,
+        "lr",
+        "grad_norm",
+        "samples_per_s",
+        "tokens_per_s",
+        "data_wait_frac",
+        "zeroshot_t2v_R_1",
+        "zeroshot_t2v_R_10",
+    ):
         assert key in run.data.metrics, key
     assert run.data.params["model.preset"] == "tiny" and run.data.params["runtime.zero_stage"] == "2"
     assert run.info.run_name == "tiny-cpu"  # run.name, not a random MLflow name
@@ -148,6 +156,7 @@ def test_zero_shot_command_reproduces_the_runs_final_evaluation(straight, shards
     """`python -m pretrain.zeroshot --export` on the held-out shards gives the metrics the run logged at its
     last step (the same 32 clips, the same model), and its predictions file agrees with them; a random
     init runs too, and held-out shards of another feature dim are a clear error (exit 2)."""
+
     def zeroshot(*args: str) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "pretrain.zeroshot", "--held-out", str(shards), "--max-samples", "32", *args]
         return subprocess.run(cmd, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=300)
@@ -201,8 +210,10 @@ def test_skipped_data_is_summed_over_ranks_by_kind(shards, tmp_path, caplog) -> 
                           cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = _metrics(run_dir)[-1]
-    states = [torch.load(p, weights_only=False)["loader"]["skipped"]
-              for p in sorted((run_dir / "checkpoints" / "step_00000006").glob("train_state_rank*.pt"))]
+    states = [
+        torch.load(p, weights_only=False)["loader"]["skipped"]
+        for p in sorted((run_dir / "checkpoints" / "step_00000006").glob("train_state_rank*.pt"))
+    ]
     assert len(states) == 2
     for kind in ("corrupt_shard", "incomplete_sample"):
         assert last[f"data_skipped_{kind}"] == sum(s.get(kind, 0) for s in states), (kind, states)
@@ -269,10 +280,12 @@ def test_sigterm_ends_the_mlflow_run_killed_and_a_second_writer_is_refused(shard
 @pytest.mark.slow
 def test_resume_after_kill_gives_the_same_losses(straight, shards, tmp_path) -> None:
     run_dir = tmp_path / "killed"
-    cmd = _command("deepspeed", 2, run_dir, shards, "run.max_steps=4", "checkpoint.every=2", "eval.every=2",
-                   "runtime.zero_stage=2")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = _command(
+        "deepspeed", 2, run_dir, shards, "run.max_steps=4", "checkpoint.every=2", "eval.every=2", "runtime.zero_stage=2"
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     marker = run_dir / "checkpoints" / "step_00000002" / "COMPLETE"
     deadline = time.monotonic() + 400
     logged = lambda: (run_dir / "metrics.jsonl").exists() and len(_metrics(run_dir)) >= 3  # noqa: E731
@@ -284,8 +297,9 @@ def test_resume_after_kill_gives_the_same_losses(straight, shards, tmp_path) -> 
     proc.wait()
     assert not (run_dir / "export").exists()
 
-    _train("deepspeed", 2, run_dir, shards, "run.max_steps=4", "checkpoint.every=2", "eval.every=2",
-           "runtime.zero_stage=2")
+    _train(
+        "deepspeed", 2, run_dir, shards, "run.max_steps=4", "checkpoint.every=2", "eval.every=2", "runtime.zero_stage=2"
+    )
     want, got = _metrics(straight), _metrics(run_dir)
     assert [r["step"] for r in got] == [1, 2, 3, 4]
     for a, b in zip(want, got):
@@ -321,7 +335,7 @@ def test_resume_at_another_world_size(straight, shards, tmp_path) -> None:
 def test_two_ranks_zero3_bf16_torchrun_one_objective_per_step(shards, tmp_path) -> None:
     run_dir = tmp_path / "zero3"
     _train("torchrun", 2, run_dir, shards, "run.max_steps=3", "checkpoint.every=0", "runtime.zero_stage=3",
-           "runtime.precision=bf16", "tracking.enabled=false", "objectives.mode=sample")
+           "runtime.precision=bf16", "tracking.enabled=false", "objectives.mode=sample")  # fmt: skip
     rows = _metrics(run_dir)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:  # one objective ran, the same on both ranks (else the averaged flags would be 0.5)
@@ -354,7 +368,7 @@ def test_two_ranks_zero3_bf16_torchrun_one_objective_per_step(shards, tmp_path) 
 )
 def test_config_errors_name_the_key_before_any_work(override, message, shards, tmp_path) -> None:
     cmd = [sys.executable, "pretrain/train.py", "--config", "configs/pretrain/tiny_cpu.yaml", f"data.train={shards}",
-           f"run.output_dir={tmp_path}", override]
+           f"run.output_dir={tmp_path}", override]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "config error" in proc.stderr and message in proc.stderr
@@ -379,10 +393,21 @@ def test_sigusr1_checkpoints_exits_3_and_the_rerun_finishes(shards, tmp_path) ->
     from pretrain.loop import PREEMPTED_EXIT
 
     run_dir = tmp_path / "preempted"
-    cmd = [sys.executable, "pretrain/train.py", "--config", "configs/pretrain/tiny_cpu.yaml", f"data.train={shards}",
-           f"run.output_dir={run_dir}", *FAST, "run.max_steps=6", "checkpoint.every=0", "tracking.enabled=true"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "pretrain/train.py",
+        "--config",
+        "configs/pretrain/tiny_cpu.yaml",
+        f"data.train={shards}",
+        f"run.output_dir={run_dir}",
+        *FAST,
+        "run.max_steps=6",
+        "checkpoint.every=0",
+        "tracking.enabled=true",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 300
     while not (run_dir / "metrics.jsonl").exists() or len(_metrics(run_dir)) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]

@@ -60,7 +60,7 @@ def _trainer(losses: list[float], tmp_path, device: torch.device, accum: int = 1
 
     batches = Batches({"keys": ["a"], "x": torch.zeros(1)} for _ in losses)
     return Trainer(FakeEngine(accum), batches, compute, _NoTracker(), TrainState(), str(tmp_path), max_steps,
-                   max_bad_steps=max_bad, device=device)
+                   max_bad_steps=max_bad, device=device)  # fmt: skip
 
 
 BATCH = {"keys": ["a"], "x": torch.zeros(1)}  # a batch as the loader gives it: on the CPU

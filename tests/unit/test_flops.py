@@ -87,7 +87,8 @@ def test_sample_mode_counts_the_expected_objective() -> None:
     expected = sum(w / 4.0 * per_sample(ObjectivesConfig(enabled=[name])) for name, w in weights.items())
     assert sampled == pytest.approx(expected)
     assert per_sample(ObjectivesConfig(enabled=list(weights), weights=weights)) > per_sample(
-        ObjectivesConfig(enabled=["gmr"]))  # sum mode runs both
+        ObjectivesConfig(enabled=["gmr"])
+    )  # sum mode runs both
 
 
 def test_base_preset_count_needs_no_weights() -> None:
