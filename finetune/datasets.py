@@ -25,6 +25,7 @@ from data_prep import layout
 from finetune.config import FinetuneConfig, MomentFinetuneConfig, QAFinetuneConfig, RetrievalFinetuneConfig
 from finetune.moment import MomentTask
 from finetune.qa import QATask
+from finetune.task import Task
 from finetune.video_retrieval import VideoRetrievalTask
 
 
@@ -39,7 +40,7 @@ class Dataset:
     name: str
     title: str  # as the papers write it
     schema: type[FinetuneConfig]  # the recipe's config schema
-    task: type  # the recipe's task (finetune.task.Task)
+    task: type[Task]  # the recipe's task
     inputs: Callable[[Path], list[str]]  # the converter's input arguments for a folder in the public layout
     metrics: tuple[Metric, ...]  # the report's columns, in order
     paper: tuple[Metric, ...] = ()  # those the papers' tables show (the ablation tables' columns); (): all
