@@ -94,6 +94,19 @@ def device(request: pytest.FixtureRequest) -> Any:
     return torch.device(name)
 
 
+def small_pretraining_shards(root: Path, shard_size: int) -> Path:
+    """What the training tests run on: a 16-video synthetic corpus (seed 0) under root/raw, its HowTo100M part
+    converted as the public layout gives it (data_prep/layout.py) into root/shards."""
+    from data_prep import howto100m, synthetic
+    from data_prep.layout import howto100m_inputs
+
+    synthetic.generate(root / "raw", videos=16, seed=0)
+    out = root / "shards"
+    howto100m.main([*howto100m_inputs(root / "raw" / "howto100m"), "--out", str(out), "--shard-size", str(shard_size),
+                    "--tagger", "heuristic"])  # fmt: skip
+    return out
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
     from data_prep import synthetic

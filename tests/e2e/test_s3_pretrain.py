@@ -23,9 +23,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import moto_s3
+from conftest import moto_s3, small_pretraining_shards
 
-from data_prep import howto100m, synthetic
 from launch.pipeline import free_port
 from pretrain import loader as L
 from pretrain import s3retry
@@ -55,14 +54,7 @@ class S3:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("s3_pretrain_data")
-    synthetic.generate(root / "raw", videos=16, seed=0)
-    src = root / "raw" / "howto100m"
-    howto100m.main([
-        "--captions", str(src / "raw_caption.json"), "--features", str(src / "features" / "hero"),
-        "--out", str(root / "shards"), "--shard-size", "4", "--tagger", "heuristic",
-    ])  # fmt: skip
-    return root / "shards"
+    return small_pretraining_shards(tmp_path_factory.mktemp("s3_pretrain_data"), shard_size=4)
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 import slurm_cluster
+from conftest import small_pretraining_shards
 from test_finetune import TINY as FINETUNE_TINY
 from test_pretrain import FAST, LOSS_KEYS
 
-from data_prep import howto100m, synthetic
 from launch.pipeline import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,14 +43,7 @@ def slurm_node() -> str:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("slurm_data")
-    synthetic.generate(root / "raw", videos=16, seed=0)
-    src = root / "raw" / "howto100m"
-    howto100m.main([
-        "--captions", str(src / "raw_caption.json"), "--features", str(src / "features" / "hero"),
-        "--out", str(root / "shards"), "--shard-size", "8", "--tagger", "heuristic",
-    ])  # fmt: skip
-    return root / "shards"
+    return small_pretraining_shards(tmp_path_factory.mktemp("slurm_data"), shard_size=8)
 
 
 def _env() -> dict[str, str]:

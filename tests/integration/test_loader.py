@@ -25,6 +25,7 @@ import torch
 from conftest import moto_s3
 
 from data_prep import howto100m, schema
+from data_prep.layout import howto100m_inputs
 from pretrain import loader as L
 from pretrain import masking, text
 
@@ -37,10 +38,7 @@ BATCH = 8
 @pytest.fixture(scope="session")
 def shards(corpus: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("loader-shards")
-    howto100m.main([
-        "--captions", str(corpus.raw_captions), "--features", str(corpus.hero), "--out", str(out),
-        "--shard-size", "8", "--tagger", "heuristic",
-    ])  # fmt: skip
+    howto100m.main([*howto100m_inputs(corpus.root), "--out", str(out), "--shard-size", "8", "--tagger", "heuristic"])
     return out
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import small_pretraining_shards
 
-from data_prep import howto100m, synthetic
 from launch.pipeline import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,14 +32,7 @@ FAST = [
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pretrain_data")
-    synthetic.generate(root / "raw", videos=16, seed=0)
-    src = root / "raw" / "howto100m"
-    howto100m.main([
-        "--captions", str(src / "raw_caption.json"), "--features", str(src / "features" / "hero"),
-        "--out", str(root / "shards"), "--shard-size", "8", "--tagger", "heuristic",
-    ])  # fmt: skip
-    return root / "shards"
+    return small_pretraining_shards(tmp_path_factory.mktemp("pretrain_data"), shard_size=8)
 
 
 def launch_env() -> dict[str, str]:

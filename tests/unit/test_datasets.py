@@ -49,21 +49,20 @@ def test_a_dataset_added_by_its_record_alone_is_converted_finetuned_tabled_and_a
     monkeypatch.setitem(DATASETS, "youcook2", replace(DATASETS["msrvtt"], name="youcook2", title="YouCook2"))
     assert datasets.get("youcook2").script == "finetune/youcook2.py"
     # the main job: accepted as a recipe, found in a data folder, converted by data_prep.youcook2
-    (tmp_path / "data" / "youcook2" / "features").mkdir(parents=True)
-    (tmp_path / "data" / "youcook2" / "features" / "v.npz").write_bytes(b"")
-    cfg = stages.load_config(stages.DEFAULT_CONFIG, [f"data={tmp_path / 'data'}", "until=data",
-                                                     "finetune.recipes=[youcook2]"])  # fmt: skip
-    assert stages.discover(tmp_path / "data") == {"youcook2": ["--annotations", str(tmp_path / "data" / "youcook2"),
-                                                               "--features", str(tmp_path / "data" / "youcook2" /
-                                                                                 "features"),
-                                                               "--feature-layout", "hero"]}  # fmt: skip
+    folder = tmp_path / "data" / "youcook2"
+    (folder / "features").mkdir(parents=True)
+    (folder / "features" / "v.npz").write_bytes(b"")
+    overrides = [f"data={tmp_path / 'data'}", "until=data", "finetune.recipes=[youcook2]"]
+    cfg = stages.load_config(stages.DEFAULT_CONFIG, overrides)
+    inputs = ["--annotations", str(folder), "--features", str(folder / "features"), "--feature-layout", "hero"]
+    assert stages.discover(tmp_path / "data") == {"youcook2": inputs}
     assert [name for _, name, _, _ in stages.data_stages(cfg, tmp_path / "work")] == ["youcook2 -> shards"]
     # the report's table: its metrics, in the record's order
     runs = {"pretrained": [{"R@1": 10.0, "R@5": 30.0, "R@10": 50.0, "MedR": 9.0}] * 2}
-    text, summary = report.finetune_table("youcook2", runs)
+    text, _ = report.finetune_table("youcook2", runs)
     assert text.splitlines()[0].split("|")[2:6] == [" R@1 ", " R@5 ", " R@10 ", " MedR "]
     # an ablation table's columns: its title and the papers' columns
     acfg = ablate.load_config(ablate.DEFAULT_CONFIG, ["finetune.recipes=[youcook2]"])
     ablate.validate(acfg, "feel")
-    assert ablate.columns(ablate.make_plan(acfg, "feel")) == ["zero-shot R@10", "YouCook2 R@1", "YouCook2 R@5",
-                                                              "YouCook2 R@10"]  # fmt: skip
+    columns = ["zero-shot R@10", "YouCook2 R@1", "YouCook2 R@5", "YouCook2 R@10"]
+    assert ablate.columns(ablate.make_plan(acfg, "feel")) == columns
