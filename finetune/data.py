@@ -76,6 +76,8 @@ class FinetuneDataConfig:
     streams: int = 2
     seed: int = 0
     s3_endpoint: str | None = None
+    pin_memory: bool | None = None  # page-locked batches for an asynchronous copy to the GPU (None: with CUDA)
+    frames_dtype: str = "float16"  # frames as they cross from the loader's workers (LoaderConfig.frames_dtype)
 
     def split_dir(self, split: str) -> str:
         return f"{self.root.rstrip('/')}/{split}"
@@ -85,7 +87,8 @@ class FinetuneDataConfig:
             train=self.split_dir(split), batch_size=batch_size, max_text_len=self.max_query_len,
             max_frames=self.max_frames, shuffle_buffer=self.shuffle_buffer, num_workers=self.num_workers,
             streams=self.streams, seed=self.seed, toi_df=self.toi_df, idf=self.idf,
-            subword_weights=self.subword_weights, s3_endpoint=self.s3_endpoint,
+            subword_weights=self.subword_weights, s3_endpoint=self.s3_endpoint, pin_memory=self.pin_memory,
+            frames_dtype=self.frames_dtype,
         )  # fmt: skip
 
 
@@ -123,6 +126,7 @@ class QueryVideoProcessor:
     seed: int
     training: bool
     options: RowOptions = RowOptions()
+    frames_dtype: str = "float16"  # of the batch's frames (LoaderConfig.frames_dtype)
 
     def __call__(self, raw: RawSample, epoch: int) -> dict[str, Any]:
         meta, feats = raw.meta, features(raw)  # (T, D)
@@ -181,7 +185,7 @@ class QueryVideoProcessor:
         return int(rng.integers(lo_min, lo_max + 1)) if lo_max >= lo_min else min(i, t - self.max_frames)
 
     def collate(self, samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-        return collate_rows(samples, pad_id)
+        return collate_rows(samples, pad_id, self.frames_dtype)
 
 
 def video_meta(meta: dict, num_frames: int) -> dict[str, Any]:
@@ -199,9 +203,9 @@ def pad_ids(seqs: Sequence[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
-def collate_rows(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+def collate_rows(samples: Sequence[dict[str, Any]], pad_id: int, frames_dtype: str = "float16") -> dict[str, Any]:
     """Pad the fields present: query input_ids/attention_mask/toi_weight (B, N), sub_input_ids/
-    sub_attention_mask (B, Ns), frames (B, M, D) float32 / frame_mask (B, M), span (B, 2); keys, meta."""
+    sub_attention_mask (B, Ns), frames (B, M, D) in `frames_dtype` / frame_mask (B, M), span (B, 2); keys, meta."""
     first = samples[0]
     out: dict[str, Any] = {"keys": [s["key"] for s in samples], "meta": [s.get("meta") for s in samples]}
     if "input_ids" in first:
@@ -214,11 +218,11 @@ def collate_rows(samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, An
         out["sub_input_ids"], out["sub_attention_mask"] = pad_ids([s["sub_ids"] for s in samples], pad_id)
     if "frames" in first:
         m, d = max(len(s["frames"]) for s in samples), first["frames"].shape[1]
-        frames = frames_tensor(len(samples), m, d)  # (B, M, D)
+        frames = frames_tensor(len(samples), m, d, frames_dtype)  # (B, M, D)
         mask = torch.zeros(len(samples), m, dtype=torch.bool)  # (B, M)
         for i, s in enumerate(samples):
             n = len(s["frames"])
-            copy_serial(frames[i, :n], readonly_tensor(s["frames"]))  # (n, D) -> float32
+            copy_serial(frames[i, :n], readonly_tensor(s["frames"]))  # (n, D) -> frames_dtype
             copy_serial(frames[i, n:], None)
             mask[i, :n] = True
         out["frames"], out["frame_mask"] = frames, mask
@@ -251,7 +255,7 @@ def build_loader(cfg: FinetuneDataConfig, split: str, tokenizer: Any, rank: int,
     lcfg = cfg.loader_config(split, batch)
     corpus = resolve_shards(lcfg.train, cfg.s3_endpoint, retry_policy(lcfg))
     proc = QueryVideoProcessor(tokenizer, load_idf_table(cfg), cfg.max_query_len, cfg.max_sub_len, cfg.max_frames,
-                               uniform, cfg.seed, training, options)  # fmt: skip
+                               uniform, cfg.seed, training, options, lcfg.frames_dtype)  # fmt: skip
     if training:
         return VideoTextLoader(lcfg, corpus, rank, world, True, tokenizer, proc)
     return VideoTextLoader(lcfg, corpus, 0, 1, False, tokenizer, proc)

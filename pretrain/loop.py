@@ -37,6 +37,7 @@ import torch
 
 from pretrain import checkpoint, runtime
 from pretrain.flops import peak_flops
+from pretrain.loader import to_device
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +176,7 @@ class Trainer:
     def _micro_step(self, batch: dict) -> bool:
         """One micro-batch; True when it completed an optimizer step."""
         self._meter.count(batch, self.flops)  # before the batch leaves the CPU: no device sync
-        batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch = to_device(batch, self.device)  # non_blocking from pinned memory; float16 frames -> float32 there
         step = self.state.step
         loss, logs = self.engine(lambda m, b: self.compute(m, b, step), batch)
         self.state.micro_steps += 1

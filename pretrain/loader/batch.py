@@ -1,5 +1,10 @@
 """Samples -> model inputs: a raw sample tokenised, masked and cropped with its own generators
-(`Processor`), and a batch of them padded (`collate`), straight into shared memory in a worker.
+(`Processor`), a batch of them padded (`collate`), straight into shared memory in a worker, and
+the batch moved to the training device (`to_device`).
+
+Frames cross from the workers in `frames_dtype` (LoaderConfig.frames_dtype, default float16: the
+shards' dtype, so nothing is rounded and a 4352-d batch is half the bytes of float32) and become
+float32 on the device, in `to_device`: the model then sees the same numbers as from a float32 batch.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pretrain import masking, text
 from pretrain.loader.reading import RawSample
 
 RNG_MLM, RNG_MFM, RNG_CROP = 0, 1, 2  # per-sample generator purposes
+FRAMES_DTYPES = {"float16": torch.float16, "float32": torch.float32}  # LoaderConfig.frames_dtype
 
 
 def sample_hash(seed: int, epoch: int, key: str) -> int:
@@ -43,6 +49,7 @@ class Processor:
     mfm_prob: float
     seed: int
     training: bool
+    frames_dtype: str = "float16"  # of the batch's frames, as they cross from the worker (FRAMES_DTYPES)
     mask_id: int = field(init=False)
     vocab_size: int = field(init=False)
     special_ids: tuple[int, ...] = field(init=False)
@@ -53,7 +60,7 @@ class Processor:
 
     def frames(self, raw: RawSample, rng: np.random.Generator | None) -> np.ndarray:
         """(M, D): a window of the clip's features (random with `rng`, else the first), as a read-only
-        view in the stored dtype (collate converts it to float32 while copying it into the batch)."""
+        view in the stored dtype (collate copies it into the batch in its frames_dtype)."""
         t, d = raw.shape
         feats = np.frombuffer(raw.npy, dtype=np.dtype(raw.dtype), count=t * d, offset=raw.header)  # (T*D,)
         feats = feats.reshape((t, d), order="F" if raw.fortran else "C")  # (T, D)
@@ -74,7 +81,7 @@ class Processor:
 
     def collate(self, samples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         """The batch of processed samples (a processor for another task brings its own)."""
-        return collate(samples, pad_id)
+        return collate(samples, pad_id, self.frames_dtype)
 
     def __call__(self, raw: RawSample, epoch: int) -> dict[str, Any]:
         h = sample_hash(self.seed, epoch, raw.key)
@@ -89,7 +96,7 @@ class Processor:
             "mlm_input_ids": torch.from_numpy(mlm_ids),  # (N,)
             "mlm_labels": torch.from_numpy(labels),  # (N,)
             "toi_weight": torch.from_numpy(enc.toi_weight),  # (N,)
-            "frames": frames,  # (M, D) numpy view, float16
+            "frames": frames,  # (M, D) numpy view, the stored dtype (float16)
             "mfm_mask": torch.from_numpy(mfm),  # (M,)
         }
 
@@ -119,22 +126,25 @@ def copy_serial(dst: torch.Tensor, src: torch.Tensor | None) -> None:
             dst[r : r + rows].copy_(src[r : r + rows])
 
 
-def frames_tensor(b: int, m: int, d: int) -> torch.Tensor:
-    """An uninitialised (B, M, D) float32 tensor; in a DataLoader worker it lives in shared memory
-    already (as torch's default_collate does it), so handing the batch over copies nothing."""
+def frames_tensor(b: int, m: int, d: int, dtype: str = "float16") -> torch.Tensor:
+    """An uninitialised (B, M, D) tensor of `dtype` (a FRAMES_DTYPES name); in a DataLoader worker it lives in
+    shared memory already (as torch's default_collate does it), so handing the batch over copies nothing."""
+    if dtype not in FRAMES_DTYPES:
+        raise ValueError(f"frames dtype {dtype!r} is not one of {sorted(FRAMES_DTYPES)}")
     if get_worker_info() is None:
-        return torch.empty(b, m, d, dtype=torch.float32)
-    elem = torch.empty(0, dtype=torch.float32)
+        return torch.empty(b, m, d, dtype=FRAMES_DTYPES[dtype])
+    elem = torch.empty(0, dtype=FRAMES_DTYPES[dtype])
     storage = elem._typed_storage()._new_shared(b * m * d, device=elem.device)
     return elem.new(storage).resize_(b, m, d)
 
 
-def collate(samples: Sequence[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
+def collate(samples: Sequence[dict[str, Any]], pad_id: int = 0, frames_dtype: str = "float16") -> dict[str, Any]:
     """Pad one batch to its own longest text (N) and clip (M).
 
     Returns input_ids, mlm_input_ids (B, N) long (pad_id), attention_mask (B, N) bool,
     mlm_labels (B, N) long (-100 where not predicted), toi_weight (B, N) float32 (0 at padding),
-    frames (B, M, D) float32 (0 at padding), frame_mask, mfm_mask (B, M) bool, keys [B] str.
+    frames (B, M, D) in `frames_dtype` (0 at padding; `to_device` makes them float32), frame_mask,
+    mfm_mask (B, M) bool, keys [B] str.
     """
     b = len(samples)
     n = max(len(s["input_ids"]) for s in samples)
@@ -146,7 +156,7 @@ def collate(samples: Sequence[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
         "mlm_input_ids": torch.full((b, n), pad_id, dtype=torch.long),  # (B, N)
         "mlm_labels": torch.full((b, n), masking.IGNORE_INDEX, dtype=torch.long),  # (B, N)
         "toi_weight": torch.zeros(b, n, dtype=torch.float32),  # (B, N)
-        "frames": frames_tensor(b, m, d),  # (B, M, D)
+        "frames": frames_tensor(b, m, d, frames_dtype),  # (B, M, D)
         "frame_mask": torch.zeros(b, m, dtype=torch.bool),  # (B, M)
         "mfm_mask": torch.zeros(b, m, dtype=torch.bool),  # (B, M)
         "keys": [s["key"] for s in samples],
@@ -157,8 +167,24 @@ def collate(samples: Sequence[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
         for name in ("input_ids", "mlm_input_ids", "mlm_labels", "toi_weight"):
             out[name][i, :ln] = s[name]
         out["attention_mask"][i, :ln] = True
-        copy_serial(frames[i, :lm], readonly_tensor(s["frames"]))  # (lm, D) float16 -> float32
+        copy_serial(frames[i, :lm], readonly_tensor(s["frames"]))  # (lm, D) stored dtype -> frames_dtype
         copy_serial(frames[i, lm:], None)  # (M - lm, D) padding
         out["frame_mask"][i, :lm] = True
         out["mfm_mask"][i, :lm] = s["mfm_mask"]
+    return out
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors on `device`, float16 ones (the frames) made float32 there; other values as they are.
+
+    The copies are `non_blocking`: from pinned memory (LoaderConfig.pin_memory, on by default with CUDA) a
+    host-to-device copy then overlaps with the work already queued, and from pageable memory (or to the
+    CPU) it is an ordinary copy. The float32 cast runs on the device, after the copy of half the bytes.
+    """
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            v = v.to(device, non_blocking=True)
+            v = v.float() if v.dtype == torch.float16 else v
+        out[k] = v
     return out

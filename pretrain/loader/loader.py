@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from data_prep import schema
 from pretrain import text
 from pretrain.distributed import rank_info
-from pretrain.loader.batch import Processor
+from pretrain.loader.batch import FRAMES_DTYPES, Processor
 from pretrain.loader.plan import Cursor, EpochPlan, cursors_at, plan_epoch
 from pretrain.loader.storage import Corpus, exists, join_url, read_json, resolve_shards, source_folder, storage_options
 from pretrain.loader.streams import EpochStreams
@@ -53,7 +53,10 @@ class LoaderConfig:
     s3_backoff: float = 0.5  # seconds before the first retry, doubled each time (jittered, capped at 30 s)
     s3_retry_seconds: float = 300.0  # no retry of one read starts after this long since its first attempt
     prefetch_factor: int = 2  # chunks per worker in flight
-    pin_memory: bool = False
+    # Batches in page-locked memory, so that the host-to-device copy runs asynchronously (to_device's
+    # non_blocking); None: on when CUDA is available. Pinning copies the batch once more on the host.
+    pin_memory: bool | None = None
+    frames_dtype: str = "float16"  # frames as they cross from the workers: float16 (the shards') | float32
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field."""
@@ -71,11 +74,25 @@ class LoaderConfig:
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"loader.{name} must be in (0, 1], got {getattr(self, name)}")
         text.check_weighting(self.idf, self.subword_weights)
+        if self.frames_dtype not in FRAMES_DTYPES:
+            raise ValueError(f"loader.frames_dtype must be one of {sorted(FRAMES_DTYPES)}, got {self.frames_dtype!r}")
         if self.epoch_steps is not None and self.epoch_samples is not None:
             raise ValueError("set at most one of loader.epoch_steps and loader.epoch_samples")
         for name in ("epoch_steps", "epoch_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"loader.{name} must be >= 1 or null, got {getattr(self, name)}")
+
+
+def pin_memory(setting: bool | None, cuda: bool | None = None) -> bool:
+    """Whether batches are pinned: the setting (LoaderConfig.pin_memory), None meaning "when CUDA is
+    available"; never without CUDA (torch pins for a CUDA device only). `cuda` overrides the check (tests)."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return cuda and setting is not False
+
+
+def _pinned(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with its tensors in page-locked memory (the ones the DataLoader already pinned are kept)."""
+    return {k: v.pin_memory() if torch.is_tensor(v) and not v.is_pinned() else v for k, v in batch.items()}
 
 
 def retry_policy(cfg: LoaderConfig) -> RetryPolicy:
@@ -117,7 +134,8 @@ class VideoTextLoader:
         self.cfg, self.corpus, self.rank, self.world, self.training = cfg, corpus, rank, world, training
         self.pad_id = int(tokenizer.pad_token_id or 0)
         self.proc = proc or Processor(tokenizer, load_idf(cfg, corpus), cfg.max_text_len, cfg.max_frames,
-                                      cfg.mlm_prob, cfg.mfm_prob, cfg.seed, training)  # fmt: skip
+                                      cfg.mlm_prob, cfg.mfm_prob, cfg.seed, training, cfg.frames_dtype)  # fmt: skip
+        self.pin = pin_memory(cfg.pin_memory)
         mean = sum(corpus.sizes) / max(1, len(corpus.sizes))
         self.block_shards = max(1, math.ceil(cfg.shuffle_buffer / max(1.0, mean))) if training else 1
         self.epoch, self.batches = 0, 0
@@ -161,7 +179,7 @@ class VideoTextLoader:
             return iter(dataset)
         return iter(DataLoader(
             dataset, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_identity,
-            prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.cfg.pin_memory, persistent_workers=False,
+            prefetch_factor=self.cfg.prefetch_factor, pin_memory=self.pin, persistent_workers=False,
         ))  # fmt: skip
 
     def _take(self, count: int) -> dict[str, Any]:
@@ -200,11 +218,12 @@ class VideoTextLoader:
         self._buffer, self._received = [], list(starts)
         for item in self._source(plan, starts):
             for batch in self._receive(item):
-                yield batch
+                yield _pinned(batch) if self.pin else batch  # a batch made in this process: pinned here
                 if generation != self._generation:
                     return  # a newer iterator or a load_state_dict took over
         if self._buffer:  # held out: the last, partial batch
-            yield self._take(len(self._buffer))
+            batch = self._take(len(self._buffer))
+            yield _pinned(batch) if self.pin else batch
         if generation == self._generation:
             self.epoch, self.batches, self._received = self.epoch + 1, 0, [Cursor()] * self.cfg.streams
 

@@ -186,7 +186,7 @@ def test_batch_shapes_dtypes_and_padding(shards: Path, reference: dict[str, Any]
         m = batch["frames"].shape[1]
         assert b == BATCH and len(batch["keys"]) == b and batch["frames"].shape == (b, m, dim)
         expected = {"input_ids": torch.long, "attention_mask": torch.bool, "mlm_input_ids": torch.long,
-                    "mlm_labels": torch.long, "toi_weight": torch.float32, "frames": torch.float32,
+                    "mlm_labels": torch.long, "toi_weight": torch.float32, "frames": torch.float16,
                     "frame_mask": torch.bool, "mfm_mask": torch.bool}  # fmt: skip
         for name, dtype in expected.items():
             assert batch[name].dtype == dtype and batch[name].shape[:2] == (b, n if name in TEXT else m), name
@@ -208,6 +208,20 @@ def test_batch_shapes_dtypes_and_padding(shards: Path, reference: dict[str, Any]
 
 
 TEXT = {"input_ids", "attention_mask", "mlm_input_ids", "mlm_labels", "toi_weight"}
+
+
+def test_float16_frames_are_a_float32_loaders_exactly(shards: Path, reference: dict[str, Any], tokenizer: Any) -> None:
+    """frames_dtype float32 (the old batches), through a worker's shared memory: the same batches, frames
+    equal to the default float16 ones made float32 (the shards hold float16), in twice the bytes."""
+    loader = L.build_train_loader(config(shards, num_workers=1, frames_dtype="float32"), tokenizer, 0, 1)
+    full = epoch(loader)
+    assert len(full) == len(reference["epochs"][0])
+    for half, f32 in zip(reference["epochs"][0], full):
+        assert half["frames"].dtype == torch.float16 and f32["frames"].dtype == torch.float32
+        assert torch.equal(half["frames"].float(), f32["frames"]) and f32["frames"].nbytes == 2 * half["frames"].nbytes
+        assert_same(
+            [{k: v for k, v in half.items() if k != "frames"}], [{k: v for k, v in f32.items() if k != "frames"}]
+        )
 
 
 def test_sample_content_matches_the_shard(shards: Path, reference: dict[str, Any], tokenizer: Any) -> None:
