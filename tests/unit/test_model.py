@@ -179,3 +179,31 @@ def test_unrelated_texts_and_videos_get_different_embeddings_at_init(preset: str
         videos = masked_mean(model.embed_video(frames, fm), fm)  # (8, d)
     assert mean_pairwise_cosine(sentences) < 0.5, "sentence vectors of unrelated texts collapsed"
     assert mean_pairwise_cosine(videos) < 0.5, "video vectors of unrelated clips collapsed"
+
+
+def test_every_attention_goes_through_sdpa(device, monkeypatch) -> None:
+    """Training's attention calls torch's scaled_dot_product_attention (flash / memory-efficient kernels on a
+    GPU): once per layer of the text encoder, the video encoder, T_cross and each MCB."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = VideoLanguageModel(ModelConfig(text_layers=2, cross_layers=2)).train().to(device)
+    assert model.text.config._attn_implementation == "sdpa"
+    calls, sdpa = [], F.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].shape)  # (B, heads, L, d_head)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counted)
+    B, M, N = 2, 5, 4
+    ids = torch.randint(1000, 2000, (B, N), device=device)
+    tm, fm = torch.ones(B, N, dtype=torch.bool, device=device), torch.ones(B, M, dtype=torch.bool, device=device)
+    tm[1, 2:], fm[0, 3:] = False, False
+    e_t = model.embed_text(ids, tm)
+    e_v = model.embed_video(torch.randn(B, M, 64, device=device), fm)
+    assert len(calls) == 2 + 1  # 2 text layers, 1 video layer (tiny preset)
+    o_v, o_t = model.cross(e_v, fm, e_t, tm)
+    model.mcb_v2t(o_v, fm), model.mcb_t2v(o_t, tm)
+    assert len(calls) == 3 + 2 + 1 + 1
+    assert calls[3][2] == M + N and calls[-1][1] == model.config.heads
