@@ -5,7 +5,8 @@ clipping, warmup + decay), sets up the process group from whatever launched us (
 DeepSpeed launcher, torchrun, Slurm or nothing), and wraps DeepSpeed's checkpoint calls:
 save/load, the universal checkpoint for a change of world size, and the fp32 state dict
 for the consolidated export. On a machine without a GPU it uses DeepSpeed's CPU
-accelerator with gloo and an AdamW from torch, so no C++ op is compiled.
+accelerator with gloo and an AdamW from torch, so no C++ op is compiled; on GPUs, NCCL
+(`choose_backend`). `runtime.compile` runs the model's encoders through torch.compile.
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ class RuntimeConfig:
     zero_stage: int = 2
     precision: str = "fp32"  # fp32 | bf16
     global_batch_size: int | None = None  # None: micro batch x world size (no accumulation)
-    backend: str | None = None  # None: nccl on GPUs, gloo on the CPU
+    backend: str | None = None  # None: nccl on GPUs, gloo on the CPU (choose_backend)
+    # torch.compile the model's encoders (text encoder, video/cross/MCB stacks) in place before DeepSpeed wraps
+    # them; the loss code and the heads stay eager. compile_backend: "inductor" (generates kernels: a C++ compiler
+    # on the CPU, Triton on a GPU) | "aot_eager" (traces only: no compiler needed, for checks) | any torch backend.
+    compile: bool = False
+    compile_backend: str = "inductor"
     timeout_minutes: int = 30
     # ZeRO communication buckets, in elements. DeepSpeed's defaults (5e8) hold ~1.9 GiB of fp32
     # buffers per rank whatever the model size (benchmarks/RESULTS.md, ZeRO memory); 5e7 keeps the
@@ -85,14 +91,26 @@ def setup_environment() -> tuple[int, int, int]:
     return int(env["RANK"]), int(env["LOCAL_RANK"]), int(env["WORLD_SIZE"])
 
 
+def choose_backend(requested: str | None, device_name: str, accelerator_backend: str) -> str:
+    """The process group's backend: `requested` (runtime.backend) when set, else gloo on the CPU and the
+    accelerator's own on a GPU (DeepSpeed's `communication_backend_name()`: nccl on CUDA). NCCL moves
+    device tensors only, so asking for it on the CPU is an error here rather than a hang at the first collective."""
+    if requested is None:
+        return "gloo" if device_name == "cpu" else accelerator_backend
+    if requested == "nccl" and device_name == "cpu":
+        raise ValueError("runtime.backend nccl needs GPUs; this process runs on the CPU (use gloo, or leave it unset)")
+    return requested
+
+
 def init_distributed(cfg: RuntimeConfig) -> tuple[int, int, int]:
-    """Create the process group (gloo on the CPU); returns (rank, local_rank, world_size)."""
+    """Create the process group (`choose_backend`: gloo on the CPU, nccl on GPUs); returns (rank, local_rank,
+    world_size)."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
     rank, local_rank, world = setup_environment()
     accel = get_accelerator()
-    backend = cfg.backend or ("gloo" if accel.device_name() == "cpu" else accel.communication_backend_name())
+    backend = choose_backend(cfg.backend, accel.device_name(), accel.communication_backend_name())
     if accel.device_name() == "cpu":
         # The CPU accelerator would JIT-compile a shared-memory all-reduce op here; gloo does
         # the collectives instead, so no C++ op is ever compiled (and no compiler is needed).
@@ -197,9 +215,12 @@ def build_engine(
     world: int,
     load_universal: bool = False,
 ):
-    """The DeepSpeed engine with a torch AdamW and the warmup/decay schedule."""
+    """The DeepSpeed engine with a torch AdamW and the warmup/decay schedule (the encoders compiled first
+    when runtime.compile)."""
     import deepspeed
 
+    if runtime.compile:
+        compile_encoders(model, runtime.compile_backend)
     accum = grad_accum_steps(runtime, micro_batch, world)
     optimizer = torch.optim.AdamW(
         param_groups(model, optim.weight_decay), lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps
@@ -211,6 +232,19 @@ def build_engine(
         for module, param in model.external_parameters():
             deepspeed.zero.register_external_parameter(module, param)
     return engine
+
+
+def compile_encoders(model: nn.Module, backend: str) -> int:
+    """torch.compile, in place, the encoders of every backbone in `model` (a module with `compile_encoders`:
+    pretrain.model.VideoLanguageModel, also inside a finetune TaskModel); returns how many modules were compiled.
+    In place (`nn.Module.compile`) keeps the state-dict keys, so checkpoints and exports are unchanged;
+    a model without a backbone is an error rather than a silent eager run."""
+    backbones = [m for m in model.modules() if hasattr(m, "compile_encoders")]
+    if not backbones:
+        raise ValueError(f"runtime.compile: {type(model).__name__} holds no module with compile_encoders()")
+    compiled = sum(b.compile_encoders(backend) for b in backbones)
+    log.info("runtime.compile: %d encoder modules compiled with backend %s", compiled, backend)
+    return compiled
 
 
 def save(engine, ckpt_dir: str, tag: str) -> None:

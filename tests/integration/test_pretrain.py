@@ -341,6 +341,24 @@ def test_two_ranks_zero3_bf16_torchrun_one_objective_per_step(shards, tmp_path) 
     assert weights["frame_proj.weight"].dtype == torch.float32 and weights["frame_proj.weight"].shape[1] == 64
 
 
+def test_float16_frames_and_compiled_encoders_train_to_the_same_losses(shards, tmp_path) -> None:
+    """One rank, 3 steps, dropout off: float32 frames from the loader and an eager model (the old path)
+    against float16 frames cast on the device and runtime.compile=true, each loss within float rounding.
+    aot_eager traces and compiles the graphs as inductor would but generates no kernels: inductor needs a C++
+    compiler on the CPU and took 67 s for its first step here (docs/design.md, GPU habits). ~50 s on 2 cores."""
+    common = ["run.max_steps=3", "checkpoint.every=0", "eval.every=0", "tracking.enabled=false",
+              "checkpoint.export=false", "model.dropout=0.0"]  # fmt: skip
+    _train("torchrun", 1, tmp_path / "old", shards, *common, "data.frames_dtype=float32")
+    _train(
+        "torchrun", 1, tmp_path / "new", shards, *common, "runtime.compile=true", "runtime.compile_backend=aot_eager"
+    )
+    old, new = _metrics(tmp_path / "old"), _metrics(tmp_path / "new")
+    assert [r["step"] for r in new] == [1, 2, 3]
+    for a, b in zip(old, new):
+        for key in LOSS_KEYS:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -355,6 +373,7 @@ def test_two_ranks_zero3_bf16_torchrun_one_objective_per_step(shards, tmp_path) 
         ("data.max_frames=0", "max_frames"),
         ("data.num_workers=3", "num_workers"),  # does not divide data.streams
         ("data.idf=bm25", "data.idf"),
+        ("data.frames_dtype=bfloat16", "frames_dtype"),
         ("model.text_pooling=max", "text_pooling"),
         ("run.output_dir=/proc/run", "not writable"),  # checked before any set-up
     ],
