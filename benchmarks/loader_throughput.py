@@ -1,6 +1,7 @@
 """Loader throughput: shards -> padded, masked batches, against reading the same tars with tarfile.
 
-    python benchmarks/loader_throughput.py [--videos 200] [--hero-videos 120] [--repeats 3] [--write]
+    python benchmarks/loader_throughput.py [--videos 200] [--hero-videos 120] [--repeats 3]
+        [--frames-dtypes float32,float16] [--write]
 
 1. Writes a synthetic HowTo100M corpus (`data_prep.synthetic`, 64-d features) and a variant
    of its HERO features at the real HERO size, 4352-d (the 64 dims tiled 68 times), and
@@ -9,11 +10,13 @@
    same plus `np.load` of the features and `json.loads` of the metadata.
 3. The training loader (`pretrain.loader.build_train_loader`: sharded reading, validation,
    block shuffle, tokenisation with TACo weights, MLM + MFM masks, crop, padding collate), one
-   epoch per repeat, with 0 DataLoader workers (all in this process) and with 1 and 2; a
-   repeat's time includes starting its workers. Samples/s counts the epoch's samples (fill
-   included); the ratio is loader samples/s over the tarfile bytes+decode rate.
+   epoch per repeat, with 0 DataLoader workers (all in this process) and with 1 and 2, once per
+   frames dtype of the batches (`LoaderConfig.frames_dtype`: float32, the old batches, and
+   float16, the default); a repeat's time includes starting its workers. Samples/s counts the
+   epoch's samples (fill included); the ratio is loader samples/s over the tarfile bytes+decode
+   rate; MB a batch is what crosses from a worker (every tensor of a full batch).
 4. Where the loader's time goes, per sample, in this process: read + validate a block,
-   tokenise + TACo weights, masks, frames (crop + float32), collate.
+   tokenise + TACo weights, masks, frames (crop), collate (per frames dtype).
 Results print as a table; `--write` puts them under "## loader" in benchmarks/RESULTS.md
 (other sections are kept). Storage IO is not measured: the work folder is on tmpfs when
 /dev/shm exists, and the page cache is warm.
@@ -55,6 +58,7 @@ class Row:
     samples: int
     seconds: list[float]
     first: list[float] = field(default_factory=list)  # seconds to the first batch (loader runs)
+    batch_mb: float = 0.0  # the tensors of a full batch (loader runs)
 
     @property
     def rate(self) -> float:
@@ -127,20 +131,29 @@ def read_tars(folder: Path, decode: bool) -> int:
 
 
 def loader_epoch(
-    folder: Path, workers: int, streams: int = STREAMS, batch: int = BATCH, max_frames: int = 64
+    folder: Path,
+    workers: int,
+    streams: int = STREAMS,
+    batch: int = BATCH,
+    max_frames: int = 64,
+    frames_dtype: str = "float16",
 ) -> tuple[Any, Callable[[], tuple[int, float]]]:
-    """A training loader over `folder` and a function running one epoch: (samples, seconds to the first batch)."""
+    """A training loader over `folder` and a function running one epoch: (samples, seconds to the first batch).
+    The loader's `batch_bytes` is then the largest batch's tensors, in bytes."""
     from pretrain.loader import LoaderConfig, build_train_loader
 
     cfg = LoaderConfig(train=str(folder), batch_size=batch, max_text_len=64, max_frames=max_frames,
-                       shuffle_buffer=100, num_workers=workers, streams=streams)  # fmt: skip
+                       shuffle_buffer=100, num_workers=workers, streams=streams, frames_dtype=frames_dtype)  # fmt: skip
     loader = build_train_loader(cfg, rank=0, world_size=1)
+    loader.batch_bytes = 0
 
     def run() -> tuple[int, float]:
         t0, first, samples = time.perf_counter(), 0.0, 0
         for batch in loader:
             first = first or time.perf_counter() - t0
             samples += len(batch["keys"])
+            size = sum(v.nbytes for v in batch.values() if hasattr(v, "nbytes"))
+            loader.batch_bytes = max(loader.batch_bytes, size)
         return samples, first
 
     return loader, run
@@ -162,34 +175,37 @@ def components(folder: Path, repeats: int) -> dict[str, float]:
     step("read + group + validate (fsspec, webdataset)", lambda: L.read_block(corpus.urls, corpus.endpoint, None))
     step("tokenise + TACo weights", lambda: [text.encode(r.meta["text"], r.meta["toi"], proc.tokenizer, 64, proc.idf)
                                              for r in raws])  # fmt: skip
-    step("frames: crop (a view; collate converts)", lambda: [proc.frames(r, None) for r in raws])
+    step("frames: crop (a view; collate copies)", lambda: [proc.frames(r, None) for r in raws])
     step("whole sample: tokenise, masks, frames", lambda: [proc(r, 0) for r in raws])
     whole = out["whole sample: tokenise, masks, frames"]
     out["of which masks (MLM + MFM; by difference)"] = (
-        whole - out["tokenise + TACo weights"] - out["frames: crop (a view; collate converts)"]
+        whole - out["tokenise + TACo weights"] - out["frames: crop (a view; collate copies)"]
     )
     samples = [proc(r, 0) for r in raws]
     batches = [samples[i : i + BATCH] for i in range(0, n, BATCH)]
-    step("collate (pad to the batch, frames to float32)", lambda: [len(L.collate(b)) for b in batches])  # not kept
+    for dtype in ("float32", "float16"):  # not kept
+        step(f"collate (pad to the batch, frames {dtype})", lambda d=dtype: [len(L.collate(b, 0, d)) for b in batches])
     return out
 
 
-def measure(folder: Path, features: str, repeats: int) -> list[Row]:
-    """Tar baselines and loader epochs over one shard folder."""
+def measure(folder: Path, features: str, repeats: int, dtypes: list[str]) -> list[Row]:
+    """Tar baselines and loader epochs over one shard folder (the loader's once per frames dtype, interleaved)."""
     rows = []
     for name, decode in (("tarfile: bytes", False), ("tarfile: bytes + np.load + json.loads", True)):
         times, n = timed(lambda d=decode: read_tars(folder, d), repeats)
         rows.append(Row(name, features, n, times))
     for workers in (0, 1, 2):
-        loader, run = loader_epoch(folder, workers)
-        run()  # warm-up epoch (page cache, tokenizer caches)
-        times, firsts = [], []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            n, first = run()
-            times.append(time.perf_counter() - t0)
-            firsts.append(first)
-        rows.append(Row(f"loader, {workers} workers ({STREAMS} streams, batch {BATCH})", features, n, times, firsts))
+        for dtype in dtypes:
+            loader, run = loader_epoch(folder, workers, frames_dtype=dtype)
+            run()  # warm-up epoch (page cache, tokenizer caches)
+            times, firsts = [], []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                n, first = run()
+                times.append(time.perf_counter() - t0)
+                firsts.append(first)
+            name = f"loader, {workers} workers, frames {dtype} ({STREAMS} streams, batch {BATCH})"
+            rows.append(Row(name, features, n, times, firsts, loader.batch_bytes / 1e6))
     return rows
 
 
@@ -197,13 +213,14 @@ def table(rows: list[Row], parts: dict[str, dict[str, float]]) -> str:
     base = {r.features: r.rate for r in rows if r.name.startswith("tarfile: bytes +")}
     lines = [
         "| features | reader | samples | samples/s (best) | range over repeats | x tarfile+decode "
-        "| first batch s | samples/s after the first batch |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| first batch s | samples/s after the first batch | MB a batch |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         first = f"{min(r.first):.2f}" if r.first else ""
+        mb = f"{r.batch_mb:.2f}" if r.batch_mb else ""
         lines.append(f"| {r.features} | {r.name} | {r.samples} | {r.rate:.0f} | {r.spread} | "
-                     f"{r.rate / base[r.features]:.3f} | {first} | {r.steady} |")  # fmt: skip
+                     f"{r.rate / base[r.features]:.3f} | {first} | {r.steady} | {mb} |")  # fmt: skip
     lines += ["", "Per sample, in one process (median):", "", "| step | " + " | ".join(parts) + " |",
               "|---|" + "---:|" * len(parts)]  # fmt: skip
     for step in next(iter(parts.values())):
@@ -215,7 +232,7 @@ def section(info: dict[str, str], args: argparse.Namespace, body: str, load: tup
     return "\n".join([
         SECTION, "",
         f"Measured {info['date']} by `python benchmarks/loader_throughput.py --videos {args.videos} "
-        f"--hero-videos {args.hero_videos} --repeats {args.repeats}`.", "",
+        f"--hero-videos {args.hero_videos} --repeats {args.repeats} --frames-dtypes {args.frames_dtypes}`.", "",
         f"- machine: `{info['uname']}`",
         f"- CPU: {info['cpu']}, {info['cores']} cores",
         f"- {info['versions']}",
@@ -227,8 +244,9 @@ def section(info: dict[str, str], args: argparse.Namespace, body: str, load: tup
         f"- load average {load[0]:.1f} at the start, {load[1]:.1f} at the end, on {info['cores']} cores shared with "
         "other jobs: read single numbers to about +-50%",
         "- with workers, every batch crosses to the main process through shared memory (torch's DataLoader; "
-        "collated straight into it); for 4352-d float32 frames (~22 MB a batch) that hand-over costs more on "
-        "this 2-core VM than a second core gains. On a node with cores to spare, set num_workers = streams",
+        "collated straight into it). frames float16 (the default, `LoaderConfig.frames_dtype`) halves the frames' "
+        "bytes against float32 (the batches before it), losslessly: the shards hold float16; the training loop "
+        "makes them float32 on the device. On a node with cores to spare, set num_workers = streams",
         "", body, "",
     ])  # fmt: skip
 
@@ -238,14 +256,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--videos", type=int, default=200, help="synthetic HowTo100M videos (64-d shards)")
     p.add_argument("--hero-videos", type=int, default=120, help="of those, how many get 4352-d features")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--frames-dtypes", default="float32,float16", help="frames dtypes of the batches to measure")
     p.add_argument("--write", action="store_true", help='put the results under "## loader" in benchmarks/RESULTS.md')
     args = p.parse_args(argv)
+    dtypes = args.frames_dtypes.split(",")
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     work = Path(tempfile.mkdtemp(prefix="loader-bench-", dir=base))
     load_start = os.getloadavg()[0]
     try:
         folders = make_shards(work, args.videos, args.hero_videos)
-        rows = [row for features, folder in folders.items() for row in measure(folder, features, args.repeats)]
+        rows = [row for feats, folder in folders.items() for row in measure(folder, feats, args.repeats, dtypes)]
         parts = {features: components(folder, args.repeats) for features, folder in folders.items()}
     finally:
         shutil.rmtree(work, ignore_errors=True)
