@@ -83,8 +83,9 @@ TESTS = [
     "tests/unit/test_model.py",
     "tests/unit/test_objectives.py",
     "tests/unit/test_loop_and_metrics.py",
+    "tests/unit/test_gpu_habits.py",
     "-k",
-    "test_model or combiner or non_finite or accumulation",
+    "test_model or combiner or non_finite or accumulation or gpu_habits",
 ]
 E2E = [
     "videos=16",

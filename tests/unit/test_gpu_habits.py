@@ -72,6 +72,22 @@ def test_frames_cross_as_float16_and_equal_float32_batches_on_the_device(device)
     assert half.dtype == torch.float16 and torch.equal(half.float(), full)  # finetuning's batches alike
 
 
+def test_pinned_batches_reach_the_gpu_equal() -> None:
+    """With CUDA (the device check): the loader's pinning gives page-locked tensors, and the non_blocking copy
+    of them, once the stream is synchronised, equals the batch. Without CUDA nothing is pinned."""
+    from pretrain.loader.loader import _pinned
+
+    if not torch.cuda.is_available():
+        assert L.pin_memory(None) is False
+        return
+    batch = _pinned(L.collate(_rows()))
+    assert all(v.is_pinned() for v in batch.values() if torch.is_tensor(v))
+    on_gpu = L.to_device(batch, torch.device("cuda"))
+    torch.cuda.synchronize()
+    assert torch.equal(on_gpu["frames"].cpu(), batch["frames"].float())
+    assert torch.equal(on_gpu["input_ids"].cpu(), batch["input_ids"])
+
+
 def test_an_unknown_frames_dtype_is_a_config_error() -> None:
     with pytest.raises(ValueError, match="loader.frames_dtype"):
         L.LoaderConfig(frames_dtype="bfloat16").validate()
