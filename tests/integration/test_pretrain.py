@@ -345,7 +345,7 @@ def test_float16_frames_and_compiled_encoders_train_to_the_same_losses(shards, t
     """One rank, 3 steps, dropout off: float32 frames from the loader and an eager model (the old path)
     against float16 frames cast on the device and runtime.compile=true, each loss within float rounding.
     aot_eager traces and compiles the graphs as inductor would but generates no kernels: inductor needs a C++
-    compiler on the CPU and took 67 s for its first step here (docs/design.md, GPU habits). ~50 s on 2 cores."""
+    compiler on the CPU and took 78 s for its first step here (benchmarks/compile_step.py). ~50 s on 2 cores."""
     common = ["run.max_steps=3", "checkpoint.every=0", "eval.every=0", "tracking.enabled=false",
               "checkpoint.export=false", "model.dropout=0.0"]  # fmt: skip
     _train("torchrun", 1, tmp_path / "old", shards, *common, "data.frames_dtype=float32")
