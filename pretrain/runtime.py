@@ -54,8 +54,9 @@ class RuntimeConfig:
     global_batch_size: int | None = None  # None: micro batch x world size (no accumulation)
     backend: str | None = None  # None: nccl on GPUs, gloo on the CPU (choose_backend)
     # torch.compile the model's encoders (text encoder, video/cross/MCB stacks) in place before DeepSpeed wraps
-    # them; the loss code and the heads stay eager. compile_backend: "inductor" (generates kernels: a C++ compiler
-    # on the CPU, Triton on a GPU) | "aot_eager" (traces only: no compiler needed, for checks) | any torch backend.
+    # them (ZeRO 0-2; with 3 a config error); the loss code and the heads stay eager. compile_backend: "inductor"
+    # (generates kernels: a C++ compiler on the CPU, Triton on a GPU) | "aot_eager" (traces only: no compiler
+    # needed, for checks) | any torch backend.
     compile: bool = False
     compile_backend: str = "inductor"
     timeout_minutes: int = 30
@@ -193,6 +194,9 @@ def ds_config(
         raise ValueError(f"runtime.zero_stage {runtime.zero_stage} is not 0, 1, 2 or 3")
     if runtime.precision not in ("fp32", "bf16"):
         raise ValueError(f"runtime.precision {runtime.precision!r} is not fp32 or bf16")
+    if runtime.compile and runtime.zero_stage == 3:  # tracing sees ZeRO-3's empty partitions, not the gathered weights
+        raise ValueError("runtime.compile works with runtime.zero_stage 0-2, not 3 (ZeRO-3 gathers the weights in "
+                         "hooks that torch.compile's trace of the encoders does not run)")  # fmt: skip
     return {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": accum,

@@ -131,3 +131,12 @@ def test_compile_compiles_the_encoders_in_place_of_any_backbone() -> None:
     assert list(model.state_dict()) == keys
     with pytest.raises(ValueError, match="runtime.compile: Linear holds no module with compile_encoders"):
         runtime.compile_encoders(torch.nn.Linear(2, 2), "aot_eager")
+
+
+def test_compile_with_zero3_is_a_config_error() -> None:
+    """ZeRO-3's partitioned weights are empty where torch.compile traces them ("b must be 2D" at the first step
+    of a 2-rank run): refused with the config's other checks, before any work."""
+    for stage in (0, 1, 2):
+        runtime.ds_config(runtime.RuntimeConfig(zero_stage=stage, compile=True), runtime.OptimConfig(), 1, 1)
+    with pytest.raises(ValueError, match="runtime.compile works with runtime.zero_stage 0-2, not 3"):
+        runtime.ds_config(runtime.RuntimeConfig(zero_stage=3, compile=True), runtime.OptimConfig(), 1, 1)
