@@ -349,9 +349,10 @@ def test_float16_frames_and_compiled_encoders_train_to_the_same_losses(shards, t
     common = ["run.max_steps=3", "checkpoint.every=0", "eval.every=0", "tracking.enabled=false",
               "checkpoint.export=false", "model.dropout=0.0"]  # fmt: skip
     _train("torchrun", 1, tmp_path / "old", shards, *common, "data.frames_dtype=float32")
-    _train(
-        "torchrun", 1, tmp_path / "new", shards, *common, "runtime.compile=true", "runtime.compile_backend=aot_eager"
-    )
+    compiled = ["runtime.compile=true", "runtime.compile_backend=aot_eager"]
+    proc = subprocess.run(_command("torchrun", 1, tmp_path / "new", shards, *common, *compiled), cwd=REPO,
+                          env=launch_env(), capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0 and "runtime.compile: 5 encoder modules compiled" in proc.stderr, proc.stderr[-3000:]
     old, new = _metrics(tmp_path / "old"), _metrics(tmp_path / "new")
     assert [r["step"] for r in new] == [1, 2, 3]
     for a, b in zip(old, new):
