@@ -294,9 +294,18 @@ def to_lists(moments: Moments, corpus: Corpus, limit: int) -> list[list[Predicti
 
 @torch.no_grad()
 def search_corpus(
-    vr_scores: VrScores, span_logits: SpanLogits, num_queries: int, corpus: Corpus, cfg: SearchConfig
+    vr_scores: VrScores,
+    span_logits: SpanLogits,
+    num_queries: int,
+    corpus: Corpus,
+    cfg: SearchConfig,
+    part: tuple[int, int] = (0, 1),
 ) -> tuple[list[list[Prediction]], list[list[Prediction]]]:
     """(vcmr, vr): per query, the best moments in the whole corpus and the best videos.
+
+    part = (r, W): only the query chunks c (of `query_chunk` queries) with c % W == r, whose queries' lists
+    come back in order (finetune/ranks.py spreads the chunks over the ranks and gathers them); a chunk's
+    result does not depend on which others are searched.
 
     Peak memory of the search itself: a (query_chunk, V) score matrix and its ranking, and a
     few (moment_chunk, K, M, L) float32 bands; the model's callbacks add their own.
@@ -305,7 +314,7 @@ def search_corpus(
     k = min(cfg.top_videos, corpus.num_videos)
     vcmr: list[list[Prediction]] = []
     vr: list[list[Prediction]] = []
-    for q0 in range(0, num_queries, cfg.query_chunk):
+    for q0 in range(part[0] * cfg.query_chunk, num_queries, part[1] * cfg.query_chunk):
         q1 = min(q0 + cfg.query_chunk, num_queries)
         log_pv = (vr_scores(q0, q1).float() / cfg.vr_temperature).log_softmax(dim=1)  # (Qv, V)
         top_lp, top_v = ranked_topk(log_pv, max(k, cfg.predictions))  # (Qv, max(K, P))
@@ -327,12 +336,19 @@ def video_lists(log_pv: Tensor, v_rows: Tensor, corpus: Corpus) -> list[list[Pre
 
 @torch.no_grad()
 def search_single(
-    span_logits: SpanLogits, q_rows: Tensor, v_rows: Tensor, corpus: Corpus, cfg: SearchConfig
+    span_logits: SpanLogits,
+    q_rows: Tensor,
+    v_rows: Tensor,
+    corpus: Corpus,
+    cfg: SearchConfig,
+    part: tuple[int, int] = (0, 1),
 ) -> list[list[Prediction]]:
-    """SVMR: per query q_rows[i], the best moments inside video row v_rows[i] (its ground truth)."""
+    """SVMR: per query q_rows[i], the best moments inside video row v_rows[i] (its ground truth).
+
+    part = (r, W): only the chunks c of `moment_chunk` queries with c % W == r, as in `search_corpus`."""
     cfg.validate()
     out: list[list[Prediction]] = []
-    for c0 in range(0, q_rows.shape[0], cfg.moment_chunk):
+    for c0 in range(part[0] * cfg.moment_chunk, q_rows.shape[0], part[1] * cfg.moment_chunk):
         q = q_rows[c0 : c0 + cfg.moment_chunk].long()  # (Qc,)
         v = v_rows[c0 : c0 + cfg.moment_chunk].long()[:, None]  # (Qc, 1)
         st, ed = span_logits(q, v)  # (Qc, 1, M) each
