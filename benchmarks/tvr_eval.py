@@ -117,7 +117,7 @@ def run(shards: Path, work: Path, ranks: int, extra: list[str]) -> dict[str, Any
     out = work / f"run_{ranks}"
     subprocess.run(["rm", "-rf", str(out)], check=True)
     args = ["finetune/tvr.py", "--config", "configs/finetune/tvr.yaml", f"run.output_dir={out}", "model.preset=tiny",
-            "runtime.precision=fp32", f"data.root={shards}", "data.test_split=null", "run.max_steps=1",
+            f"data.root={shards}", "data.test_split=null", "run.max_steps=1",
             "data.batch_size=4", "data.num_workers=0", "optim.warmup_steps=1", "checkpoint.every=0",
             "eval.codalab_zip=false", *extra]  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port",

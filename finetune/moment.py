@@ -293,10 +293,12 @@ def _stack_padded(rows: list[Tensor], dims: int, like: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def encode_corpus(engine: Any, loader: Any, device: torch.device) -> EncodedCorpus:
+def encode_corpus(engine: Any, loader: Any, device: torch.device, encode: Any = None) -> EncodedCorpus:
     """Every video of the split, spread over the ranks (finetune/ranks.py): every rank reads them all in the
     loader's order and encodes the batches that are its own (batch b: rank b % W), plus spare forwards so that
-    every rank runs as many (ZeRO-3 needs them all); the encodings are gathered, in the loader's order."""
+    every rank runs as many (ZeRO-3 needs them all); the encodings are gathered, in the loader's order.
+    encode(model, batch) -> (B, M, d): `encode_videos` (T_cross's context) unless given."""
+    encode = encode or encode_videos
     rank, world = rank_and_world()
     ctxs, masks, meta, sizes, last = [], [], [], [], None
     for b, batch in enumerate(loader):
@@ -304,11 +306,11 @@ def encode_corpus(engine: Any, loader: Any, device: torch.device) -> EncodedCorp
         meta.extend(batch["meta"])
         sizes.append(len(batch["meta"]))
         if ranks.owner(b, world) == rank:
-            last = engine(encode_videos, _to(batch, device)).float()  # (B, M_b, d)
+            last = engine(encode, _to(batch, device)).float()  # (B, M_b, d)
             ctxs.extend(last.unbind(0))
         spare = batch
     for _ in range(ranks.most_units(world, len(sizes)) - len(ranks.units_of(rank, world, len(sizes)))):
-        last = engine(encode_videos, _to(spare, device)).float()  # dropped: padding of the forwards
+        last = engine(encode, _to(spare, device)).float()  # dropped: padding of the forwards
     mask = _stack_padded(masks, 1, masks[0][None]).to(device)  # (V, M)
     local = _stack_padded([F.pad(c, (0, 0, 0, mask.shape[1] - c.shape[0])) for c in ctxs], 1, last)
     ctx = ranks.rows_in_unit_order(local, sizes)  # (V, M, d)
@@ -363,11 +365,13 @@ def candidate_similarity(q_span: Tensor, frames_x: Tensor, v_rows: Tensor) -> Te
 
 
 def conv_span_logits(x: Tensor, st_w: Tensor, st_b: Tensor, ed_w: Tensor, ed_b: Tensor) -> tuple[Tensor, Tensor]:
-    """MomentHead.span_logits with its convolutions' weights given (runtime.full_copies of them), in their dtype:
-    start and end logits (..., M) from x (..., M)."""
-    flat = x.reshape(-1, 1, x.shape[-1]).to(st_w.dtype)  # (R, 1, M)
+    """MomentHead.span_logits with its convolutions' weights given (runtime.full_copies of them), in float32
+    whatever the model's precision (bf16 logits tie often, and every tie costs the search a full sort): start
+    and end logits (..., M) from x (..., M)."""
+    flat = x.reshape(-1, 1, x.shape[-1]).float()  # (R, 1, M)
     pad = st_w.shape[-1] // 2
-    return F.conv1d(flat, st_w, st_b, padding=pad).view(x.shape), F.conv1d(flat, ed_w, ed_b, padding=pad).view(x.shape)
+    st = F.conv1d(flat, st_w.float(), st_b.float(), padding=pad)  # (R, 1, M)
+    return st.view(x.shape), F.conv1d(flat, ed_w.float(), ed_b.float(), padding=pad).view(x.shape)
 
 
 def svmr_predictions(queries: list[dict], found: dict[int, list], video2idx: dict[str, int]) -> list[list]:

@@ -170,6 +170,30 @@ def batched_pairwise_iou(st_a: Tensor, ed_a: Tensor, st_b: Tensor, ed_b: Tensor)
     return inter.div_(union).nan_to_num_(0.0)  # (Q, A, B): 0 / 0 -> 0
 
 
+def same_video_overlaps(st_a: Tensor, ed_a: Tensor, video_a: Tensor, st_b: Tensor, ed_b: Tensor, video_b: Tensor,
+                        iou: float, later_only: bool = False) -> Tensor:  # fmt: skip
+    """(Q, A, B) bool: span a of a row and span b of the same row are of the same video and their IoU is > iou.
+
+    later_only: only b > a (A == B, one list against itself). When few pairs are of the same video (a tenth in
+    a VCMR candidate list spread over many videos), the IoU is computed at those only, with the arithmetic of
+    `batched_pairwise_iou`; else (SVMR: one video) at every pair, by it."""
+    n_a, n_b = video_a.shape[1], video_b.shape[1]
+    same = video_a[:, :, None] == video_b[:, None]  # (Q, A, B)
+    if later_only:
+        same.triu_(1)
+    if int(same.sum()) > same.numel() // 4:
+        return same.logical_and_(batched_pairwise_iou(st_a, ed_a, st_b, ed_b) > iou)
+    pair = same.view(-1).nonzero().squeeze(1)  # (n,) flat index q * A * B + a * B + b
+    row_a, row_b = pair // n_b, pair // (n_a * n_b) * n_b + pair % n_b  # (n,) flat q * A + a, q * B + b
+    s_a, e_a = st_a.reshape(-1)[row_a], ed_a.reshape(-1)[row_a]  # (n,)
+    s_b, e_b = st_b.reshape(-1)[row_b], ed_b.reshape(-1)[row_b]  # (n,)
+    inter = torch.minimum(e_a, e_b).sub_(torch.maximum(s_a, s_b)).clamp_(min=0)  # (n,)
+    union = ((e_a - s_a) + (e_b - s_b)).sub_(inter)  # (n,)
+    out = torch.zeros_like(same)  # (Q, A, B)
+    out.view(-1)[pair] = inter.div_(union).nan_to_num_(0.0) > iou
+    return out
+
+
 def temporal_nms(st: Tensor, ed: Tensor, video: Tensor, valid: Tensor, iou: float, limit: int | None = None,
                  block: int = NMS_BLOCK) -> Tensor:  # fmt: skip
     """(Q, C) bool keep mask of greedy NMS over each row's candidates, which must be sorted best first.
@@ -192,10 +216,11 @@ def temporal_nms(st: Tensor, ed: Tensor, video: Tensor, valid: Tensor, iou: floa
     for b0 in range(0, c, block):
         b = slice(b0, min(b0 + block, c))
         s, e, v = st[:, b], ed[:, b], video[:, b]  # (Q, B)
-        by_kept = batched_pairwise_iou(s, e, kept_st[:, :limit], kept_ed[:, :limit]) > iou  # (Q, B, P)
-        by_kept &= v[:, :, None] == kept_video[:, None, :limit]
-        suppressed = ~valid[:, b] | by_kept.any(dim=2)  # (Q, B)
-        over = (batched_pairwise_iou(s, e, s, e) > iou) & (v[:, :, None] == v[:, None])  # (Q, B, B)
+        suppressed = ~valid[:, b]  # (Q, B)
+        if b0:  # suppressed by the ones kept in the blocks before
+            by_kept = same_video_overlaps(s, e, v, kept_st[:, :limit], kept_ed[:, :limit], kept_video[:, :limit], iou)
+            suppressed |= by_kept.any(dim=2)  # (Q, B)
+        over = same_video_overlaps(s, e, v, s, e, v, iou, later_only=True)  # (Q, B, B): j over the later k
         block_keep = keep[:, b]  # (Q, B) view
         first_slot = limit - room  # (Q,)
         for j in range(s.shape[1]):  # greedy in score order, all rows at once
@@ -280,13 +305,14 @@ def span_seconds(video: Tensor, start: Tensor, end: Tensor, corpus: Corpus) -> t
 
 def to_lists(moments: Moments, corpus: Corpus, limit: int) -> list[list[Prediction]]:
     """The first `limit` kept moments of each query as [video_idx, st, ed, score] lists."""
-    st, ed = span_seconds(moments.video, moments.start, moments.end, corpus)  # (Qc, C)
-    vid = corpus.video_idx.to(moments.video.device)[moments.video]  # (Qc, C)
-    out = []
-    for keep, v, s, e, sc in zip(*(t.cpu().tolist() for t in (moments.keep, vid, st, ed, moments.score))):
-        preds = [[vi, si, ei, ci] for ki, vi, si, ei, ci in zip(keep, v, s, e, sc) if ki]
-        out.append(preds[:limit])
-    return out
+    take = moments.keep & (moments.keep.cumsum(dim=1) <= limit)  # (Qc, C) the first `limit` kept of each row
+    rows, cols = take.nonzero(as_tuple=True)  # (n,) in row order, then column order
+    video, score = moments.video[rows, cols], moments.score[rows, cols]  # (n,)
+    st, ed = span_seconds(video, moments.start[rows, cols], moments.end[rows, cols], corpus)  # (n,)
+    vid = corpus.video_idx.to(video.device)[video]  # (n,)
+    flat = [list(p) for p in zip(*(t.cpu().tolist() for t in (vid, st, ed, score)))]
+    ends = take.sum(dim=1).cumsum(dim=0).tolist()  # (Qc,) where each row's predictions end in `flat`
+    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
 # ---------------------------------------------------------------- searches

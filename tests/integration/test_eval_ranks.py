@@ -17,9 +17,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_pretrain import launch_env
-
-from launch.pipeline import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 WORLDS = (1, 2, 4)
@@ -76,6 +73,10 @@ def sets(tmp_path_factory) -> Path:
 
 
 def test_predictions_are_the_same_files_for_1_2_and_4_ranks(sets, tmp_path) -> None:
+    from test_pretrain import launch_env  # not at the top: this file is also the worker, run outside pytest
+
+    from launch.pipeline import free_port
+
     for world in WORLDS:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
                str(free_port()), __file__, str(tmp_path), str(sets)]  # fmt: skip
