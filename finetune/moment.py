@@ -264,7 +264,7 @@ def moment_loss(model: nn.Module, batch: dict, cfg: MomentConfig) -> tuple[Tenso
 
 @dataclass
 class EncodedCorpus:
-    ctx: Tensor  # (V, M, d)
+    ctx: Tensor | None  # (V, M, d); None once no longer needed
     frame_mask: Tensor  # (V, M)
     meta: list[dict[str, Any]]  # per video: video_id, duration, interval, frames (before any cut)
 
@@ -357,9 +357,12 @@ def mesm_pairs(model: nn.Module, pairs: dict) -> Tensor:
 
 def candidate_similarity(q_span: Tensor, frames_x: Tensor, v_rows: Tensor) -> Tensor:
     """x (Qc, K, M), the span head's input, of each query q_span (Qc, d) in its candidate videos v_rows (Qc, K),
-    from the span frames of the corpus frames_x (V, M, d): one (Qc, d) @ (d, V*M) product, then the rows of
-    the candidates (faster on a CPU than gathering (Qc, K, M, d) frames: a GEMM against a memory copy)."""
+    from the span frames of the corpus frames_x (V, M, d). Few candidates (SVMR: its one video; Qc * K <= V):
+    their frames gathered (Qc, K, M, d); many (VCMR): one (Qc, d) @ (d, V*M) product, then the rows of the
+    candidates (faster on a CPU than gathering, a GEMM against a memory copy)."""
     v, m, d = frames_x.shape
+    if v_rows.numel() <= v:
+        return torch.einsum("qd,qkmd->qkm", q_span, frames_x[v_rows])  # (Qc, K, M)
     x = (q_span @ frames_x.view(v * m, d).T).view(-1, v, m)  # (Qc, V, M)
     return x.gather(1, v_rows[..., None].expand(-1, -1, m))  # (Qc, K, M)
 
@@ -508,6 +511,8 @@ class MomentTask:
         ctx, mask = encoded.ctx, encoded.frame_mask  # (V, M, d), (V, M)
         ctx_n = F.normalize(ctx, dim=-1)  # (V, M, d)
         frames_x = ctx_n if self.cfg.span_query == "words" else span_frames(ctx, self.cfg.span_query)  # (V, M, d)
+        if not mesm_on:  # only MESM reads the encodings themselves: (V, M, d) float32 less held
+            ctx = encoded.ctx = None
         v, m, d = frames_x.shape
         head = getattr(engine, "module", engine).head
         convs = full_copies([head.st_conv.weight, head.st_conv.bias, head.ed_conv.weight, head.ed_conv.bias])

@@ -80,8 +80,10 @@ def in_unit_order(parts: Sequence[Sequence[T]], sizes: Sequence[int]) -> list[T]
 
 def rows_in_unit_order(local: Tensor, sizes: Sequence[int], pad_value: float | bool = 0) -> Tensor:
     """(sum(sizes), ...): this rank's rows of its units gathered with everybody's, in unit order."""
-    parts = gather_rows(local, pad_value)
     _, world = rank_and_world()
+    if world == 1:
+        return local
+    parts = gather_rows(local, pad_value)
     index, start = [], [sum(p.shape[0] for p in parts[:r]) for r in range(world)]
     for unit, size in enumerate(sizes):
         r = owner(unit, world)
