@@ -1,23 +1,26 @@
 """The TVR val evaluation through the real entry script (finetune/tvr.py), at TVR val size: where the time goes.
 
-    python benchmarks/tvr_eval.py [--scale 1.0] [--ranks 2] [--workdir /tmp/tvr_eval] [--write]
+    python benchmarks/tvr_eval.py [--scale 1.0] [--ranks 2] [--workdir /tmp/tvr_eval] [--label after]
+        [--include BEFORE.log] [--write] [key=value ...]
 
-1. Data (not timed as evaluation): a TVR release in the official file formats at TVR val's size by default
+1. Data (not part of the evaluation): a TVR release in the official file formats at TVR val's size by default
    (`--scale` multiplies it): 2,179 val videos of 30-100 frames at 1.5 s (45-150 s, uniform), 10,895 val
    queries of 8-20 words (5 per video), TV subtitles of 5-12 words every ~4 s with their "(Speaker:)" tags,
    64-d random HERO features, and 400 train videos (4 shards of 100: up to 4 ranks train); converted by
    `python -m data_prep.tvr` (heuristic tagger) as the data stage does. Kept in `--workdir` for the next run
    (same seed, same files).
 2. The run: `torchrun --nproc_per_node R finetune/tvr.py --config configs/finetune/tvr.yaml` with the tiny
-   preset (fp32, subtitles of up to 128 tokens as the config says), 1 training step, no test split, then the
-   val evaluation with the config's search (K = 100, moments up to 16 frames, NMS, 100 predictions).
-   Measured: the whole command's wall time, and from the evaluation's own timing line (rank 0,
-   `finetune.moment`: "eval timing {...}") the time before the evaluation starts and each of its stages:
-   reading the annotations, encoding the videos (loader + encoders), tokenising and encoding the queries,
-   the corpus search, SVMR, gathering, metrics; and the writing of the files after it; the peak RSS of the
-   biggest rank (from /usr/bin/time -v? no: each rank's VmHWM, logged in the same line).
-`--write` puts the table under "## finetune: TVR val evaluation through finetune/tvr.py" in
-benchmarks/RESULTS.md (`--label` names the row, e.g. "before" / "after").
+   preset and everything else the config's (bf16, subtitles of up to 128 tokens, eval batches of 64, the
+   search: K = 100 videos, moments up to 16 frames, NMS, 100 predictions), 1 training step, no test split,
+   OMP_NUM_THREADS = cores / R; then the val evaluation. Measured: the whole command's wall time, and from
+   the evaluation's own timing line (rank 0, `finetune.moment`: "eval timing {...}") the time before the
+   evaluation starts (imports, engine, MLflow, the training step), each of its stages (reading the
+   annotations; the videos: loader and encoders; the queries: tokenising and encoding; the VCMR + VR search;
+   SVMR; the metrics) and rank 0's peak RSS; "after it" is the rest of the command (rank 0 writing and
+   validating the files, the plots, MLflow, the export, shutting down).
+`--include` adds the result lines of earlier runs (the log of this script run from a checkout of the code
+before a change) as rows; `--write` puts the table under "## finetune: TVR val evaluation through
+finetune/tvr.py" in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -157,6 +160,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ranks", type=int, nargs="+", default=[2], help="torchrun processes (one run each)")
     p.add_argument("--workdir", default="/tmp/tvr_eval")
     p.add_argument("--label", default="", help="the row's name in the table")
+    p.add_argument(
+        "--include",
+        nargs="*",
+        default=[],
+        help="logs of earlier runs of this script (e.g. of the code "
+        "before a change, run from its checkout): their result lines become rows of the table first",
+    )
     p.add_argument("--write", action="store_true", help=f'put the results under "{SECTION}" in RESULTS.md')
     p.add_argument("overrides", nargs="*", help="more key=value overrides of finetune/tvr.py")
     args = p.parse_args(argv)
@@ -165,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     load_before = load()
     shards, info = prepare(work, args.scale)
     print(f"data: {info}", flush=True)
-    rows = []
+    rows = [json.loads(line) for log in args.include for line in Path(log).read_text().splitlines()
+            if line.startswith('{"label"')]  # fmt: skip
     for ranks in args.ranks:
         r = {"label": args.label or "this code", "ranks": ranks, **run(shards, work, ranks, args.overrides)}
         print(json.dumps(r), flush=True)
