@@ -206,34 +206,64 @@ def temporal_nms(st: Tensor, ed: Tensor, video: Tensor, valid: Tensor, iou: floa
     Candidates go in blocks of `block`: each block is compared with the kept ones of the blocks
     before (at most `limit`) and with itself, so memory is (Q, block, block + limit), whatever C.
     """
-    q, c = st.shape
-    limit = c if limit is None else min(limit, c)
-    keep = torch.zeros_like(valid)  # (Q, C)
-    # the kept spans so far, slot `limit` a bin for what is not kept; video -1 in empty slots matches none
-    kept_st, kept_ed = st.new_zeros(q, limit + 1), ed.new_zeros(q, limit + 1)  # (Q, P + 1)
-    kept_video = video.new_full((q, limit + 1), -1)  # (Q, P + 1)
-    room = torch.full((q,), limit, dtype=torch.long, device=st.device)  # (Q,) slots left
-    for b0 in range(0, c, block):
-        b = slice(b0, min(b0 + block, c))
-        s, e, v = st[:, b], ed[:, b], video[:, b]  # (Q, B)
-        suppressed = ~valid[:, b]  # (Q, B)
-        if b0:  # suppressed by the ones kept in the blocks before
-            by_kept = same_video_overlaps(s, e, v, kept_st[:, :limit], kept_ed[:, :limit], kept_video[:, :limit], iou)
-            suppressed |= by_kept.any(dim=2)  # (Q, B)
-        over = same_video_overlaps(s, e, v, s, e, v, iou, later_only=True)  # (Q, B, B): j over the later k
-        block_keep = keep[:, b]  # (Q, B) view
-        first_slot = limit - room  # (Q,)
-        for j in range(s.shape[1]):  # greedy in score order, all rows at once
-            block_keep[:, j] = ~suppressed[:, j] & (room > 0)
-            room -= block_keep[:, j].long()
-            suppressed |= block_keep[:, j, None] & over[:, j]  # (Q, B)
-        slot = first_slot[:, None] + block_keep.long().cumsum(dim=1) - 1  # (Q, B) where each kept one goes ...
-        slot = torch.where(block_keep, slot, limit)  # (Q, B) ... the rest to the bin
-        for kept, new in ((kept_st, s), (kept_ed, e), (kept_video, v)):
-            kept.scatter_(1, slot, new)  # (Q, P + 1)
-        if bool((room == 0).all()):
-            break
-    return keep
+    limit = st.shape[1] if limit is None else min(limit, st.shape[1])
+    nms = NmsState.start(st.shape[0], limit, st, video)
+    nms.extend(st, ed, video, valid, iou, block)
+    return nms.keep
+
+
+@dataclass
+class NmsState:
+    """Greedy NMS (`temporal_nms`) over a row's candidates so far, to be extended by later candidates: greedy
+    NMS decides each candidate from the ones before it only, so NMS over a longer prefix of the same ranking
+    goes on from here (`best_moments` widens a query's pool without redoing the first part)."""
+
+    keep: Tensor  # (Q, C) the decisions so far
+    kept_st: Tensor  # (Q, P + 1) the kept spans in slots 0.., slot P a bin for what is not kept
+    kept_ed: Tensor  # (Q, P + 1)
+    kept_video: Tensor  # (Q, P + 1) video -1 in empty slots, which matches none
+    room: Tensor  # (Q,) slots left
+    limit: int  # P
+
+    @classmethod
+    def start(cls, q: int, limit: int, like: Tensor, video: Tensor) -> NmsState:
+        kept = like.new_zeros(q, limit + 1)  # (Q, P + 1)
+        return cls(torch.zeros(q, 0, dtype=torch.bool, device=like.device), kept, kept.clone(),
+                   video.new_full((q, limit + 1), -1), torch.full((q,), limit, dtype=torch.long, device=like.device),
+                   limit)  # fmt: skip
+
+    def rows(self, index: Tensor) -> NmsState:
+        """The state of rows `index` (R,)."""
+        return NmsState(*(t[index] for t in (self.keep, self.kept_st, self.kept_ed, self.kept_video, self.room)),
+                        self.limit)  # fmt: skip
+
+    def extend(self, st: Tensor, ed: Tensor, video: Tensor, valid: Tensor, iou: float, block: int = NMS_BLOCK) -> None:
+        """Decide candidates keep.shape[1]: of the (Q, C) lists, whose first ones must be those decided."""
+        q, c = st.shape
+        b_start, limit, room = self.keep.shape[1], self.limit, self.room
+        self.keep = torch.cat([self.keep, self.keep.new_zeros(q, c - b_start)], dim=1)  # (Q, C)
+        for b0 in range(b_start, c, block):
+            if bool((room == 0).all()):
+                break
+            b = slice(b0, min(b0 + block, c))
+            s, e, v = st[:, b], ed[:, b], video[:, b]  # (Q, B)
+            suppressed = ~valid[:, b]  # (Q, B)
+            if bool((room < limit).any()):  # suppressed by the ones kept before
+                lim = slice(0, limit)
+                by_kept = same_video_overlaps(s, e, v, self.kept_st[:, lim], self.kept_ed[:, lim],
+                                              self.kept_video[:, lim], iou)  # (Q, B, P)  # fmt: skip
+                suppressed |= by_kept.any(dim=2)  # (Q, B)
+            over = same_video_overlaps(s, e, v, s, e, v, iou, later_only=True)  # (Q, B, B): j over the later k
+            block_keep = self.keep[:, b]  # (Q, B) view
+            first_slot = limit - room  # (Q,)
+            for j in range(s.shape[1]):  # greedy in score order, all rows at once
+                block_keep[:, j] = ~suppressed[:, j] & (room > 0)
+                room -= block_keep[:, j].long()
+                suppressed |= block_keep[:, j, None] & over[:, j]  # (Q, B)
+            slot = first_slot[:, None] + block_keep.long().cumsum(dim=1) - 1  # (Q, B) where each kept one goes ...
+            slot = torch.where(block_keep, slot, limit)  # (Q, B) ... the rest to the bin
+            for kept, new in ((self.kept_st, s), (self.kept_ed, e), (self.kept_video, v)):
+                kept.scatter_(1, slot, new)  # (Q, P + 1)
 
 
 # ---------------------------------------------------------------- moments of one chunk of queries
@@ -271,6 +301,7 @@ def best_moments(st: Tensor, ed: Tensor, v_rows: Tensor, prior: Tensor, corpus: 
     out: list[list[Prediction]] = [[] for _ in range(band.shape[0])]
     rows = torch.arange(band.shape[0], device=band.device)  # (R,) queries still to finish
     size = min(cfg.candidates if cfg.nms_enabled else cfg.predictions, n)
+    nms: NmsState | None = None  # NMS over the pool so far, of the rows still to finish
     while True:
         score, flat = ranked_topk(band[rows], size)  # (R, C), (R, C) index into (K, M, L)
         k, start = flat // (m * length), flat // length % m  # (R, C)
@@ -281,7 +312,10 @@ def best_moments(st: Tensor, ed: Tensor, v_rows: Tensor, prior: Tensor, corpus: 
         if cfg.nms_enabled:
             t_st, t_ed = span_seconds(video, start, end, corpus)  # (R, C)
             finite = keep
-            keep = temporal_nms(t_st, t_ed, video, finite, cfg.nms_iou, cfg.predictions)  # (R, C)
+            if nms is None:
+                nms = NmsState.start(len(rows), min(cfg.predictions, size), t_st, video)
+            nms.extend(t_st, t_ed, video, finite, cfg.nms_iou)  # the first candidates: the pool before, decided
+            keep = nms.keep  # (R, C)
             more = (keep.sum(dim=1) < cfg.predictions) & finite[:, -1] & (size < n)  # (R,)
         done = (~more).nonzero().squeeze(1)  # (D,)
         lists = to_lists(Moments(*(t[done] for t in (score, video, start, end, keep))), corpus, cfg.predictions)
@@ -290,6 +324,7 @@ def best_moments(st: Tensor, ed: Tensor, v_rows: Tensor, prior: Tensor, corpus: 
         if not bool(more.any()):
             return out
         rows, size = rows[more], min(2 * size, n)
+        nms = nms.rows(more.nonzero().squeeze(1)) if nms is not None else None
 
 
 def span_seconds(video: Tensor, start: Tensor, end: Tensor, corpus: Corpus) -> tuple[Tensor, Tensor]:
