@@ -16,8 +16,10 @@
    the evaluation's own timing line (rank 0, `finetune.moment`: "eval timing {...}") the time before the
    evaluation starts (imports, engine, MLflow, the training step), each of its stages (reading the
    annotations; the videos: loader and encoders; the queries: tokenising and encoding; the VCMR + VR search;
-   SVMR; the metrics) and rank 0's peak RSS; "after it" is the rest of the command (rank 0 writing and
-   validating the files, the plots, MLflow, the export, shutting down).
+   SVMR; the metrics), wall and CPU seconds of rank 0's process (on a shared machine the CPU seconds say
+   what the work costs, the wall seconds include waiting for the cores), and rank 0's peak RSS; "after it"
+   is the rest of the command (rank 0 writing and validating the files, the plots, MLflow, the export,
+   shutting down).
 `--include` adds the result lines of earlier runs (the log of this script run from a checkout of the code
 before a change) as rows; `--write` puts the table under "## finetune: TVR val evaluation through
 finetune/tvr.py" in benchmarks/RESULTS.md.
@@ -137,19 +139,23 @@ def run(shards: Path, work: Path, ranks: int, extra: list[str]) -> dict[str, Any
         raise RuntimeError("no 'eval timing' line in the run's log: " + proc.stderr[-2000:])
     t = timing[-1]
     metrics = json.loads(next(out.glob("eval/val/step_*/metrics.json")).read_text())
-    return {"wall": wall, "before_eval": t["started"] - t0, "stages": t["seconds"], "rss_mib": t["rss_mib"],
+    return {"wall": wall, "before_eval": t["started"] - t0, "stages": t["seconds"], "cpu": t.get("cpu_seconds", {}),
+            "rss_mib": t["rss_mib"],
             "after_eval": t0 + wall - t["ended"], "vcmr_r1": metrics["VCMR"]["0.5-r1"]}  # fmt: skip
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    """One row per run: wall seconds, and for the evaluation's stages "wall / CPU" (rank 0's process)."""
     keys = list(dict.fromkeys(k for r in rows for k in r["stages"]))
-    head = ["| run | ranks | whole command s | before the evaluation s | evaluation s | "
-            + " | ".join(f"{k} s" for k in keys) + " | after it s | peak RSS per rank MiB |",
+    head = ["| run | ranks | whole command s | before the evaluation s | evaluation s, wall / CPU | "
+            + " | ".join(f"{k} s, wall / CPU" for k in keys) + " | after it s | peak RSS rank 0 MiB |",
             "|---|---:|---:|---:|---:|" + "---:|" * len(keys) + "---:|---:|"]  # fmt: skip
     for r in rows:
-        cells = " | ".join(f"{r['stages'].get(k, 0.0):.1f}" for k in keys)
-        total = sum(r["stages"].values())
-        head.append(f"| {r['label']} | {r['ranks']} | {r['wall']:.1f} | {r['before_eval']:.1f} | {total:.1f} | "
+        cpu = r.get("cpu", {})
+        cell = lambda w, c: f"{w:.1f} / {c:.1f}" if c is not None else f"{w:.1f}"  # noqa: E731
+        cells = " | ".join(cell(r["stages"].get(k, 0.0), cpu.get(k) if cpu else None) for k in keys)
+        total = cell(sum(r["stages"].values()), sum(cpu.values()) if cpu else None)
+        head.append(f"| {r['label']} | {r['ranks']} | {r['wall']:.1f} | {r['before_eval']:.1f} | {total} | "
                     f"{cells} | {r['after_eval']:.1f} | {r['rss_mib']:.0f} |")  # fmt: skip
     return "\n".join(head)
 

@@ -448,21 +448,29 @@ class MomentPredictions(Predictions):
 
 
 class StageTimer:
-    """Wall seconds of an evaluation's stages, logged as one line "eval timing {...}" (benchmarks/tvr_eval.py
-    reads it): started/ended (epoch seconds), seconds per stage, this process's peak RSS in MiB."""
+    """Wall and CPU seconds of an evaluation's stages, logged as one line "eval timing {...}"
+    (benchmarks/tvr_eval.py reads it): started/ended (epoch seconds), seconds and cpu_seconds per stage (CPU:
+    this process, all its threads), this process's peak RSS in MiB."""
 
     def __init__(self) -> None:
-        self.started, self.seconds, self._last = time.time(), {}, time.perf_counter()
+        self.started, self.seconds, self.cpu, self._last = (
+            time.time(),
+            {},
+            {},
+            (time.perf_counter(), time.process_time()),
+        )
 
     def lap(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self._last
+        now = (time.perf_counter(), time.process_time())
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now[0] - self._last[0]
+        self.cpu[stage] = self.cpu.get(stage, 0.0) + now[1] - self._last[1]
         self._last = now
 
     def log(self, split: str) -> None:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         line = {"split": split, "started": self.started, "ended": time.time(), "rss_mib": rss,
-                "seconds": {k: round(v, 3) for k, v in self.seconds.items()}}  # fmt: skip
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                "cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()}}  # fmt: skip
         log.info("eval timing %s", json.dumps(line))
 
 
