@@ -4,7 +4,7 @@ and ZeRO-3, are the same files, byte for byte, on every rank and for every world
 
 Small batches and chunks make the work uneven: some ranks own more video and query batches than others, and at
 4 ranks one owns no video batch at all, so the spare forwards are what keeps ZeRO-3's forwards in step (a
-missing one hangs the run: the timeout fails the test). About 60 s on 2 cores (three torchrun runs).
+missing one hangs the run: the timeout fails the test). 50-95 s on 2 cores (three torchrun runs, by load).
 
 This file is also the worker: `python -m torch.distributed.run ... test_eval_ranks.py OUT DATA`.
 """
