@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
             f"- data: {info['val_videos']} val videos (30-100 frames of 1.5 s, 64-d), {info['val_queries']} val "
             f"queries, {info['train_videos']} train videos; generated in {info['generate_s']:.0f} s, converted by "
             f"data_prep.tvr in {info['convert_s']:.0f} s (not part of the evaluation)",
-            "- tiny preset, fp32, subtitles up to 128 tokens, 1 training step; OMP_NUM_THREADS = cores / ranks",
+            "- tiny preset, the config's bf16 and subtitles up to 128 tokens, 1 training step; OMP_NUM_THREADS = "
+            "cores / ranks",
             "", body, "",
         ]  # fmt: skip
         write_section(SECTION, "\n".join(lines))
