@@ -18,9 +18,12 @@ TVR's submission format and scored by finetune/moment_eval.py exactly as TVR's e
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import resource
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from finetune import data, moment_eval, plots, value_submission
+from finetune import data, moment_eval, plots, ranks, value_submission
 from finetune.alignment import (
     AlignConfig,
     AlignPooling,
@@ -41,7 +44,8 @@ from finetune.alignment import (
 from finetune.mesm import Mesm, MesmConfig, enc_loss, fw_loss, segment_features, sentence_features, ss_loss
 from finetune.moment_search import Corpus, SearchConfig, search_corpus, search_single
 from finetune.task import Predictions, Terms, total
-from pretrain.distributed import gather_no_grad, gather_with_grad, local_rows
+from pretrain.distributed import gather_no_grad, gather_with_grad, local_rows, rank_and_world
+from pretrain.runtime import full_copies
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +264,7 @@ def moment_loss(model: nn.Module, batch: dict, cfg: MomentConfig) -> tuple[Tenso
 
 @dataclass
 class EncodedCorpus:
-    ctx: Tensor  # (V, M, d)
+    ctx: Tensor | None  # (V, M, d); None once no longer needed
     frame_mask: Tensor  # (V, M)
     meta: list[dict[str, Any]]  # per video: video_id, duration, interval, frames (before any cut)
 
@@ -269,41 +273,73 @@ class EncodedCorpus:
         return {m["video_id"]: i for i, m in enumerate(self.meta)}
 
 
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _stack_padded(rows: list[Tensor], dims: int, like: Tensor) -> Tensor:
+    """rows (n_i, ...) padded along their first `dims` dims to the longest and stacked: (R, ...); (0, ...) shaped
+    like `like`'s rows when there are none."""
+    if not rows:
+        return like[:0]
+    longest = [max(r.shape[i] for r in rows) for i in range(dims)]
+    out = []
+    for r in rows:
+        pad: list[int] = [0, 0] * (r.dim() - dims)
+        for i in reversed(range(dims)):
+            pad += [0, longest[i] - r.shape[i]]
+        out.append(F.pad(r, pad))
+    return torch.stack(out)
+
+
 @torch.no_grad()
-def encode_corpus(engine: Any, loader: Any, device: torch.device) -> EncodedCorpus:
-    """Every video of the split once (every rank runs the same forwards: ZeRO-3 needs them all)."""
-    ctxs, masks, meta = [], [], []
-    for batch in loader:
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        ctx = engine(encode_videos, batch)  # (B, M, d)
-        ctxs.extend(ctx.float().unbind(0))
+def encode_corpus(engine: Any, loader: Any, device: torch.device, encode: Any = None) -> EncodedCorpus:
+    """Every video of the split, spread over the ranks (finetune/ranks.py): every rank reads them all in the
+    loader's order and encodes the batches that are its own (batch b: rank b % W), plus spare forwards so that
+    every rank runs as many (ZeRO-3 needs them all); the encodings are gathered, in the loader's order.
+    encode(model, batch) -> (B, M, d): `encode_videos` (T_cross's context) unless given."""
+    encode = encode or encode_videos
+    rank, world = rank_and_world()
+    ctxs, masks, meta, sizes, last = [], [], [], [], None
+    for b, batch in enumerate(loader):
         masks.extend(batch["frame_mask"].unbind(0))
         meta.extend(batch["meta"])
-    m = max(c.shape[0] for c in ctxs)
-    ctx = torch.stack([F.pad(c, (0, 0, 0, m - c.shape[0])) for c in ctxs])  # (V, M, d)
-    mask = torch.stack([F.pad(x, (0, m - x.shape[0])) for x in masks])  # (V, M)
+        sizes.append(len(batch["meta"]))
+        if ranks.owner(b, world) == rank:
+            last = engine(encode, _to(batch, device)).float()  # (B, M_b, d)
+            ctxs.extend(last.unbind(0))
+        spare = batch
+    for _ in range(ranks.most_units(world, len(sizes)) - len(ranks.units_of(rank, world, len(sizes)))):
+        last = engine(encode, _to(spare, device)).float()  # dropped: padding of the forwards
+    mask = _stack_padded(masks, 1, masks[0][None]).to(device)  # (V, M)
+    local = _stack_padded([F.pad(c, (0, 0, 0, mask.shape[1] - c.shape[0])) for c in ctxs], 1, last)
+    ctx = ranks.rows_in_unit_order(local, sizes)  # (V, M, d)
     return EncodedCorpus(ctx, mask, meta)
 
 
 @torch.no_grad()
-def encode_query_set(engine: Any, batches: Any, device: torch.device,
+def encode_query_set(engine: Any, queries: list[dict], make_batch: Any, batch_size: int, device: torch.device,
                      tokens: bool = False) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:  # fmt: skip
-    """(q_vr (Q, d), q_span (Q, d), and with `tokens` the token encodings (Q, N, d) and mask (Q, N))."""
-    q_vr, q_span, q_tok, q_mask = [], [], [], []
-    for batch in batches:
-        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-        a, b, t = engine(encode_query_tokens, batch)
-        q_vr.append(a.float())
-        q_span.append(b.float())
-        if tokens:
-            q_tok.extend(t.float().unbind(0))
-            q_mask.extend(batch["attention_mask"].unbind(0))
+    """(q_vr (Q, d), q_span (Q, d), and with `tokens` the token encodings (Q, N, d) and mask (Q, N)) of the
+    queries, in batches of `batch_size` (make_batch: a list of queries -> a tokenised batch) spread over the
+    ranks like the videos: each rank tokenises and encodes its own batches, the results are gathered."""
+    starts = range(0, len(queries), batch_size)
+    sizes = [len(queries[s : s + batch_size]) for s in starts]
+
+    def encode(unit: int) -> tuple[Tensor, ...]:
+        batch = _to(make_batch(queries[starts[unit] : starts[unit] + batch_size]), device)
+        a, b, t = engine(encode_query_tokens, batch)  # (B, d), (B, d), (B, N, d)
+        return a.float(), b.float(), t.float(), batch["attention_mask"]
+
+    mine, spare = ranks.spread(len(starts), encode, lambda: encode(0))
+    like = mine[0] if mine else spare
+    q_vr = ranks.rows_in_unit_order(torch.cat([m[0] for m in mine]) if mine else like[0][:0], sizes)  # (Q, d)
+    q_span = ranks.rows_in_unit_order(torch.cat([m[1] for m in mine]) if mine else like[1][:0], sizes)  # (Q, d)
     if not tokens:
-        return torch.cat(q_vr), torch.cat(q_span), None, None
-    n = max(len(t) for t in q_tok)
-    tok = torch.stack([F.pad(t, (0, 0, 0, n - len(t))) for t in q_tok])  # (Q, N, d)
-    mask = torch.stack([F.pad(m, (0, n - len(m))) for m in q_mask])  # (Q, N)
-    return torch.cat(q_vr), torch.cat(q_span), tok, mask
+        return q_vr, q_span, None, None
+    tok = _stack_padded([t for m in mine for t in m[2].unbind(0)], 1, like[2])  # (Q_r, N_r, d)
+    mask = _stack_padded([x for m in mine for x in m[3].unbind(0)], 1, like[3])  # (Q_r, N_r)
+    return q_vr, q_span, ranks.rows_in_unit_order(tok, sizes), ranks.rows_in_unit_order(mask, sizes, False)
 
 
 def mesm_pairs(model: nn.Module, pairs: dict) -> Tensor:
@@ -317,6 +353,28 @@ def mesm_pairs(model: nn.Module, pairs: dict) -> Tensor:
         gen = mesm.generate_token(None, None, ctx, frame_mask)  # (P, d)
         q_tok, q_mask = torch.cat([gen[:, None], q_tok], 1), torch.cat([q_mask[:, :1], q_mask], 1)
     return mesm.align(f_v_enh, q_tok, q_mask) * frame_mask[..., None]  # (P, M, d)
+
+
+def candidate_similarity(q_span: Tensor, frames_x: Tensor, v_rows: Tensor) -> Tensor:
+    """x (Qc, K, M), the span head's input, of each query q_span (Qc, d) in its candidate videos v_rows (Qc, K),
+    from the span frames of the corpus frames_x (V, M, d). Few candidates (SVMR: its one video; Qc * K <= V):
+    their frames gathered (Qc, K, M, d); many (VCMR): one (Qc, d) @ (d, V*M) product, then the rows of the
+    candidates (faster on a CPU than gathering, a GEMM against a memory copy)."""
+    v, m, d = frames_x.shape
+    if v_rows.numel() <= v:
+        return torch.einsum("qd,qkmd->qkm", q_span, frames_x[v_rows])  # (Qc, K, M)
+    x = (q_span @ frames_x.view(v * m, d).T).view(-1, v, m)  # (Qc, V, M)
+    return x.gather(1, v_rows[..., None].expand(-1, -1, m))  # (Qc, K, M)
+
+
+def conv_span_logits(x: Tensor, st_w: Tensor, st_b: Tensor, ed_w: Tensor, ed_b: Tensor) -> tuple[Tensor, Tensor]:
+    """MomentHead.span_logits with its convolutions' weights given (runtime.full_copies of them), in float32
+    whatever the model's precision (bf16 logits tie often, and every tie costs the search a full sort): start
+    and end logits (..., M) from x (..., M)."""
+    flat = x.reshape(-1, 1, x.shape[-1]).float()  # (R, 1, M)
+    pad = st_w.shape[-1] // 2
+    st = F.conv1d(flat, st_w.float(), st_b.float(), padding=pad)  # (R, 1, M)
+    return st.view(x.shape), F.conv1d(flat, ed_w.float(), ed_b.float(), padding=pad).view(x.shape)
 
 
 def svmr_predictions(queries: list[dict], found: dict[int, list], video2idx: dict[str, int]) -> list[list]:
@@ -389,6 +447,33 @@ class MomentPredictions(Predictions):
         return ranks
 
 
+class StageTimer:
+    """Wall and CPU seconds of an evaluation's stages, logged as one line "eval timing {...}"
+    (benchmarks/tvr_eval.py reads it): started/ended (epoch seconds), seconds and cpu_seconds per stage (CPU:
+    this process, all its threads), this process's peak RSS in MiB."""
+
+    def __init__(self) -> None:
+        self.started, self.seconds, self.cpu, self._last = (
+            time.time(),
+            {},
+            {},
+            (time.perf_counter(), time.process_time()),
+        )
+
+    def lap(self, stage: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now[0] - self._last[0]
+        self.cpu[stage] = self.cpu.get(stage, 0.0) + now[1] - self._last[1]
+        self._last = now
+
+    def log(self, split: str) -> None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        line = {"split": split, "started": self.started, "ended": time.time(), "rss_mib": rss,
+                "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+                "cpu_seconds": {k: round(v, 3) for k, v in self.cpu.items()}}  # fmt: skip
+        log.info("eval timing %s", json.dumps(line))
+
+
 @dataclass
 class MomentTask:
     """The moment-retrieval recipe's task: its loss and its evaluation on a split."""
@@ -413,43 +498,59 @@ class MomentTask:
     def predict(self, engine: Any, dcfg: data.FinetuneDataConfig, split: str, tokenizer: Any,
                 device: torch.device, with_gt: bool) -> MomentPredictions:  # fmt: skip
         """VCMR and VR over the split's corpus; with_gt also SVMR and the official metrics."""
+        timer = StageTimer()
         video2idx = data.load_video2idx(dcfg, split)
         queries = data.load_queries(dcfg, split)
+        timer.lap("annotations")
         loader = data.build_loader(dcfg, split, tokenizer, 0, 1, False, uniform=False)
         encoded = encode_corpus(engine, loader, device)
+        timer.lap("videos")
         cut = sum(m["frames"] > dcfg.max_frames for m in encoded.meta)
         if cut:
             log.warning("%s: %d of %d videos cut to data.max_frames=%d frames; moments past it cannot be found",
                         split, cut, len(encoded.meta), dcfg.max_frames)  # fmt: skip
-        batches = data.query_batches(queries, tokenizer, dcfg.max_query_len, dcfg.eval_batch_size,
-                                     int(tokenizer.pad_token_id or 0))  # fmt: skip
+        pad_id = int(tokenizer.pad_token_id or 0)
+        tokenise = lambda qs: next(data.query_batches(qs, tokenizer, dcfg.max_query_len, len(qs), pad_id))  # noqa: E731
         mesm_on = self.cfg.mesm.enabled
-        q_vr, q_span, q_tok, q_mask = encode_query_set(engine, batches, device, tokens=mesm_on)
+        q_vr, q_span, q_tok, q_mask = encode_query_set(engine, queries, tokenise, dcfg.eval_batch_size, device,
+                                                       tokens=mesm_on)  # fmt: skip
+        timer.lap("queries")
         corpus = search_corpus_of(encoded, video2idx)
         ctx, mask = encoded.ctx, encoded.frame_mask  # (V, M, d), (V, M)
         ctx_n = F.normalize(ctx, dim=-1)  # (V, M, d)
-        frames_x = span_frames(ctx, self.cfg.span_query)  # (V, M, d) what q_span scores
-        v, m, d = ctx.shape
+        frames_x = ctx_n if self.cfg.span_query == "words" else span_frames(ctx, self.cfg.span_query)  # (V, M, d)
+        if not mesm_on:  # only MESM reads the encodings themselves: (V, M, d) float32 less held
+            ctx = encoded.ctx = None
+        v, m, d = frames_x.shape
+        head = getattr(engine, "module", engine).head
+        convs = full_copies([head.st_conv.weight, head.st_conv.bias, head.ed_conv.weight, head.ed_conv.bias])
 
         def vr_scores(q0: int, q1: int) -> Tensor:
             return video_scores(q_vr[q0:q1], ctx_n, mask) / self.cfg.temperature  # (Qc, V)
 
         def span_logits(q_rows: Tensor, v_rows: Tensor) -> tuple[Tensor, Tensor]:
-            if mesm_on:  # the span head reads MESM's F of each (query, candidate video) pair
+            if mesm_on:  # the span head reads MESM's F of each (query, candidate video) pair: in the engine
                 qi, vi = q_rows[:, None].expand_as(v_rows).flatten(), v_rows.flatten()  # (P,)
                 x = torch.cat([mesm_similarity(qi[i : i + self.chunk], vi[i : i + self.chunk])
                                for i in range(0, len(qi), self.chunk)]).view(*v_rows.shape, m)  # fmt: skip
-            else:
-                x = (q_span[q_rows] @ frames_x.view(v * m, d).T).view(-1, v, m)  # (Qc, V, M)
-                x = x.gather(1, v_rows[..., None].expand(-1, -1, m))  # (Qc, K, M)
-            return engine(lambda model, _: model.head.span_logits(x.to(model.backbone.dtype)), {})
+                return engine(lambda model, _: model.head.span_logits(x.to(model.backbone.dtype)), {})
+            x = candidate_similarity(q_span[q_rows], frames_x, v_rows)  # (Qc, K, M)
+            return conv_span_logits(x, *convs)  # outside the engine: no forward to keep in step
 
         def mesm_similarity(qi: Tensor, vi: Tensor) -> Tensor:
             pairs = {"ctx": ctx[vi], "frame_mask": mask[vi], "q_tok": q_tok[qi], "q_mask": q_mask[qi]}
             aligned = engine(mesm_pairs, pairs).float()  # (P, M, d)
             return frame_similarity(q_span[qi], aligned, self.cfg.span_query)  # (P, M)
 
-        vcmr, vr = search_corpus(vr_scores, span_logits, len(queries), corpus, self.cfg.search)
+        # the search spread over the ranks by query chunk, except with MESM, whose forwards every rank runs all of
+        rank, world = rank_and_world() if not mesm_on else (0, 1)
+        scfg, n_q = self.cfg.search, len(queries)
+        vcmr, vr = search_corpus(vr_scores, span_logits, n_q, corpus, scfg, part=(rank, world))
+        sizes = [min(scfg.query_chunk, n_q - q0) for q0 in range(0, n_q, scfg.query_chunk)]
+        if world > 1:
+            got = ranks.gather_objects((vcmr, vr))
+            vcmr, vr = (ranks.in_unit_order([g[i] for g in got], sizes) for i in (0, 1))
+        timer.lap("search")
         sub: dict[str, Any] = {"video2idx": video2idx}
         entry = [{"desc_id": q["query_id"], "desc": q["text"]} for q in queries]
         sub["VCMR"] = [{**e, "predictions": p} for e, p in zip(entry, vcmr)]
@@ -457,9 +558,13 @@ class MomentTask:
         gt_rows = torch.tensor([index.get(q["video_id"], -1) for q in queries])  # (Q,) -1: not in the corpus
         if with_gt:
             have = (gt_rows >= 0).nonzero().flatten()  # queries whose video is searchable
-            svmr = search_single(span_logits, have, gt_rows[have], corpus, self.cfg.search)
+            svmr = search_single(span_logits, have, gt_rows[have], corpus, scfg, part=(rank, world))
+            if world > 1:
+                chunks = [min(scfg.moment_chunk, len(have) - c0) for c0 in range(0, len(have), scfg.moment_chunk)]
+                svmr = ranks.in_unit_order(ranks.gather_objects(svmr), chunks)
             per_query = svmr_predictions(queries, dict(zip(have.tolist(), svmr)), video2idx)
             sub["SVMR"] = [{**e, "predictions": p} for e, p in zip(entry, per_query)]
+            timer.lap("svmr")
         sub["VR"] = [{**e, "predictions": p} for e, p in zip(entry, vr)]
         out = MomentPredictions(queries=queries, gt_rows=gt_rows, info={"videos": len(encoded.meta), "videos_cut": cut},
                                 submission=sub, vr_scores=vr_scores(0, min(len(queries), 64)))  # fmt: skip
@@ -467,4 +572,6 @@ class MomentTask:
             durations = {m["video_id"]: m["duration"] for m in encoded.meta}
             out.metrics = moment_eval.evaluate(sub, ground_truth(queries), durations=durations)
             out.per_query = moment_eval.query_hits(sub, ground_truth(queries), durations=durations)
+        timer.lap("metrics")
+        timer.log(split)
         return out

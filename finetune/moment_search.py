@@ -170,6 +170,30 @@ def batched_pairwise_iou(st_a: Tensor, ed_a: Tensor, st_b: Tensor, ed_b: Tensor)
     return inter.div_(union).nan_to_num_(0.0)  # (Q, A, B): 0 / 0 -> 0
 
 
+def same_video_overlaps(st_a: Tensor, ed_a: Tensor, video_a: Tensor, st_b: Tensor, ed_b: Tensor, video_b: Tensor,
+                        iou: float, later_only: bool = False) -> Tensor:  # fmt: skip
+    """(Q, A, B) bool: span a of a row and span b of the same row are of the same video and their IoU is > iou.
+
+    later_only: only b > a (A == B, one list against itself). When few pairs are of the same video (a tenth in
+    a VCMR candidate list spread over many videos), the IoU is computed at those only, with the arithmetic of
+    `batched_pairwise_iou`; else (SVMR: one video) at every pair, by it."""
+    n_a, n_b = video_a.shape[1], video_b.shape[1]
+    same = video_a[:, :, None] == video_b[:, None]  # (Q, A, B)
+    if later_only:
+        same.triu_(1)
+    if int(same.sum()) > same.numel() // 4:
+        return same.logical_and_(batched_pairwise_iou(st_a, ed_a, st_b, ed_b) > iou)
+    pair = same.view(-1).nonzero().squeeze(1)  # (n,) flat index q * A * B + a * B + b
+    row_a, row_b = pair // n_b, pair // (n_a * n_b) * n_b + pair % n_b  # (n,) flat q * A + a, q * B + b
+    s_a, e_a = st_a.reshape(-1)[row_a], ed_a.reshape(-1)[row_a]  # (n,)
+    s_b, e_b = st_b.reshape(-1)[row_b], ed_b.reshape(-1)[row_b]  # (n,)
+    inter = torch.minimum(e_a, e_b).sub_(torch.maximum(s_a, s_b)).clamp_(min=0)  # (n,)
+    union = ((e_a - s_a) + (e_b - s_b)).sub_(inter)  # (n,)
+    out = torch.zeros_like(same)  # (Q, A, B)
+    out.view(-1)[pair] = inter.div_(union).nan_to_num_(0.0) > iou
+    return out
+
+
 def temporal_nms(st: Tensor, ed: Tensor, video: Tensor, valid: Tensor, iou: float, limit: int | None = None,
                  block: int = NMS_BLOCK) -> Tensor:  # fmt: skip
     """(Q, C) bool keep mask of greedy NMS over each row's candidates, which must be sorted best first.
@@ -182,33 +206,64 @@ def temporal_nms(st: Tensor, ed: Tensor, video: Tensor, valid: Tensor, iou: floa
     Candidates go in blocks of `block`: each block is compared with the kept ones of the blocks
     before (at most `limit`) and with itself, so memory is (Q, block, block + limit), whatever C.
     """
-    q, c = st.shape
-    limit = c if limit is None else min(limit, c)
-    keep = torch.zeros_like(valid)  # (Q, C)
-    # the kept spans so far, slot `limit` a bin for what is not kept; video -1 in empty slots matches none
-    kept_st, kept_ed = st.new_zeros(q, limit + 1), ed.new_zeros(q, limit + 1)  # (Q, P + 1)
-    kept_video = video.new_full((q, limit + 1), -1)  # (Q, P + 1)
-    room = torch.full((q,), limit, dtype=torch.long, device=st.device)  # (Q,) slots left
-    for b0 in range(0, c, block):
-        b = slice(b0, min(b0 + block, c))
-        s, e, v = st[:, b], ed[:, b], video[:, b]  # (Q, B)
-        by_kept = batched_pairwise_iou(s, e, kept_st[:, :limit], kept_ed[:, :limit]) > iou  # (Q, B, P)
-        by_kept &= v[:, :, None] == kept_video[:, None, :limit]
-        suppressed = ~valid[:, b] | by_kept.any(dim=2)  # (Q, B)
-        over = (batched_pairwise_iou(s, e, s, e) > iou) & (v[:, :, None] == v[:, None])  # (Q, B, B)
-        block_keep = keep[:, b]  # (Q, B) view
-        first_slot = limit - room  # (Q,)
-        for j in range(s.shape[1]):  # greedy in score order, all rows at once
-            block_keep[:, j] = ~suppressed[:, j] & (room > 0)
-            room -= block_keep[:, j].long()
-            suppressed |= block_keep[:, j, None] & over[:, j]  # (Q, B)
-        slot = first_slot[:, None] + block_keep.long().cumsum(dim=1) - 1  # (Q, B) where each kept one goes ...
-        slot = torch.where(block_keep, slot, limit)  # (Q, B) ... the rest to the bin
-        for kept, new in ((kept_st, s), (kept_ed, e), (kept_video, v)):
-            kept.scatter_(1, slot, new)  # (Q, P + 1)
-        if bool((room == 0).all()):
-            break
-    return keep
+    limit = st.shape[1] if limit is None else min(limit, st.shape[1])
+    nms = NmsState.start(st.shape[0], limit, st, video)
+    nms.extend(st, ed, video, valid, iou, block)
+    return nms.keep
+
+
+@dataclass
+class NmsState:
+    """Greedy NMS (`temporal_nms`) over a row's candidates so far, to be extended by later candidates: greedy
+    NMS decides each candidate from the ones before it only, so NMS over a longer prefix of the same ranking
+    goes on from here (`best_moments` widens a query's pool without redoing the first part)."""
+
+    keep: Tensor  # (Q, C) the decisions so far
+    kept_st: Tensor  # (Q, P + 1) the kept spans in slots 0.., slot P a bin for what is not kept
+    kept_ed: Tensor  # (Q, P + 1)
+    kept_video: Tensor  # (Q, P + 1) video -1 in empty slots, which matches none
+    room: Tensor  # (Q,) slots left
+    limit: int  # P
+
+    @classmethod
+    def start(cls, q: int, limit: int, like: Tensor, video: Tensor) -> NmsState:
+        kept = like.new_zeros(q, limit + 1)  # (Q, P + 1)
+        return cls(torch.zeros(q, 0, dtype=torch.bool, device=like.device), kept, kept.clone(),
+                   video.new_full((q, limit + 1), -1), torch.full((q,), limit, dtype=torch.long, device=like.device),
+                   limit)  # fmt: skip
+
+    def rows(self, index: Tensor) -> NmsState:
+        """The state of rows `index` (R,)."""
+        return NmsState(*(t[index] for t in (self.keep, self.kept_st, self.kept_ed, self.kept_video, self.room)),
+                        self.limit)  # fmt: skip
+
+    def extend(self, st: Tensor, ed: Tensor, video: Tensor, valid: Tensor, iou: float, block: int = NMS_BLOCK) -> None:
+        """Decide candidates keep.shape[1]: of the (Q, C) lists, whose first ones must be those decided."""
+        q, c = st.shape
+        b_start, limit, room = self.keep.shape[1], self.limit, self.room
+        self.keep = torch.cat([self.keep, self.keep.new_zeros(q, c - b_start)], dim=1)  # (Q, C)
+        for b0 in range(b_start, c, block):
+            if bool((room == 0).all()):
+                break
+            b = slice(b0, min(b0 + block, c))
+            s, e, v = st[:, b], ed[:, b], video[:, b]  # (Q, B)
+            suppressed = ~valid[:, b]  # (Q, B)
+            if bool((room < limit).any()):  # suppressed by the ones kept before
+                lim = slice(0, limit)
+                by_kept = same_video_overlaps(s, e, v, self.kept_st[:, lim], self.kept_ed[:, lim],
+                                              self.kept_video[:, lim], iou)  # (Q, B, P)  # fmt: skip
+                suppressed |= by_kept.any(dim=2)  # (Q, B)
+            over = same_video_overlaps(s, e, v, s, e, v, iou, later_only=True)  # (Q, B, B): j over the later k
+            block_keep = self.keep[:, b]  # (Q, B) view
+            first_slot = limit - room  # (Q,)
+            for j in range(s.shape[1]):  # greedy in score order, all rows at once
+                block_keep[:, j] = ~suppressed[:, j] & (room > 0)
+                room -= block_keep[:, j].long()
+                suppressed |= block_keep[:, j, None] & over[:, j]  # (Q, B)
+            slot = first_slot[:, None] + block_keep.long().cumsum(dim=1) - 1  # (Q, B) where each kept one goes ...
+            slot = torch.where(block_keep, slot, limit)  # (Q, B) ... the rest to the bin
+            for kept, new in ((self.kept_st, s), (self.kept_ed, e), (self.kept_video, v)):
+                kept.scatter_(1, slot, new)  # (Q, P + 1)
 
 
 # ---------------------------------------------------------------- moments of one chunk of queries
@@ -246,6 +301,7 @@ def best_moments(st: Tensor, ed: Tensor, v_rows: Tensor, prior: Tensor, corpus: 
     out: list[list[Prediction]] = [[] for _ in range(band.shape[0])]
     rows = torch.arange(band.shape[0], device=band.device)  # (R,) queries still to finish
     size = min(cfg.candidates if cfg.nms_enabled else cfg.predictions, n)
+    nms: NmsState | None = None  # NMS over the pool so far, of the rows still to finish
     while True:
         score, flat = ranked_topk(band[rows], size)  # (R, C), (R, C) index into (K, M, L)
         k, start = flat // (m * length), flat // length % m  # (R, C)
@@ -256,7 +312,10 @@ def best_moments(st: Tensor, ed: Tensor, v_rows: Tensor, prior: Tensor, corpus: 
         if cfg.nms_enabled:
             t_st, t_ed = span_seconds(video, start, end, corpus)  # (R, C)
             finite = keep
-            keep = temporal_nms(t_st, t_ed, video, finite, cfg.nms_iou, cfg.predictions)  # (R, C)
+            if nms is None:
+                nms = NmsState.start(len(rows), min(cfg.predictions, size), t_st, video)
+            nms.extend(t_st, t_ed, video, finite, cfg.nms_iou)  # the first candidates: the pool before, decided
+            keep = nms.keep  # (R, C)
             more = (keep.sum(dim=1) < cfg.predictions) & finite[:, -1] & (size < n)  # (R,)
         done = (~more).nonzero().squeeze(1)  # (D,)
         lists = to_lists(Moments(*(t[done] for t in (score, video, start, end, keep))), corpus, cfg.predictions)
@@ -265,6 +324,7 @@ def best_moments(st: Tensor, ed: Tensor, v_rows: Tensor, prior: Tensor, corpus: 
         if not bool(more.any()):
             return out
         rows, size = rows[more], min(2 * size, n)
+        nms = nms.rows(more.nonzero().squeeze(1)) if nms is not None else None
 
 
 def span_seconds(video: Tensor, start: Tensor, end: Tensor, corpus: Corpus) -> tuple[Tensor, Tensor]:
@@ -280,13 +340,14 @@ def span_seconds(video: Tensor, start: Tensor, end: Tensor, corpus: Corpus) -> t
 
 def to_lists(moments: Moments, corpus: Corpus, limit: int) -> list[list[Prediction]]:
     """The first `limit` kept moments of each query as [video_idx, st, ed, score] lists."""
-    st, ed = span_seconds(moments.video, moments.start, moments.end, corpus)  # (Qc, C)
-    vid = corpus.video_idx.to(moments.video.device)[moments.video]  # (Qc, C)
-    out = []
-    for keep, v, s, e, sc in zip(*(t.cpu().tolist() for t in (moments.keep, vid, st, ed, moments.score))):
-        preds = [[vi, si, ei, ci] for ki, vi, si, ei, ci in zip(keep, v, s, e, sc) if ki]
-        out.append(preds[:limit])
-    return out
+    take = moments.keep & (moments.keep.cumsum(dim=1) <= limit)  # (Qc, C) the first `limit` kept of each row
+    rows, cols = take.nonzero(as_tuple=True)  # (n,) in row order, then column order
+    video, score = moments.video[rows, cols], moments.score[rows, cols]  # (n,)
+    st, ed = span_seconds(video, moments.start[rows, cols], moments.end[rows, cols], corpus)  # (n,)
+    vid = corpus.video_idx.to(video.device)[video]  # (n,)
+    flat = [list(p) for p in zip(*(t.cpu().tolist() for t in (vid, st, ed, score)))]
+    ends = take.sum(dim=1).cumsum(dim=0).tolist()  # (Qc,) where each row's predictions end in `flat`
+    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
 # ---------------------------------------------------------------- searches
@@ -294,9 +355,18 @@ def to_lists(moments: Moments, corpus: Corpus, limit: int) -> list[list[Predicti
 
 @torch.no_grad()
 def search_corpus(
-    vr_scores: VrScores, span_logits: SpanLogits, num_queries: int, corpus: Corpus, cfg: SearchConfig
+    vr_scores: VrScores,
+    span_logits: SpanLogits,
+    num_queries: int,
+    corpus: Corpus,
+    cfg: SearchConfig,
+    part: tuple[int, int] = (0, 1),
 ) -> tuple[list[list[Prediction]], list[list[Prediction]]]:
     """(vcmr, vr): per query, the best moments in the whole corpus and the best videos.
+
+    part = (r, W): only the query chunks c (of `query_chunk` queries) with c % W == r, whose queries' lists
+    come back in order (finetune/ranks.py spreads the chunks over the ranks and gathers them); a chunk's
+    result does not depend on which others are searched.
 
     Peak memory of the search itself: a (query_chunk, V) score matrix and its ranking, and a
     few (moment_chunk, K, M, L) float32 bands; the model's callbacks add their own.
@@ -305,7 +375,7 @@ def search_corpus(
     k = min(cfg.top_videos, corpus.num_videos)
     vcmr: list[list[Prediction]] = []
     vr: list[list[Prediction]] = []
-    for q0 in range(0, num_queries, cfg.query_chunk):
+    for q0 in range(part[0] * cfg.query_chunk, num_queries, part[1] * cfg.query_chunk):
         q1 = min(q0 + cfg.query_chunk, num_queries)
         log_pv = (vr_scores(q0, q1).float() / cfg.vr_temperature).log_softmax(dim=1)  # (Qv, V)
         top_lp, top_v = ranked_topk(log_pv, max(k, cfg.predictions))  # (Qv, max(K, P))
@@ -327,12 +397,19 @@ def video_lists(log_pv: Tensor, v_rows: Tensor, corpus: Corpus) -> list[list[Pre
 
 @torch.no_grad()
 def search_single(
-    span_logits: SpanLogits, q_rows: Tensor, v_rows: Tensor, corpus: Corpus, cfg: SearchConfig
+    span_logits: SpanLogits,
+    q_rows: Tensor,
+    v_rows: Tensor,
+    corpus: Corpus,
+    cfg: SearchConfig,
+    part: tuple[int, int] = (0, 1),
 ) -> list[list[Prediction]]:
-    """SVMR: per query q_rows[i], the best moments inside video row v_rows[i] (its ground truth)."""
+    """SVMR: per query q_rows[i], the best moments inside video row v_rows[i] (its ground truth).
+
+    part = (r, W): only the chunks c of `moment_chunk` queries with c % W == r, as in `search_corpus`."""
     cfg.validate()
     out: list[list[Prediction]] = []
-    for c0 in range(0, q_rows.shape[0], cfg.moment_chunk):
+    for c0 in range(part[0] * cfg.moment_chunk, q_rows.shape[0], part[1] * cfg.moment_chunk):
         q = q_rows[c0 : c0 + cfg.moment_chunk].long()  # (Qc,)
         v = v_rows[c0 : c0 + cfg.moment_chunk].long()[:, None]  # (Qc, 1)
         st, ed = span_logits(q, v)  # (Qc, 1, M) each

@@ -134,7 +134,7 @@ def finetune(name: str, cfg: FinetuneConfig, task: Task, rank: int, world: int) 
 
 @dataclass
 class Reporter:
-    """Evaluates on the eval split (all ranks compute, rank 0 writes and logs) and predicts the test split."""
+    """Evaluates on the eval split (all ranks take part, rank 0 writes and logs) and predicts the test split."""
 
     name: str
     cfg: FinetuneConfig

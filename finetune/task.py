@@ -106,5 +106,6 @@ class Task(Protocol):
 
     def predict(self, engine: Any, dcfg: data.FinetuneDataConfig, split: str, tokenizer: Any,
                 device: torch.device, with_gt: bool) -> Predictions:  # fmt: skip
-        """The predictions on a split (all ranks compute); with_gt: with the metrics."""
+        """The predictions on a split, every rank calling it and getting all of them (the work spread over the
+        ranks: finetune/ranks.py); with_gt: with the metrics."""
         ...

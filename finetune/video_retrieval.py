@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from finetune import data, plots
+from finetune import data, plots, ranks
 from finetune.alignment import AlignConfig, build_pooling, global_alignment_loss
+from finetune.moment import encode_corpus
 from finetune.task import Predictions, Terms, dump, total
 from pretrain import metrics
 from pretrain.objectives.taco import Taco, TacoConfig, Texts, fusion_all_pairs, taco_pair_scores
@@ -112,26 +112,28 @@ class VideoRetrievalTask:
                 device: torch.device, with_gt: bool) -> RetrievalPredictions:  # fmt: skip
         """Per query its best videos; with_gt also R@K/MedR/MeanR."""
         queries = data.load_queries(dcfg, split)
-        xs, masks, meta = [], [], []
-        for batch in data.build_loader(dcfg, split, tokenizer, 0, 1, False, uniform=True):
-            batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-            xs.extend(engine(encode_videos, batch).float().unbind(0))
-            masks.extend(batch["frame_mask"].unbind(0))
-            meta.extend(batch["meta"])
-        m = max(len(x) for x in xs)
-        x = torch.stack([F.pad(t, (0, 0, 0, m - len(t))) for t in xs])  # (V, M, d)
-        fm = torch.stack([F.pad(t, (0, m - len(t))) for t in masks])  # (V, M)
-        idf = data.load_idf_table(dcfg)
-        rows, dual = [], []
-        for batch in data.query_batches(queries, tokenizer, dcfg.max_query_len, dcfg.eval_batch_size,
-                                        int(tokenizer.pad_token_id or 0), idf):  # fmt: skip
+        loader = data.build_loader(dcfg, split, tokenizer, 0, 1, False, uniform=True)
+        encoded = encode_corpus(engine, loader, device, encode_videos)  # spread over the ranks, gathered
+        x, fm, meta = encoded.ctx, encoded.frame_mask, encoded.meta  # (V, M, d), (V, M)
+        idf, bs, pad_id = data.load_idf_table(dcfg), dcfg.eval_batch_size, int(tokenizer.pad_token_id or 0)
+        starts = range(0, len(queries), bs)
+
+        def score_batch(unit: int) -> tuple[Tensor, Tensor]:
+            """(scores, first two scores) (B, V) of query batch `unit`, padded to `bs` queries with copies of its
+            last one (dropped after): every batch makes the same forwards, so every rank as many (ZeRO-3)."""
+            rows = queries[starts[unit] : starts[unit] + bs]
+            batch = next(data.query_batches(rows + rows[-1:] * (bs - len(rows)), tokenizer, dcfg.max_query_len, bs,
+                                            pad_id, idf))  # fmt: skip
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             y, y_bar = engine(encode_texts, batch)  # (B, N, d), (B, d)
             texts = Texts(y.float(), y_bar.float(), batch["attention_mask"], batch["toi_weight"])
             scores, dual_scores = self.scores(engine, x, fm, texts)  # (B, V), (B, V)
-            rows.append(scores.cpu())
-            dual.append(dual_scores.cpu())
-        sim = torch.cat(rows)  # (Q, V)
+            return scores[: len(rows)].cpu(), dual_scores[: len(rows)].cpu()
+
+        mine, _ = ranks.spread(len(starts), score_batch, lambda: score_batch(0))
+        sizes = [len(queries[s : s + bs]) for s in starts]
+        local = [torch.cat([m[i] for m in mine]) if mine else torch.zeros(0, len(meta)) for i in (0, 1)]
+        sim, dual = (ranks.rows_in_unit_order(t, sizes) for t in local)  # (Q, V) each
         index = {mt["video_id"]: i for i, mt in enumerate(meta)}
         gt_rows = torch.tensor([index.get(q["video_id"], -1) for q in queries])  # (Q,)
         top_s, top_v = sim.topk(min(TOP_PREDICTIONS, sim.shape[1]), dim=1)  # (Q, P)
@@ -140,7 +142,7 @@ class VideoRetrievalTask:
                  for q, vs, ss in zip(queries, top_v.tolist(), top_s.tolist())]  # fmt: skip
         info = {"videos": len(meta), "videos_subsampled": sum(mt["frames"] > dcfg.max_frames for mt in meta)}
         out = RetrievalPredictions(queries=queries, gt_rows=gt_rows, info=info, predictions=preds,
-                                   vr_scores=torch.cat(dual)[:64])  # fmt: skip
+                                   vr_scores=dual[:64])  # fmt: skip
         if with_gt:
             out.metrics, out.per_query = retrieval_metrics(sim, gt_rows), per_query_ranks(sim, gt_rows)
         return out

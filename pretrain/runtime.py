@@ -287,6 +287,16 @@ def fp32_state_dict(ckpt_dir: str, tag: str) -> dict[str, torch.Tensor]:
     return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=tag)
 
 
+def full_copies(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Detached copies of the whole of `params`, also when ZeRO-3 partitions them over the ranks (every rank must
+    call this then, with the same parameters); plain copies otherwise. For inference that runs a small part of
+    the model outside the engine's forward (finetune/moment.py's span head in the corpus search)."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params):
+        return [p.detach().clone() for p in params]
+
+
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()

@@ -213,13 +213,14 @@ def iou(a: list, b: list) -> float:
     return inter / (a[2] - a[1] + b[2] - b[1] - inter)
 
 
-def test_temporal_nms_against_naive_greedy():
+@pytest.mark.parametrize("videos", [3, 12])  # same-video pairs: many (IoU at every pair), few (at those only)
+def test_temporal_nms_against_naive_greedy(videos):
     rng = random.Random(0)
     rows, c = 20, 30
     st = torch.tensor([[rng.choice([0.0, 1.5, 3.0, 4.5]) + rng.choice([0.0, 0.5]) for _ in range(c)]
                        for _ in range(rows)], dtype=torch.float64)  # fmt: skip  # repeated values: IoU = thr exactly
     ed = st + torch.tensor([[rng.choice([0.0, 0.5, 1.5, 3.0]) for _ in range(c)] for _ in range(rows)])
-    video = torch.randint(0, 3, (rows, c), generator=torch.Generator().manual_seed(0))
+    video = torch.randint(0, videos, (rows, c), generator=torch.Generator().manual_seed(0))
     valid = torch.rand(rows, c, generator=torch.Generator().manual_seed(1)) > 0.1
     for thr in (0.0, 1 / 3, 0.5, 0.9):
         keep = temporal_nms(st, ed, video, valid, thr)
@@ -229,15 +230,16 @@ def test_temporal_nms_against_naive_greedy():
             assert [p for p, ok in zip(preds, keep[r].tolist()) if ok] == want, (thr, r)
 
 
+@pytest.mark.parametrize("videos", [2, 12])
 @pytest.mark.parametrize("limit, block", [(None, 7), (5, 7), (12, 4), (40, 256)])
-def test_temporal_nms_in_blocks_with_a_limit(limit, block):
+def test_temporal_nms_in_blocks_with_a_limit(limit, block, videos):
     """Blocks of any size and a cap on the kept ones: the first `limit` survivors of the greedy over all."""
     rng = random.Random(1)
     rows, c = 12, 40
     st = torch.tensor([[rng.choice([0.0, 1.5, 3.0]) + rng.random() for _ in range(c)] for _ in range(rows)],
                       dtype=torch.float64)  # fmt: skip
     ed = st + torch.rand(rows, c, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3
-    video = torch.randint(0, 2, (rows, c), generator=torch.Generator().manual_seed(3))
+    video = torch.randint(0, videos, (rows, c), generator=torch.Generator().manual_seed(3))
     valid = torch.rand(rows, c, generator=torch.Generator().manual_seed(4)) > 0.1
     keep = temporal_nms(st, ed, video, valid, 0.5, limit=limit, block=block)
     for r in range(rows):
