@@ -46,10 +46,11 @@ from torch import nn
 
 from data_prep import cli
 from data_prep.errors import DataPrepError, Rejected
+from data_prep.features import EXTRACT_MANIFEST
 
 log = logging.getLogger("data_prep.extract")
 
-MANIFEST_FILE = "extract_manifest.json"
+MANIFEST_FILE = EXTRACT_MANIFEST
 STATE_DIR = "_extract"
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".flv", ".mpg", ".mpeg", ".ts")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -1,0 +1,275 @@
+"""data_prep.extract on small videos the tests write with PyAV (64x48, a few seconds, tiny random
+backbones): the sampling rule, features against an independent decode, resume after SIGKILL, the
+reject log, and the way through data_prep.howto100m into shards the pretraining loader reads.
+
+Each video's frame i is a flat grey of level 16 * i mod 256 (planted), so a decoded frame tells its index.
+"""
+
+from __future__ import annotations
+
+import fractions
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, cli_env
+
+from data_prep import extract as X
+from data_prep.errors import DataPrepError
+
+TINY = ["--random-weights", "--tiny"]
+PLANS = [X.Plan(X.BACKBONES["resnet152"], 1.0), X.Plan(X.BACKBONES["r2plus1d_18"], 1.0 / 1.5)]
+
+
+def write_video(path: Path, codec: str, fps: int, n: int, pts_ms: list[int] | None = None) -> list[float]:
+    """n frames of 64x48 grey level 16*i (mod 256); returns each frame's time in seconds.
+    `pts_ms` gives explicit (variable-rate) timestamps in milliseconds."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=fps if pts_ms is None else 1000)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        if pts_ms is not None:
+            s.codec_context.time_base = s.time_base = fractions.Fraction(1, 1000)
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), (16 * i) % 256, np.uint8), format="rgb24")
+            if pts_ms is not None:
+                frame.pts, frame.time_base = pts_ms[i], fractions.Fraction(1, 1000)
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return [t / 1000 for t in pts_ms] if pts_ms is not None else [i / fps for i in range(n)]
+
+
+def shown_at(times: list[float], t: float) -> int:
+    """The index of the frame on screen at t: the last one with time <= t (the first before it)."""
+    return max([i for i, s in enumerate(times) if s <= t + 1e-9], default=0)
+
+
+def level_index(img: np.ndarray) -> int:
+    """The planted index of a decoded frame, modulo 16 (the grey level wraps at 256)."""
+    return round(float(img.mean()) / 16) % 16
+
+
+VFR_MS = [0, 40, 80, 300, 340, 700, 1000, 1100, 1500, 1550, 1600, 2100, 2500, 2600, 2900, 3300, 3400, 3800, 3900, 4100]
+VIDEOS = {  # name: (codec, fps, frames, pts_ms)
+    "h264.mp4": ("h264", 10, 40, None),
+    "vp9.webm": ("libvpx-vp9", 12, 48, None),
+    "mpeg4.mkv": ("mpeg4", 25, 100, None),
+    "vfr.mkv": ("h264", 10, len(VFR_MS), VFR_MS),
+}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, list[float]]]:
+    root = tmp_path_factory.mktemp("videos")
+    times = {name: write_video(root / name, *spec) for name, spec in VIDEOS.items()}
+    return root, times
+
+
+@pytest.mark.parametrize("name", sorted(VIDEOS))
+def test_frame_times_and_counts_follow_the_sampling_rule(videos, name):
+    root, times = videos
+    _, _, duration = X.probe(str(root / name))
+    samples = list(X.iter_samples(str(root / name), PLANS))
+    assert isinstance(samples.pop(), int)  # the decoded-frame count comes last
+    for p, plan in enumerate(PLANS):
+        mine = sorted((s for s in samples if s.plan == p), key=lambda s: s.index)
+        n = math.floor(duration / plan.interval + 1e-6)
+        assert n > 0 and [s.index for s in mine] == list(range(n)), (name, p)
+        for s in mine:
+            assert len(s.frames) == plan.backbone.frames
+            c = (s.index + 0.5) * plan.interval
+            want = [c + (j - (plan.backbone.frames - 1) / 2) / 24.0 for j in range(plan.backbone.frames)]
+            if plan.backbone.frames == 1:
+                want = [c]
+            expected = [shown_at(times[name], t) for t in want]
+            assert [level_index(img) for img in s.frames] == [i % 16 for i in expected], (name, p, s.index)
+            assert s.pts == pytest.approx([times[name][i] for i in expected], abs=1e-3)
+
+
+def test_features_equal_the_backbone_on_independently_decoded_frames(videos, tmp_path):
+    root, times = videos
+    out = tmp_path / "feats"
+    res = X.main(["--videos", str(root), "--out", str(out), *TINY, "--batch-size", "3", "--device", "cpu"])
+    assert sorted(res["done"]) == sorted(Path(n).stem for n in VIDEOS) and not res["rejected"]
+    models = [p.backbone.build(None, tiny=True) for p in PLANS]
+    for name in VIDEOS:
+        with av.open(str(root / name)) as c:  # every frame, decoded here, in display order
+            decoded = [(float(f.pts * f.time_base), f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+            c.seek(0)
+            dur = c.duration / 1e6
+        frame_times = [t for t, _ in decoded]
+        for plan, model, kind in zip(PLANS, models, ("2d", "3d")):
+            got = np.load(out / kind / f"{Path(name).stem}.npy")
+            n = math.floor(dur / plan.interval + 1e-6)
+            assert got.shape == (n, 64) and got.dtype == np.float32
+            clips = []
+            for k in range(n):
+                c = (k + 0.5) * plan.interval
+                ts = [c + (j - 7.5) / 24.0 for j in range(16)] if kind == "3d" else [c]
+                clips.append(np.stack([decoded[shown_at(frame_times, t)][1] for t in ts]))
+            x = plan.backbone.preprocess(np.concatenate(clips))
+            if kind == "3d":
+                x = x.view(n, 16, *x.shape[1:]).transpose(1, 2)
+            with torch.no_grad():
+                want = model(x).numpy()
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=f"{name} {kind}")
+
+
+def test_preprocess_resizes_the_short_side_crops_the_centre_and_normalises():
+    img = np.zeros((1, 48, 96, 3), np.uint8)
+    img[:, :, 48 - 12 : 48 + 12] = 255  # a white band in the middle third of the width, 24 px
+    pre = X.Preprocess(24, 24, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    x = pre(img)  # resized to 24x48, the centre 24x24 = the band's 12 px +/- 6
+    assert x.shape == (1, 3, 24, 24)
+    assert x[0, :, :, 9:15].min().item() == pytest.approx(2.0, abs=1e-4)  # (1 - 0.5) / 0.25
+    assert x[0, :, :, :3].max().item() == pytest.approx(-2.0, abs=1e-4)  # (0 - 0.5) / 0.25
+
+
+# --------------------------------------------------------------------------- accounting
+
+
+def make_bad_inputs(root: Path) -> dict[str, str]:
+    """One file per kind of bad input -> the reject reason expected."""
+    (root / "garbage.mp4").write_bytes(os.urandom(4000))
+    with av.open(str(root / "audio_only.mkv"), "w") as c:
+        s = c.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 8000), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        for p in [*s.encode(frame), *s.encode()]:
+            c.mux(p)
+    write_video(root / "zero.ts", "mpeg2video", 10, 1)  # MPEG-TS with one frame: no duration
+    write_video(root / "short.mp4", "h264", 10, 5)  # 0.5 s < one 1 s window
+    write_video(root / "long.mkv", "mpeg4", 10, 100)
+    data = (root / "long.mkv").read_bytes()
+    (root / "long.mkv").unlink()
+    (root / "truncated.mkv").write_bytes(data[: len(data) // 2])
+    damaged = bytearray(data)
+    damaged[len(data) // 3 : len(data) // 3 + 3000] = os.urandom(3000)
+    (root / "damaged.mkv").write_bytes(bytes(damaged))
+    write_video(root / "cut.mp4", "h264", 10, 100)  # the index (moov) is at the end: cut, unreadable
+    data = (root / "cut.mp4").read_bytes()
+    (root / "cut.mp4").write_bytes(data[: len(data) // 2])
+    return {
+        "garbage": "unreadable",
+        "audio_only": "no_video_stream",
+        "zero": "zero_duration",
+        "short": "too_short",
+        "truncated": "truncated",
+        "damaged": "truncated",  # the demuxer stops at the damage: the frames end early
+        "cut": "unreadable",
+    }
+
+
+def test_every_bad_input_lands_in_the_reject_log_and_good_videos_land(tmp_path):
+    src = tmp_path / "videos"
+    src.mkdir()
+    expected = make_bad_inputs(src)
+    write_video(src / "good1.mp4", "h264", 10, 30)
+    write_video(src / "good2.webm", "libvpx-vp9", 10, 30)
+    out = tmp_path / "feats"
+    res = X.main(["--videos", str(src), "--out", str(out), *TINY])
+    assert sorted(res["done"]) == ["good1", "good2"]
+    rejects = [
+        json.loads(line) for f in (out / X.STATE_DIR).glob("rejects.*.jsonl") for line in f.read_text().splitlines()
+    ]
+    assert {r["video_id"]: r["reason"] for r in rejects} == expected
+    assert all(r["detail"] for r in rejects)
+    files = {p.relative_to(out).as_posix() for p in out.rglob("*.npy")}
+    assert files == {"2d/good1.npy", "3d/good1.npy", "2d/good2.npy", "3d/good2.npy"}  # nothing partial
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_missing_weights_error_names_the_expected_file(tmp_path):
+    write_video(tmp_path / "v.mp4", "h264", 10, 20)
+    with pytest.raises(DataPrepError, match=r"r2plus1d_18-91a641e6\.pth.*--weights r2plus1d_18=PATH"):
+        X.main(["--videos", str(tmp_path), "--out", str(tmp_path / "o"), "--weights", f"resnet152={tmp_path}"])
+    with pytest.raises(DataPrepError, match=r"weights not found at /nowhere/w\.pth"):
+        X.main(["--videos", str(tmp_path), "--out", str(tmp_path / "o"), "--backbone", "resnet152,r2plus1d_18",
+                "--weights", f"resnet152={tmp_path},r2plus1d_18=/nowhere/w.pth"])  # fmt: skip
+
+
+def test_r2plus1d_has_torchvisions_parameter_names():
+    """The names of torchvision's r2plus1d_18 state dict (its Kinetics weights load strictly)."""
+    keys = set(X.R2Plus1D18().state_dict())
+    names = ["stem.0.weight", "stem.1.running_mean", "stem.3.weight", "stem.4.bias", "layer1.0.conv1.0.0.weight",
+             "layer1.0.conv1.0.1.weight", "layer1.0.conv1.0.3.weight", "layer1.0.conv1.1.weight",
+             "layer2.0.downsample.0.weight", "layer4.1.conv2.1.bias", "fc.weight"]  # fmt: skip
+    for k in names:
+        assert k in keys, k
+    assert sum(v.numel() for v in X.R2Plus1D18().parameters()) == 31505325  # torchvision's r2plus1d_18
+
+
+def test_shards_split_the_list_deterministically_and_slurm_picks_the_index(tmp_path, monkeypatch):
+    videos = [(f"v{i:02d}", f"/x/v{i:02d}.mp4") for i in range(10)]
+    parts = [X.shard_of(videos, 3, i) for i in range(3)]
+    assert sorted(v for p in parts for v in p) == videos and sum(map(len, parts)) == 10
+    for name in ("a.mp4", "b.mp4", "c.webm"):
+        write_video(tmp_path / name, "h264" if name.endswith("mp4") else "libvpx-vp9", 10, 12)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    res = X.main(["--videos", str(tmp_path), "--out", str(tmp_path / "o"), *TINY, "--num-shards", "2"])
+    assert res["done"] == ["b"]
+
+
+def test_resume_after_sigkill_redoes_only_unfinished_videos(tmp_path):
+    src = tmp_path / "videos"
+    src.mkdir()
+    for i in range(4):
+        write_video(src / f"v{i}.mp4", "h264", 10, 40)  # 4 s each
+    out = tmp_path / "feats"
+    args = ["--videos", str(src), "--out", str(out), *TINY, "--batch-size", "1"]
+    proc = subprocess.Popen([sys.executable, "-m", "data_prep.extract", *args], cwd=REPO, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 90
+    while not list(out.glob("2d/*.npy")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p.stem: p.stat().st_mtime_ns for p in out.glob("2d/*.npy")}
+    assert finished and len(finished) < 4, f"the kill should land part-way ({len(finished)} of 4 finished)"
+    res = X.main(args)
+    assert sorted(res["skipped"]) == sorted(finished)
+    assert sorted(res["done"]) == sorted({f"v{i}" for i in range(4)} - set(finished))
+    assert {p.stem: p.stat().st_mtime_ns for p in out.glob("2d/*.npy") if p.stem in finished} == finished
+    assert len(list(out.glob("3d/*.npy"))) == 4 and not list(out.rglob("*.tmp"))
+
+
+# --------------------------------------------------------------------------- into shards and the loader
+
+
+def test_extracted_features_go_through_howto100m_into_shards_the_loader_reads(tmp_path):
+    from data_prep import howto100m
+    from pretrain import loader as L
+    from pretrain import text
+
+    src = tmp_path / "videos"
+    src.mkdir()
+    captions = {}
+    for i in range(4):
+        write_video(src / f"vid{i}.mp4", "h264", 10, 80)  # 8 s
+        captions[f"vid{i}"] = {"start": [0.5, 3.0, 5.0], "end": [2.5, 4.5, 7.5],
+                               "text": [f"peel the apple {i}", "cut it in half", "serve it cold"]}  # fmt: skip
+    (tmp_path / "raw_caption.json").write_text(json.dumps(captions))
+    feats = tmp_path / "feats"
+    X.main(["--videos", str(src), "--out", str(feats), *TINY])
+    shards = tmp_path / "shards"
+    manifest = howto100m.main(["--captions", str(tmp_path / "raw_caption.json"), "--features", str(feats),
+                               "--feature-layout", "howto100m", "--clip-seconds", "4", "--out", str(shards),
+                               "--shard-size", "4", "--tagger", "heuristic"])  # fmt: skip
+    assert manifest["counts"]["videos_sharded"] == 4 and manifest["counts"]["videos_rejected"] == 0
+    assert manifest["extraction"] == json.loads((feats / X.MANIFEST_FILE).read_text())
+    assert [b["name"] for b in manifest["extraction"]["backbones"]] == ["resnet152", "r2plus1d_18"]
+    cfg = L.LoaderConfig(train=str(shards), batch_size=2, max_text_len=16, max_frames=8, shuffle_buffer=4,
+                         num_workers=0, streams=1)  # fmt: skip
+    batch = next(iter(L.build_train_loader(cfg, text.load_tokenizer(), rank=0, world_size=1)))
+    assert batch["frames"].shape[-1] == 128  # 64 (tiny 2D) + 64 (tiny 3D), per 1.5 s frame
+    assert torch.isfinite(batch["frames"].float()).all()
