@@ -273,3 +273,48 @@ def test_extracted_features_go_through_howto100m_into_shards_the_loader_reads(tm
     batch = next(iter(L.build_train_loader(cfg, text.load_tokenizer(), rank=0, world_size=1)))
     assert batch["frames"].shape[-1] == 128  # 64 (tiny 2D) + 64 (tiny 3D), per 1.5 s frame
     assert torch.isfinite(batch["frames"].float()).all()
+
+
+def test_hero_layout_with_local_weights_folders_records_their_sha256(videos, tmp_path):
+    """--layout hero: <id>.npz key `features`, every backbone at 1.5 s, concatenated; the weights are
+    Hugging Face folders on local disk (tiny ones saved here), their sha256 in the provenance."""
+    from data_prep.features import FeatureReader
+
+    root, _ = videos
+    folders = {}
+    for name in ("resnet152", "clip_vit_b32"):
+        folders[name] = tmp_path / name
+        X.BACKBONES[name].build(None, tiny=True).model.save_pretrained(folders[name])
+    out = tmp_path / "hero"
+    weights = ",".join(f"{k}={v}" for k, v in folders.items())
+    res = X.main(["--videos", str(root), "--out", str(out), "--layout", "hero", "--backbone", "resnet152,clip_vit_b32",
+                  "--weights", weights])  # fmt: skip
+    assert not res["rejected"]
+    manifest = json.loads((out / X.MANIFEST_FILE).read_text())
+    for b in manifest["backbones"]:
+        assert b["weights"] == X.weights_digest(str(folders[b["name"]])) and len(b["weights"]["sha256"]) == 64
+        assert b["interval_s"] == 1.5
+    assert manifest["backbones"][1]["preprocessing"]["mean"] == list(X.CLIP_MEAN)
+    reader = FeatureReader(str(out), "hero", 1.5, 1.5)
+    for name in VIDEOS:
+        vid = Path(name).stem
+        feats, _ = reader.read(vid)
+        _, _, duration = X.probe(str(root / name))
+        assert feats.shape == (math.floor(duration / 1.5 + 1e-6), 64 + 16)
+        with np.load(out / f"{vid}.npz") as z:
+            assert z.files == ["features"]
+
+
+def test_r2plus1d_weights_load_strictly_from_pth_and_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    ref = X.R2Plus1D18((8, 16, 32, 64), 6).eval()
+    torch.save(ref.state_dict(), tmp_path / "w.pth")
+    save_file(ref.state_dict(), str(tmp_path / "w.safetensors"))
+    x = torch.randn(2, 3, 16, 112, 112)
+    for name in ("w.pth", "w.safetensors"):
+        with torch.no_grad():
+            assert torch.equal(X.BACKBONES["r2plus1d_18"].build(str(tmp_path / name), tiny=True)(x), ref(x))
+    with pytest.raises(RuntimeError, match="size mismatch"):  # the tiny state dict is not the full model's
+        X.BACKBONES["r2plus1d_18"].build(str(tmp_path / "w.pth"), tiny=False)
