@@ -28,17 +28,22 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import logging
 import math
 import os
 import platform
+import posixpath
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import fsspec
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -47,6 +52,7 @@ from torch import nn
 from data_prep import cli
 from data_prep.errors import DataPrepError, Rejected
 from data_prep.features import EXTRACT_MANIFEST
+from data_prep.storage import Location, open_location, s3_options
 
 log = logging.getLogger("data_prep.extract")
 
@@ -433,34 +439,47 @@ def plans_for(layout: str, backbones: list[Backbone], interval: float) -> list[P
     return [Plan(b, interval) for b in backbones]
 
 
-def output_paths(out: str, layout: str, plans: list[Plan], video_id: str) -> list[str]:
+def output_names(layout: str, plans: list[Plan], video_id: str) -> list[str]:
+    """The video's feature files, relative to the output folder."""
     if layout == "howto100m":
-        return [os.path.join(out, p.backbone.kind, f"{video_id}.npy") for p in plans]
-    return [os.path.join(out, f"{video_id}.npz")]
+        return [f"{p.backbone.kind}/{video_id}.npy" for p in plans]
+    return [f"{video_id}.npz"]
 
 
-def write_features(paths: list[str], layout: str, feats: list[np.ndarray]) -> None:
-    """Each file to `<name>.tmp` then renamed; the last rename marks the video complete."""
+def write_features(loc: Location, names: list[str], layout: str, feats: list[np.ndarray]) -> None:
+    """Every file to `<name>.tmp`, then each renamed (on S3: copied, then the temporary deleted);
+    the last rename marks the video complete."""
     if layout == "hero":
         n = min(len(f) for f in feats)
         feats = [np.concatenate([f[:n] for f in feats], axis=1)]  # (n, sum D)
     tmps = []
-    for path, f in zip(paths, feats):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as fh:
-            if layout == "hero":
-                np.savez(fh, features=f)
-            else:
-                np.save(fh, f)
+    for name, f in zip(names, feats):
+        buf = io.BytesIO()
+        if layout == "hero":
+            np.savez(buf, features=f)
+        else:
+            np.save(buf, f)
+        tmp = loc.path(name + ".tmp")
+        if loc.is_local:
+            os.makedirs(os.path.dirname(tmp), exist_ok=True)
+        with loc.fs.open(tmp, "wb") as fh:
+            fh.write(buf.getvalue())
         tmps.append(tmp)
-    for tmp, path in zip(tmps, paths):
-        os.replace(tmp, path)
+    for tmp, name in zip(tmps, names):
+        loc.commit(tmp, loc.path(name))
 
 
-def list_videos(src: str) -> list[tuple[str, str]]:
-    """(video_id, path) sorted by id: the video files of a folder, or the paths in a list file."""
-    if os.path.isdir(src):
+def list_videos(src: str, endpoint: str | None = None) -> list[tuple[str, str]]:
+    """(video_id, path) sorted by id: the video files of a folder (local or s3://), or the paths
+    (local or s3://) in a list file."""
+    if src.startswith("s3://"):
+        fs = fsspec.filesystem("s3", **s3_options(endpoint))
+        try:
+            found = fs.ls(src[len("s3://") :].rstrip("/"), detail=False)
+        except (FileNotFoundError, PermissionError, OSError) as e:
+            raise DataPrepError(f"{src}: not found or not accessible ({type(e).__name__})") from None
+        paths = ["s3://" + p for p in found if p.lower().endswith(VIDEO_EXTENSIONS)]
+    elif os.path.isdir(src):
         paths = [os.path.join(src, f) for f in os.listdir(src) if f.lower().endswith(VIDEO_EXTENSIONS)]
     elif os.path.isfile(src):
         with open(src, encoding="utf-8") as f:
@@ -474,6 +493,19 @@ def list_videos(src: str) -> list[tuple[str, str]]:
             raise DataPrepError(f"{src}: two files for video id {vid!r}: {videos[vid]} and {path}")
         videos[vid] = path
     return sorted(videos.items())
+
+
+def fetch(path: str, scratch: str, endpoint: str | None) -> str:
+    """A local path for the video: itself, or an s3:// object copied into `scratch` (deleted after the video);
+    an object that cannot be fetched is Rejected as unreadable."""
+    if not path.startswith("s3://"):
+        return path
+    local = os.path.join(scratch, posixpath.basename(path))
+    try:
+        fsspec.filesystem("s3", **s3_options(endpoint)).get(path[len("s3://") :], local)
+    except (FileNotFoundError, PermissionError, OSError) as e:
+        raise Rejected("unreadable", f"{path}: {type(e).__name__}: {e}") from None
+    return local
 
 
 def shard_of(videos: list[tuple[str, str]], num_shards: int, index: int) -> list[tuple[str, str]]:
@@ -546,8 +578,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m data_prep.extract", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--videos", required=True, help="folder of video files, or a text file with one path per line")
-    p.add_argument("--out", required=True, help="feature folder")
+    p.add_argument("--videos", required=True, help="folder (or s3://bucket/prefix) of video files, or a text file "
+                   "with one path (local or s3://) per line")  # fmt: skip
+    p.add_argument("--out", required=True, help="feature folder, or s3://bucket/prefix")
+    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
     p.add_argument("--layout", default="howto100m", choices=("howto100m", "hero"))
     p.add_argument("--backbone", default="resnet152,r2plus1d_18", help=f"comma-separated, of {sorted(BACKBONES)}")
     p.add_argument("--weights", default=None, help="PATH, or name=PATH,name=PATH (local files only)")
@@ -587,46 +621,52 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             weights[b.name] = path
     plans = plans_for(args.layout, backbones, args.interval)
     index = args.shard_index if args.shard_index is not None else int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
-    videos = shard_of(list_videos(args.videos), args.num_shards, index)
+    videos = shard_of(list_videos(args.videos, args.s3_endpoint), args.num_shards, index)
+    loc = open_location(args.out, args.s3_endpoint)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))  # fmt: skip
     torch.manual_seed(0)
     models = [p.backbone.build(weights[p.backbone.name], args.tiny).to(device) for p in plans]
     ext = Extractor(plans, models, device, args.batch_size)
 
-    os.makedirs(os.path.join(args.out, STATE_DIR), exist_ok=True)
-    manifest = provenance(plans, weights, args.layout, args.tiny)
-    tmp = os.path.join(args.out, MANIFEST_FILE + f".{index}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1, sort_keys=True)
-    os.replace(tmp, os.path.join(args.out, MANIFEST_FILE))
-    reject_path = os.path.join(args.out, STATE_DIR, f"rejects.{index:05d}-of-{args.num_shards:05d}.jsonl")
+    loc.write_bytes(MANIFEST_FILE, json.dumps(provenance(plans, weights, args.layout, args.tiny), indent=1,
+                                              sort_keys=True).encode())  # fmt: skip
+    if loc.is_local:
+        os.makedirs(loc.path(STATE_DIR), exist_ok=True)
+    reject_name = f"{STATE_DIR}/rejects.{index:05d}-of-{args.num_shards:05d}.jsonl"
+    reject_lines = loc.read_bytes(reject_name).decode().splitlines(keepends=True) if loc.exists(reject_name) else []
 
     done, skipped, rejected = [], [], []
     start = time.monotonic()
-    for i, (vid, path) in enumerate(videos):
-        outputs = output_paths(args.out, args.layout, plans, vid)
-        if all(os.path.exists(o) for o in outputs):
-            skipped.append(vid)
-            continue
-        try:
-            feats = ext.video(path)
-        except Rejected as e:
-            rejected.append(vid)
-            with open(reject_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"video_id": vid, "path": path, "reason": e.reason, "detail": e.detail}) + "\n")
-            log.warning("%s rejected: %s", vid, e)
-            continue
-        write_features(outputs, args.layout, feats)
-        done.append(vid)
-        dt = max(time.monotonic() - start, 1e-9)
-        print(f"\rextract [{index}/{args.num_shards}] {i + 1}/{len(videos)} videos, {len(done) / dt:.2f} videos/s, "
-              f"{ext.stats['frames'] / dt:.1f} decoded frames/s", end="", file=sys.stderr, flush=True)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="extract-") as scratch:
+        for i, (vid, path) in enumerate(videos):
+            names = output_names(args.layout, plans, vid)
+            if all(loc.exists(n) for n in names):
+                skipped.append(vid)
+                continue
+            try:
+                feats = ext.video(fetch(path, scratch, args.s3_endpoint))
+            except Rejected as e:
+                rejected.append(vid)
+                reject_lines.append(json.dumps({"video_id": vid, "path": path, "reason": e.reason,
+                                                "detail": e.detail}) + "\n")  # fmt: skip
+                loc.write_bytes(reject_name, "".join(reject_lines).encode())  # appended (S3 has no append)
+                log.warning("%s rejected: %s", vid, e)
+                continue
+            finally:
+                if path.startswith("s3://"):
+                    shutil.rmtree(scratch, ignore_errors=True)
+                    os.makedirs(scratch, exist_ok=True)
+            write_features(loc, names, args.layout, feats)
+            done.append(vid)
+            dt = max(time.monotonic() - start, 1e-9)
+            print(f"\rextract [{index}/{args.num_shards}] {i + 1}/{len(videos)} videos, {len(done) / dt:.2f} videos/s, "
+                  f"{ext.stats['frames'] / dt:.1f} decoded frames/s", end="", file=sys.stderr, flush=True)  # fmt: skip
     print(file=sys.stderr)
     result = {"videos": len(videos), "done": done, "skipped": skipped, "rejected": rejected,
               "decoded_frames": ext.stats["frames"], "seconds": time.monotonic() - start}  # fmt: skip
     log.info("shard %d/%d: %d done, %d skipped (complete), %d rejected -> %s",
-             index, args.num_shards, len(done), len(skipped), len(rejected), reject_path)  # fmt: skip
+             index, args.num_shards, len(done), len(skipped), len(rejected), loc.path(reject_name))  # fmt: skip
     return result
 
 
