@@ -318,3 +318,39 @@ def test_r2plus1d_weights_load_strictly_from_pth_and_safetensors(tmp_path):
             assert torch.equal(X.BACKBONES["r2plus1d_18"].build(str(tmp_path / name), tiny=True)(x), ref(x))
     with pytest.raises(RuntimeError, match="size mismatch"):  # the tiny state dict is not the full model's
         X.BACKBONES["r2plus1d_18"].build(str(tmp_path / "w.pth"), tiny=False)
+
+
+def test_a_decode_error_part_way_is_a_reject_not_a_partial_file(videos, tmp_path, monkeypatch):
+    """FFmpeg raising after some frames (a real decoder error; the files above make FFmpeg stop or
+    conceal rather than raise, so the error is injected into PyAV's decode loop)."""
+    root, _ = videos
+    real_open = av.open
+
+    class Failing:  # the container, whose decode raises after 5 frames
+        def __init__(self, path: str):
+            self.c = real_open(path)
+
+        def __getattr__(self, name: str):
+            return getattr(self.c, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.c.close()
+
+        def decode(self, stream):
+            for i, frame in enumerate(self.c.decode(stream)):
+                if i == 5:
+                    raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+                yield frame
+
+    src = tmp_path / "v"
+    src.mkdir()
+    (src / "h264.mp4").write_bytes((root / "h264.mp4").read_bytes())
+    monkeypatch.setattr(av, "open", Failing)
+    res = X.main(["--videos", str(src), "--out", str(tmp_path / "o"), *TINY])
+    assert res["rejected"] == ["h264"] and not list((tmp_path / "o").rglob("*.npy"))
+    (line,) = (tmp_path / "o" / X.STATE_DIR).glob("rejects.*.jsonl")
+    reject = json.loads(line.read_text())
+    assert reject["reason"] == "decode_error" and "after 5 frames" in reject["detail"]
