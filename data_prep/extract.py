@@ -35,9 +35,11 @@ import math
 import os
 import platform
 import posixpath
+import queue
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -408,7 +410,7 @@ class Extractor:
         batches: list[list[Sample]] = [[] for _ in self.plans]
         outs: list[list[np.ndarray]] = [[] for _ in self.plans]
         decoded = 0
-        for s in iter_samples(path, self.plans):
+        for s in prefetched(iter_samples(path, self.plans), 2 * self.batch_size):
             if isinstance(s, int):
                 decoded = s
                 continue
@@ -425,6 +427,49 @@ class Extractor:
             short = [self.plans[p].backbone.name for p, f in enumerate(feats) if f is None]
             raise Rejected("too_short", f"no full window for {short}")
         return feats
+
+
+def prefetched(items: Iterator[Any], depth: int) -> Iterator[Any]:
+    """`items` produced in a background thread, at most `depth` ahead: decoding (FFmpeg releases
+    the GIL) overlaps the model's forward passes. An exception in the producer is raised here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        """Wait for room unless the consumer has gone; False when it has."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    break
+            else:
+                put(end)
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()  # the generator's `with container` closes the file
+
+    worker = threading.Thread(target=produce, name="extract-decode", daemon=True)
+    worker.start()
+    try:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
 
 
 def plans_for(layout: str, backbones: list[Backbone], interval: float) -> list[Plan]:

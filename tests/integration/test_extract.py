@@ -354,3 +354,22 @@ def test_a_decode_error_part_way_is_a_reject_not_a_partial_file(videos, tmp_path
     (line,) = (tmp_path / "o" / X.STATE_DIR).glob("rejects.*.jsonl")
     reject = json.loads(line.read_text())
     assert reject["reason"] == "decode_error" and "after 5 frames" in reject["detail"]
+
+
+def test_prefetch_keeps_order_raises_the_producers_error_and_stops_when_closed():
+    import threading
+
+    def failing():
+        yield from range(50)
+        raise ValueError("decoder broke")
+
+    assert list(X.prefetched(iter(range(10)), 2)) == list(range(10))
+    got = []
+    with pytest.raises(ValueError, match="decoder broke"):
+        for item in X.prefetched(failing(), 3):
+            got.append(item)
+    assert got == list(range(50))
+    it = X.prefetched(failing(), 2)
+    assert next(it) == 0
+    it.close()  # the consumer goes early: the producer thread ends instead of blocking on a full queue
+    assert not [t for t in threading.enumerate() if t.name == "extract-decode"]
