@@ -230,11 +230,11 @@ def test_resume_after_sigkill_redoes_only_unfinished_videos(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "data_prep.extract", *args], cwd=REPO, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 90
-    while not list(out.glob("2d/*.npy")) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.01)
+    while not list(out.glob("3d/*.npy")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)  # 3d/ is renamed last: a video is complete when its 3d file is there
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    finished = {p.stem: p.stat().st_mtime_ns for p in out.glob("2d/*.npy")}
+    finished = {p.stem: p.stat().st_mtime_ns for p in out.glob("2d/*.npy") if (out / "3d" / p.name).exists()}
     assert finished and len(finished) < 4, f"the kill should land part-way ({len(finished)} of 4 finished)"
     res = X.main(args)
     assert sorted(res["skipped"]) == sorted(finished)
