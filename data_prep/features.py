@@ -28,6 +28,7 @@ from data_prep.errors import DataPrepError, Rejected
 from data_prep.schema import FeatureSpec
 
 HOWTO100M_RATES = {"2d": 1.0, "3d": 1.0 / 1.5}  # seconds per source frame
+EXTRACT_MANIFEST = "extract_manifest.json"  # provenance that data_prep.extract writes next to its features
 
 
 def resample(feats: np.ndarray, src_interval: float, dst_interval: float) -> np.ndarray:

@@ -28,7 +28,7 @@ from typing import Any
 
 from data_prep import asr, cli, schema, sharding
 from data_prep.errors import DataPrepError, Rejected
-from data_prep.features import FeatureReader, probe_dims, to_float16
+from data_prep.features import EXTRACT_MANIFEST, FeatureReader, probe_dims, to_float16
 from data_prep.storage import open_location
 from data_prep.tagger import get_tagger
 
@@ -139,6 +139,13 @@ def build_clips(item: sharding.WorkItem, ctx: Context) -> list[schema.Sample]:
     return samples
 
 
+def extraction_provenance(root: str) -> dict[str, Any] | None:
+    """The provenance manifest data_prep.extract left in the feature folder (None for features
+    that came from elsewhere, e.g. the released ones)."""
+    path = os.path.join(root, EXTRACT_MANIFEST)
+    return cli.load_json(path) if os.path.exists(path) else None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m data_prep.howto100m", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -203,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "inputs": inputs,
             "features_root": reader.root,
             "excluded_ids": len(excluded),
+            "extraction": extraction_provenance(reader.root),
         },
     )
     c = manifest["counts"]

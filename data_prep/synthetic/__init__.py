@@ -113,13 +113,20 @@ __all__ = [  # the names used outside the package (tests, launch/, benchmarks/, 
 
 
 def generate(
-    out_dir: Path, videos: int = DEFAULT_VIDEOS, seed: int = 0, eval_queries: int = 0, world: int | World = 0
+    out_dir: Path,
+    videos: int = DEFAULT_VIDEOS,
+    seed: int = 0,
+    eval_queries: int = 0,
+    world: int | World = 0,
+    with_video: bool = False,
 ) -> dict:
     """Write the whole corpus under out_dir and return a summary of counts per dataset.
 
     eval_queries: at least this many queries in TVR's val split and MSR-VTT's 1k-A test (the
     splits the main job scores), added as extra videos of those splits (0: the scaling rule only).
     world: the world's seed (0: DEFAULT_WORLD; n >= 1: draw_world(n)), or a World.
+    with_video: also write howto100m/videos/<id>.mp4, the HERO features drawn as pictures
+    (synthetic/video.py), the input of data_prep.extract.
 
     Existing files of the same names are overwritten; stale extra files are not removed, so
     use a fresh directory when changing --videos.
@@ -158,6 +165,10 @@ def generate(
         },
         "datasets": {name: part for name, (part, _) in results.items()},
     }
+    if with_video:
+        from .video import write_howto100m_videos
+
+        planted["datasets"]["howto100m"]["video_files"] = len(write_howto100m_videos(out / "howto100m", seed))
     write_json(out / "planted.json", planted, indent=1)
     return {name: summary for name, (_, summary) in results.items()}
 
@@ -173,5 +184,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="at least this many queries in TVR val and the MSR-VTT 1k-A test")  # fmt: skip
     parser.add_argument("--world", type=int, default=0,
                         help="the world's seed: 0 the default world, n >= 1 a drawn one (draw_world)")  # fmt: skip
+    parser.add_argument("--with-video", action="store_true",
+                        help="also write howto100m/videos/<id>.mp4 (the HERO features drawn as pictures)")  # fmt: skip
     args = parser.parse_args(argv)
-    print(json.dumps(generate(args.out, args.videos, args.seed, args.eval_queries, args.world), indent=1))
+    summary = generate(args.out, args.videos, args.seed, args.eval_queries, args.world, args.with_video)
+    print(json.dumps(summary, indent=1))
