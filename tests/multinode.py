@@ -217,6 +217,10 @@ InactiveLimit=0
                 killed.append(pid)
         return killed
 
+    def cut_link(self, node: str) -> None:
+        """Take `node`'s veth off the bridge (down): its packets go nowhere, no connection is reset."""
+        _check("nsenter", "-t", str(self.holders["hub"].pid), "-n", "--", "ip", "link", "set", f"v{node}", "down")
+
     def close(self) -> None:
         """Kill everything in the nodes' namespaces, then the holders: namespaces, veths and bridge go."""
         for proc in self.daemons:
