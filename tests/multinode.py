@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -61,6 +62,12 @@ class MultiNodeCluster:
         if os.geteuid() != 0:
             raise slurm_cluster.SlurmSetupError("the multi-node test bed needs root (namespaces, a bridge, daemons)")
         slurm_cluster.check_installed()
+        missing = [c for c in ("ip", "unshare", "nsenter", "hostname", "mount") if shutil.which(c) is None]
+        if missing:
+            raise slurm_cluster.SlurmSetupError(
+                f"the multi-node test bed needs {', '.join(missing)} (iproute2, util-linux): `bash scripts/test.sh` "
+                "installs them (apt-get install -y iproute2 util-linux)"
+            )
         self.root = root
         self.names = [f"node{i}" for i in range(1, nodes + 1)]
         self.addrs = {name: f"{SUBNET}.{i}" for i, name in enumerate(self.names, 1)}
