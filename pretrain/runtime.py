@@ -16,6 +16,7 @@ import datetime
 import logging
 import math
 import os
+import re
 import socket
 import warnings
 from collections.abc import Callable
@@ -59,7 +60,10 @@ class RuntimeConfig:
     # needed, for checks) | any torch backend.
     compile: bool = False
     compile_backend: str = "inductor"
-    timeout_minutes: int = 30
+    # How long a rank waits for the others: the rendezvous (every rank joining) and each collective.
+    # A node that dies or drops off the network ends the survivors' run after this long, with an
+    # error naming the ranks and hosts they lost (docs/cluster.md, multi-node failures).
+    timeout_s: int = 1800
     # ZeRO communication buckets, in elements. DeepSpeed's defaults (5e8) hold ~1.9 GiB of fp32
     # buffers per rank whatever the model size (benchmarks/RESULTS.md, ZeRO memory); 5e7 keeps the
     # collectives large enough for the base preset (~200M parameters: 4 buckets) at a tenth of that.
@@ -119,10 +123,70 @@ def init_distributed(cfg: RuntimeConfig) -> tuple[int, int, int]:
     else:
         accel.set_device(local_rank)
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(
-            dist_backend=backend, auto_mpi_discovery=False, timeout=datetime.timedelta(minutes=cfg.timeout_minutes)
-        )
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        try:
+            deepspeed.init_distributed(
+                dist_backend=backend, auto_mpi_discovery=False, timeout=datetime.timedelta(seconds=cfg.timeout_s)
+            )
+        except torch.distributed.DistError as e:
+            raise CollectiveError(
+                f"rendezvous at {where} did not complete within runtime.timeout_s={cfg.timeout_s} s: rank {rank} of "
+                f"{world} on {socket.gethostname()} waited for the others (did every node start its tasks, and "
+                f"does {os.environ['MASTER_ADDR']} resolve and answer on every node?). {_first_line(e)}"
+            ) from e
+        _PEERS.clear()
+        _PEERS.extend(_gather_peers(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])))
+        _PEERS_TIMEOUT[0] = cfg.timeout_s
     return rank, local_rank, world
+
+
+class CollectiveError(RuntimeError):
+    """A rendezvous or a collective that failed: a rank died, a node dropped off, the timeout passed."""
+
+
+# (rank, hostname, address) of every rank, gathered right after the rendezvous: names the lost ranks.
+_PEERS: list[tuple[int, str, str]] = []
+_PEERS_TIMEOUT = [0]
+
+
+def _gather_peers(master_addr: str, master_port: int) -> list[tuple[int, str, str]]:
+    """Each rank's hostname and the address it reaches the master from (what peers see in errors)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect((master_addr, master_port))  # UDP: no packet is sent, the route picks the address
+            addr = s.getsockname()[0]
+        except OSError:
+            addr = "?"
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    peers: list[Any] = [None] * world
+    torch.distributed.all_gather_object(peers, (rank, socket.gethostname(), addr))
+    return peers
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
+
+
+def _is_collective_error(e: BaseException) -> bool:
+    """torch's distributed errors, and gloo's and NCCL's (plain RuntimeErrors named by their source file)."""
+    return isinstance(e, torch.distributed.DistError) or bool(re.search(r"gloo/|nccl|NCCL", str(e)))
+
+
+def lost_ranks_message(e: BaseException) -> str:
+    """What a failed collective means, naming the ranks and hosts lost: those whose address is in the
+    error (gloo names the peer whose connection closed), else every other rank (a timeout names none)."""
+    me = torch.distributed.get_rank() if torch.distributed.is_initialized() else -1
+    others = [p for p in _PEERS if p[0] != me]
+    named = [p for p in others if re.search(rf"\b{re.escape(p[2])}\b", str(e))]
+    lost = named or others
+    who = ", ".join(f"rank {r} on {host} ({addr})" for r, host, addr in lost) or "the other ranks"
+    kind = "lost the connection to" if named else "got no answer in time from (or lost)"
+    return (
+        f"collective failed on rank {me} on {socket.gethostname()}: {kind} {who}; timeout "
+        f"runtime.timeout_s={_PEERS_TIMEOUT[0]} s. The run ends here: resume from the latest complete "
+        f"checkpoint. {_first_line(e)}"
+    )
 
 
 def device() -> torch.device:
@@ -325,6 +389,14 @@ def run_then_shutdown(fn: Callable[[], T]) -> T:
     """fn(), then `shutdown()`; on an error, shutdown without the barrier and re-raise at once."""
     try:
         out = fn()
+    except RuntimeError as e:
+        if not _is_collective_error(e):
+            shutdown(wait=False)
+            raise
+        message = lost_ranks_message(e)
+        log.error(message)
+        shutdown(wait=False)
+        raise CollectiveError(message) from e
     except BaseException:
         shutdown(wait=False)
         raise
