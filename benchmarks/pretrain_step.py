@@ -367,8 +367,8 @@ def flops_line(variants: list[Variant], facts: dict[str, Any]) -> str:
         rate = flops / statistics.median(v.wall)  # FLOP/s
         mfu = f", MFU {rate / facts['peak']:.1%}" if facts["peak"] else ""
         rates.append(f"{v.name} {rate / 1e9:.1f} GFLOP/s{mfu}")
-    per_sample = ", ".join(f"{f / samples / 1e9:.2f} GFLOP{SUFFIX[share] if len(facts['flops']) > 1 else ''}"
-                           for share, f in facts["flops"].items())  # fmt: skip
+    label = {share: f" ({SUFFIX[share][2:]})" if len(facts["flops"]) > 1 else "" for share in facts["flops"]}
+    per_sample = ", ".join(f"{f / samples / 1e9:.2f} GFLOP{label[share]}" for share, f in facts["flops"].items())
     return f"analytic training FLOPs per sample: {per_sample}; " + ", ".join(rates)
 
 
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{facts['frames']}, tokens {facts['tokens']}, all five objectives (Combiner, sum mode); "
             "world size 1 (gloo)",
             f"- {args.warmup} warm-up steps, then {args.repeats} repeats x {args.steps} steps per variant, "
-            "interleaved (order rotated); wall and CPU s/step: median (range) over repeats; x bare: median "
+            "interleaved (order rotated); wall and CPU s/step: median (range) over repeats; x first row: median "
             "(range) of the per-repeat ratios; phase columns: median CPU seconds per step (the project's "
             "phases timed around its engine calls)",
             f"- first-step loss of each variant (same weights, batch, dropout seed; shared passes draw one dropout "
