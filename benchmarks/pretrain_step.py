@@ -1,11 +1,14 @@
 """Pretraining step overhead: the project's DeepSpeed step against a bare PyTorch loop, same model and batch.
 
-    python benchmarks/pretrain_step.py [--repeats 12] [--steps 1] [--write] [--profile]
+    python benchmarks/pretrain_step.py [--repeats 12] [--steps 1] [--share both] [--write] [--profile]
 
 What it measures: seconds per optimizer step, on the CPU, in one process (world size 1, gloo),
-of the tiny preset (the default `ModelConfig`: 2-layer MiniLM text encoder, 384 hidden) on a
-synthetic loader-like batch (8 clips, up to 40 frames of 64-d, up to 48 tokens; the keys of
-`pretrain.loader.collate`) with all five objectives through the `Combiner` (sum mode):
+of the tiny preset (the default `ModelConfig`: the packaged 6-layer MiniLM text encoder, 384
+hidden) on a synthetic loader-like batch (8 clips, up to 40 frames of 64-d, up to 48 tokens; the
+keys of `pretrain.loader.collate`) with all five objectives through the `Combiner` (sum mode), with
+the objectives' shared forward passes (`--share on`), each objective's own (`off`) or both
+(`both`, the default: every variant twice, and the shared/separate ratio within each repeat; the
+forward passes per step of each are counted too):
 
 - project, ZeRO 0 and ZeRO 2: `Trainer._micro_step` of pretrain/loop.py itself, i.e.
   `engine(lambda m, b: compute(m, b, step), batch)`, the `_all_finite` all-reduce of the logged
@@ -147,7 +150,8 @@ class Variant:
     phases: list[dict[str, float]] = field(default_factory=list)  # per repeat: phase -> seconds per step
 
 
-def project_variant(model: torch.nn.Module, stage: int, combiner: Any, batch: dict, run_dir: str) -> Variant:
+def project_variant(model: torch.nn.Module, stage: int, combiner: Any, batch: dict, run_dir: str,
+                    suffix: str = "") -> Variant:  # fmt: skip
     """`Trainer._micro_step` on the engine of `runtime.build_engine` (ZeRO `stage`, fp32)."""
     from pretrain import runtime
     from pretrain.loop import Trainer, TrainState
@@ -170,10 +174,10 @@ def project_variant(model: torch.nn.Module, stage: int, combiner: Any, batch: di
         trainer._window.clear()
         return loss
 
-    return Variant(f"project, ZeRO {stage}", run_step, timed.times)
+    return Variant(f"project, ZeRO {stage}{suffix}", run_step, timed.times)
 
 
-def bare_variant(model: torch.nn.Module, combiner: Any, batch: dict) -> Variant:
+def bare_variant(model: torch.nn.Module, combiner: Any, batch: dict, suffix: str = "") -> Variant:
     """Plain PyTorch: the Combiner's loss, backward, clip_grad_norm_, AdamW step, zero_grad."""
     from pretrain import runtime
 
@@ -198,9 +202,35 @@ def bare_variant(model: torch.nn.Module, combiner: Any, batch: dict) -> Variant:
         times["forward"] += t1 - t0
         times["backward"] += t2 - t1
         times["step"] += t3 - t2
-        return logs["loss"]
+        return float(logs["loss"])
 
-    return Variant("bare PyTorch", run_step, times)
+    return Variant(f"bare PyTorch{suffix}", run_step, times)
+
+
+PASSES = ("embed_text", "embed_video", "cross", "mcb_v2t", "mcb_t2v")  # the model's passes, counted per step
+
+
+def count_forwards(model: torch.nn.Module, combiner: Any, batch: dict) -> dict[str, int]:
+    """Calls of each of the model's passes in one step of `combiner` (no gradient; its forward only)."""
+    calls = dict.fromkeys(PASSES, 0)
+    originals = {name: getattr(model, name) for name in PASSES}
+
+    def counting(name: str) -> Callable:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return originals[name](*args, **kwargs)
+
+        return call
+
+    for name in PASSES:
+        setattr(model, name, counting(name))  # instance attributes: calls from inside the model count too
+    try:
+        with torch.no_grad():
+            combiner(model, batch, 0)
+    finally:
+        for name in PASSES:
+            delattr(model, name)
+    return calls
 
 
 def run_repeat(v: Variant, first: int, steps: int) -> None:
@@ -243,10 +273,15 @@ def measure(args: argparse.Namespace) -> tuple[list[Variant], dict[str, Any]]:
     # `zeroshot.evaluate` does (reported; a project fix). All variants get the same modes either way.
     model.train()
     batch = make_batch(args.batch, args.frames, args.tokens, model.config.frame_dim, model.vocab_size)
-    combiner = Combiner(ObjectivesConfig())
+    shares = {"on": [True], "off": [False], "both": [False, True]}[args.share]
+    combiners = {share: Combiner(ObjectivesConfig(share_passes=share)) for share in shares}
+    suffix = {share: ("" if len(shares) == 1 else SUFFIX[share]) for share in shares}
     run_dir = tempfile.mkdtemp(prefix="pretrain-step-")
-    variants = [bare_variant(copy.deepcopy(model), combiner, batch)]
-    variants += [project_variant(copy.deepcopy(model), s, combiner, batch, run_dir) for s in args.stages]
+    variants = []
+    for share, combiner in combiners.items():
+        variants.append(bare_variant(copy.deepcopy(model), combiner, batch, suffix[share]))
+        variants += [project_variant(copy.deepcopy(model), s, combiner, batch, run_dir, suffix[share])
+                     for s in args.stages]  # fmt: skip
     first_losses = [v.run_step(0) for v in variants]  # the same weights, batch and dropout: the same loss
     for i in range(1, args.warmup):
         for v in variants:
@@ -262,12 +297,14 @@ def measure(args: argparse.Namespace) -> tuple[list[Variant], dict[str, Any]]:
             + ", ".join(f"{v.name} {v.wall[-1]:.2f} s wall {v.cpu[-1]:.2f} s CPU" for v in variants),
             flush=True,
         )
+    text = TextEncoder.of(model.text.config)
     facts = {
         "params": count_parameters(model),
         "first_losses": first_losses,
         "frames": tuple(batch["frames"].shape),
         "tokens": tuple(batch["input_ids"].shape),
-        "flops": PretrainFlops(model.config, combiner.cfg, TextEncoder.of(model.text.config), 1)(batch),
+        "flops": {share: PretrainFlops(model.config, c.cfg, text, 1)(batch) for share, c in combiners.items()},
+        "forwards": {share: count_forwards(model, c, batch) for share, c in combiners.items()},
         "peak": peak_flops(next(model.parameters()).device),
     }
     if args.profile:
@@ -277,11 +314,15 @@ def measure(args: argparse.Namespace) -> tuple[list[Variant], dict[str, Any]]:
     return variants, facts
 
 
+SUFFIX = {True: ", shared passes", False: ", separate passes"}
+
+
 def table(variants: list[Variant]) -> str:
+    """One row a variant; the ratios against the first row (bare PyTorch; with --share both, its separate passes)."""
     bare = variants[0]
     lines = [
-        "| variant | wall s/step | x bare, wall | CPU s/step | x bare, CPU | forward | finite check | backward "
-        "| step |",
+        "| variant | wall s/step | x first row, wall | CPU s/step | x first row, CPU | forward | finite check "
+        "| backward | step |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for v in variants:
@@ -296,16 +337,39 @@ def table(variants: list[Variant]) -> str:
     return "\n".join(lines)
 
 
+def sharing_lines(variants: list[Variant], facts: dict[str, Any]) -> list[str]:
+    """With both settings: the forward passes per step of each, and each variant's shared/separate ratio of
+    wall and CPU seconds per step (median (range) of the per-repeat ratios)."""
+    forwards = facts["forwards"]
+    lines = [f"- forward passes per step{SUFFIX[share] if len(forwards) > 1 else ''}: "
+             + ", ".join(f"{name} {n}" for name, n in calls.items()) + f" ({sum(calls.values())} in all)"
+             for share, calls in forwards.items()]  # fmt: skip
+    if len(forwards) < 2:
+        return lines
+    by_name = {v.name: v for v in variants}
+    for v in variants:
+        if v.name.endswith(SUFFIX[True]):
+            base = by_name[v.name.removesuffix(SUFFIX[True]) + SUFFIX[False]]
+            wall = [a / b for a, b in zip(v.wall, base.wall)]
+            cpu = [a / b for a, b in zip(v.cpu, base.cpu)]
+            lines.append(f"- {v.name.removesuffix(SUFFIX[True])}: shared / separate passes, wall "
+                         f"{med_range(wall)}, CPU {med_range(cpu)}")  # fmt: skip
+    return lines
+
+
 def flops_line(variants: list[Variant], facts: dict[str, Any]) -> str:
     """The analytic training FLOPs (pretrain/flops.py) per sample, each variant's GFLOP/s and, on a GPU of
     known peak, its MFU."""
     samples = facts["frames"][0]
     rates = []
     for v in variants:
-        rate = facts["flops"] / statistics.median(v.wall)  # FLOP/s
+        flops = facts["flops"][not v.name.endswith(SUFFIX[False])]
+        rate = flops / statistics.median(v.wall)  # FLOP/s
         mfu = f", MFU {rate / facts['peak']:.1%}" if facts["peak"] else ""
         rates.append(f"{v.name} {rate / 1e9:.1f} GFLOP/s{mfu}")
-    return f"analytic training FLOPs: {facts['flops'] / samples / 1e9:.2f} GFLOP per sample; " + ", ".join(rates)
+    label = {share: f" ({SUFFIX[share][2:]})" if len(facts["flops"]) > 1 else "" for share in facts["flops"]}
+    per_sample = ", ".join(f"{f / samples / 1e9:.2f} GFLOP{label[share]}" for share, f in facts["flops"].items())
+    return f"analytic training FLOPs per sample: {per_sample}; " + ", ".join(rates)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -317,6 +381,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--frames", type=int, default=40)
     p.add_argument("--tokens", type=int, default=48)
     p.add_argument("--stages", type=int, nargs="+", default=[0, 2])
+    p.add_argument(
+        "--share",
+        choices=("on", "off", "both"),
+        default="both",
+        help="the objectives' shared forward passes: on, off, or both (compared within each repeat)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: robust to other processes)")
     p.add_argument("--profile", action="store_true", help="cProfile a few steps of each variant afterwards")
     p.add_argument("--write", action="store_true", help=f'put the results under "{SECTION}" in RESULTS.md')
@@ -328,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + body)
     print(f"first-step losses (must agree): {facts['first_losses']}; wall {time.time() - t0:.0f} s")
     print(flops_line(variants, facts))
+    print("\n".join(sharing_lines(variants, facts)))
     if args.write:
         command = "python benchmarks/pretrain_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
         lines = [
@@ -340,11 +411,13 @@ def main(argv: list[str] | None = None) -> None:
             f"{facts['frames']}, tokens {facts['tokens']}, all five objectives (Combiner, sum mode); "
             "world size 1 (gloo)",
             f"- {args.warmup} warm-up steps, then {args.repeats} repeats x {args.steps} steps per variant, "
-            "interleaved (order rotated); wall and CPU s/step: median (range) over repeats; x bare: median "
+            "interleaved (order rotated); wall and CPU s/step: median (range) over repeats; x first row: median "
             "(range) of the per-repeat ratios; phase columns: median CPU seconds per step (the project's "
             "phases timed around its engine calls)",
-            f"- first-step loss of each variant (same weights, batch, dropout seed): "
-            f"{', '.join(f'{x:.6f}' for x in facts['first_losses'])}",
+            f"- first-step loss of each variant (same weights, batch, dropout seed; shared passes draw one dropout "
+            f"mask per pass, not one per objective): {', '.join(f'{x:.6f}' for x in facts['first_losses'])}",
+            *sharing_lines(variants, facts),
+            f"- {flops_line(variants, facts)}",
             "",
             body,
             "",

@@ -17,7 +17,8 @@ A pass that is trained costs 3x its forward (the backward computes the gradient 
 input and of its weight, 2x); the frames' projection 2x, as the raw frames need no gradient (3x
 under MFM's learned mask vector, which does); a pass under no_grad 1x. Activation checkpointing
 recomputes forwards that are not counted: this is model FLOPs utilisation, not hardware FLOPs.
-Each objective runs its own passes (pretrain/objectives), so per sample:
+Without shared passes (`objectives.share_passes=False`) each objective runs its own passes, so
+per sample:
 
     guard          text + video + frames + 2 (2Bd), no grad (the Combiner's collapse guard: its two
                    (B, B) cosine matrices over the B samples of this rank)
@@ -34,6 +35,14 @@ Each objective runs its own passes (pretrain/objectives), so per sample:
                                                                             (random negatives: none)
                    + 2(k + 1) 3(cross(M+N) + 2d)                             L3: the fusion of the sampled
                    pairs, k = min(k_neg, K - 1) negatives per text and per video; none when lambda3 = 0
+
+With shared passes (the default, pretrain/objectives/passes.py) a pass that several objectives
+(or the guard) use is counted once, 3x when any of them takes its gradient, else 1x. The shareable
+passes: text (of input_ids), text of mlm_input_ids, video (frames + video, of the plain frames),
+video of MFM's masked frames, MLM's and MFM-NCE's T_cross, and GMR's first pass cross(M+N) + mcb(M)
++ mcb(N), which self-contrasting shares; the rest above is each objective's own (the guard's
+cosines, heads, self-contrasting's second passes, TACo's scores and fusion pairs). With all five
+objectives the text encoder runs twice a step instead of six times.
 
 `sum` mode adds the enabled objectives (weight > 0) and the guard; `sample` mode their mean
 weighted by the sampling probabilities, so its per-step MFU is right on average only.
@@ -116,6 +125,13 @@ class Workload:
                    per_sample((batch["toi_weight"] > 0) & text_mask))  # fmt: skip
 
 
+Pass = tuple[str, Any, bool]  # (kind, masked or which inputs, MFM's learned mask vector)
+Need = tuple[dict[Pass, bool], float]  # (the passes an objective uses: key -> gradient flows back, its own FLOPs)
+TEXT: Pass = ("text", False, False)  # embed_text(input_ids)
+VIDEO: Pass = ("video", False, False)  # embed_video(frames)
+CONVERTED: Pass = ("converted", False, False)  # FEEL eq. 1-3 on the plain inputs: T_cross, MCB_V2T, MCB_T2V
+
+
 class Costs:
     """Forward FLOPs per sample of the model's pieces, and each objective's training FLOPs (module doc)."""
 
@@ -148,53 +164,74 @@ class Costs:
     def mcb(self, length: float) -> float:
         return self.stack(self.cfg.mcb_layers, length)
 
-    def embed_video(self, frames: int = ONE_GRAD) -> float:
-        """embed_video, trained; the frames' projection `frames` x its forward."""
-        return TRAIN * self.video() + frames * self.frames()
+    def shared(self, key: Pass, grad: bool) -> float:
+        """Training FLOPs of one of the passes objectives can share (pretrain/objectives/passes.py), run once:
+        3x its forward when a gradient flows back through it, else 1x (the frames' projection 2x, 3x under
+        MFM's learned mask vector)."""
+        kind, masked, learned = key
+        if kind == "cross":
+            return TRAIN * self.cross(self.m + self.n)
+        if kind == "converted":  # T_cross over the plain inputs, then both MCBs
+            return TRAIN * (self.cross(self.m + self.n) + self.mcb(self.m) + self.mcb(self.n))
+        if not grad:
+            return NO_GRAD * (self.text() if kind == "text" else self.video() + self.frames())
+        if kind == "text":
+            return TRAIN * self.text()
+        return TRAIN * self.video() + (TRAIN if learned else ONE_GRAD) * self.frames()
 
-    def encoders(self, frames: int = ONE_GRAD) -> float:
-        """embed_text + embed_video, trained."""
-        return TRAIN * self.text() + self.embed_video(frames)
-
-    def guard(self) -> float:
+    def guard(self) -> Need:
         cosines = 2 * 2 * self.w.batch * self.cfg.hidden  # the two (B, B) matrices of pairwise cosines
-        return NO_GRAD * (self.text() + self.video() + self.frames() + cosines)
+        return {TEXT: False, VIDEO: False}, NO_GRAD * cosines
 
-    def mlm(self, _: Any) -> float:
+    def mlm(self, _: Any) -> Need:
         d, h, v = self.cfg.hidden, self.t.hidden, self.t.vocab
-        return self.encoders() + TRAIN * self.cross(self.m + self.n) + TRAIN * self.p_mlm * (2 * d * h + 2 * h * v)
+        passes = {(TEXT[0], True, False): True, VIDEO: True, ("cross", "mlm", False): True}
+        return passes, TRAIN * self.p_mlm * (2 * d * h + 2 * h * v)
 
-    def mfm_nce(self, opts: Any) -> float:
+    def mfm_nce(self, opts: Any) -> Need:
         d, dv, q = self.cfg.hidden, self.cfg.frame_dim, self.q
-        fused = self.encoders(TRAIN if opts.mask_embedding else ONE_GRAD) + TRAIN * self.cross(self.m + self.n)
+        learned = opts.mask_embedding
+        passes = {TEXT: True, ("video", True, learned): True, ("cross", "mfm", learned): True}
         if opts.target == "raw":
             head, width, positives = TRAIN * self.m * (2 * d * d + 2 * d * dv), dv, ONE_GRAD
         else:
             detached = opts.detach_targets
-            target = NO_GRAD * (self.video() + self.frames()) if detached else self.embed_video()
-            head, width, positives = TRAIN * self.m * 2 * d * d + target, d, ONE_GRAD if detached else TRAIN
+            passes[VIDEO] = not detached  # the target pass embed_video(frames)
+            head, width, positives = TRAIN * self.m * 2 * d * d, d, ONE_GRAD if detached else TRAIN
         nce = q * self.w.batch * (positives * 2 * q * width + TRAIN * 2 * (self.v - q) * width)
-        return fused + head + nce
+        return passes, head + nce
 
-    def gmr(self, _: Any) -> float:
-        return self.encoders() + TRAIN * (self.cross(self.m + self.n) + self.mcb(self.m) + self.mcb(self.n))
+    def gmr(self, _: Any) -> Need:
+        return {TEXT: True, VIDEO: True, CONVERTED: True}, 0.0
 
-    def self_contrast(self, opts: Any) -> float:
+    def self_contrast(self, opts: Any) -> Need:
         twice = self.cross(2 * self.n) + self.mcb(self.n) + self.cross(2 * self.m) + self.mcb(self.m)
-        return self.gmr(opts) + TRAIN * twice
+        return self.gmr(opts)[0], TRAIN * twice
 
-    def taco(self, opts: Any) -> float:
+    def taco(self, opts: Any) -> Need:
         d, k = self.cfg.hidden, self.k
         scores = 2 * k * d + 2 * self.w.toi_tokens * k * self.m * d  # L1's and L2's similarities to K videos
-        out = self.encoders() + TRAIN * scores
-        if opts.lambda3 == 0:
-            return out
-        negatives = min(opts.k_neg, k - 1)
-        cascade = NO_GRAD * 2 * scores if opts.cascade else 0.0
-        return out + cascade + 2 * (negatives + 1) * TRAIN * (self.cross(self.m + self.n) + 2 * d)
+        out = TRAIN * scores
+        if opts.lambda3 != 0:
+            negatives = min(opts.k_neg, k - 1)
+            cascade = NO_GRAD * 2 * scores if opts.cascade else 0.0
+            out += cascade + 2 * (negatives + 1) * TRAIN * (self.cross(self.m + self.n) + 2 * d)
+        return {TEXT: True, VIDEO: True}, out
+
+    def step(self, needs: list[Need], share: bool) -> float:
+        """Training FLOPs per sample of a step whose objectives (and guard) need `needs`: each distinct pass
+        once when `share` (with a gradient when any of them wants one), else every objective's own."""
+        own = sum(extra for _, extra in needs)
+        if not share:
+            return own + sum(self.shared(key, grad) for passes, _ in needs for key, grad in passes.items())
+        union: dict[Pass, bool] = {}
+        for passes, _ in needs:
+            for key, grad in passes.items():
+                union[key] = union.get(key, False) or grad
+        return own + sum(self.shared(key, grad) for key, grad in union.items())
 
 
-# objective name (pretrain.objectives.OBJECTIVES) -> its training FLOPs per sample given its options
+# objective name (pretrain.objectives.OBJECTIVES) -> its passes and own training FLOPs per sample given its options
 OBJECTIVE_FLOPS = {"mlm": Costs.mlm, "mfm_nce": Costs.mfm_nce, "gmr": Costs.gmr, "self_contrast": Costs.self_contrast,
                    "taco": Costs.taco}  # fmt: skip
 
@@ -208,10 +245,12 @@ def workload_flops(model_cfg: ModelConfig, objectives_cfg: ObjectivesConfig, w: 
     costs = Costs(cfg, text or TextEncoder.load(cfg), w)
     weights = {name: float(objectives_cfg.weights.get(name, 1.0)) for name in objectives_cfg.enabled}
     weights = {name: weight for name, weight in weights.items() if weight > 0}
-    sample = objectives_cfg.mode == "sample"
-    return costs.guard() + sum((weight / sum(weights.values()) if sample else 1.0)
-                               * OBJECTIVE_FLOPS[name](costs, objective_config(name, objectives_cfg))
-                               for name, weight in weights.items())  # fmt: skip
+    share = getattr(objectives_cfg, "share_passes", True)
+    needs = {name: OBJECTIVE_FLOPS[name](costs, objective_config(name, objectives_cfg)) for name in weights}
+    if objectives_cfg.mode == "sum":
+        return costs.step([costs.guard(), *needs.values()], share)
+    total = sum(weights.values())  # sample: one objective (and the guard) per step, P = weight / total
+    return sum(weight / total * costs.step([costs.guard(), needs[name]], share) for name, weight in weights.items())
 
 
 def train_flops_per_sample(model_cfg: ModelConfig, objectives_cfg: ObjectivesConfig, text_len: int, frames: int,

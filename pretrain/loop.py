@@ -4,7 +4,11 @@ Each micro-step runs `compute(model, batch, step)` inside the DeepSpeed engine's
 (so ZeRO-3 gathering and gradient-accumulation scaling apply), then backward and step. The
 losses of all ranks are averaged for logging in the same all-reduce that decides, on every
 rank alike, whether a non-finite loss skips the micro-step: skipped micro-steps are counted
-and the run stops with a clear message after `max_bad_steps` in a row. Rank 0 writes one
+and the run stops with a clear message after `max_bad_steps` in a row. `compute` returns its
+logs as detached tensors (the pretraining Combiner) or floats; they are stacked on the device
+into that one all-reduce and read back once after it (`.tolist()`), the step's only host sync:
+the loss's finiteness is checked on the device too. The Combiner shares the forward passes of
+objectives that encode the same inputs (pretrain/objectives/passes.py, docs/objectives.md). Rank 0 writes one
 metrics.jsonl line per optimizer step and logs to MLflow every `log_every` steps. The train
 state (step, data position, counters, MLflow run id) is checkpointed with the engine.
 
@@ -41,7 +45,7 @@ from pretrain.loader import to_device
 
 log = logging.getLogger(__name__)
 
-Compute = Callable[[torch.nn.Module, dict, int], tuple[torch.Tensor, dict[str, float]]]
+Compute = Callable[[torch.nn.Module, dict, int], tuple[torch.Tensor, dict[str, torch.Tensor | float]]]
 Evaluate = Callable[[int], dict[str, float]]  # step -> the metrics of an evaluation at that step
 
 
@@ -203,17 +207,27 @@ class Trainer:
             self.state.step += 1
         return boundary
 
-    def _all_finite(self, loss: torch.Tensor, logs: dict[str, float]) -> bool:
-        """Average the logged losses over ranks; the same finite/non-finite verdict on every rank.
+    def _all_finite(self, loss: torch.Tensor, logs: dict[str, torch.Tensor | float]) -> bool:
+        """Average the logged values over ranks (in place, as floats); the same finite/non-finite verdict
+        on every rank.
 
-        The same all-reduce carries the stop requests, so every rank stops at the same step."""
+        The same all-reduce carries the stop requests, so every rank stops at the same step. The logs that
+        are tensors are stacked on the device and the floats join them in one host-to-device copy: one
+        all-reduce and one read back (`.tolist()`), the step's only host sync."""
         keys = sorted(logs)
-        values = [float(math.isfinite(loss.item())), float(self.stop_requested)] + [logs[k] for k in keys]
-        t = runtime.all_reduce_sum(torch.tensor(values, dtype=torch.float64, device=self.device))
-        self._stop_agreed = self._stop_agreed or t[1].item() > 0
-        finite = t[0].item() == self.world and all(math.isfinite(v) for v in t[2:].tolist())
-        logs.update({k: v / self.world for k, v in zip(keys, t[2:].tolist())})
-        return finite
+        on_device = [k for k in keys if torch.is_tensor(logs[k])]
+        on_host = [k for k in keys if not torch.is_tensor(logs[k])]
+        f64 = torch.float64
+        device_values = [torch.isfinite(loss.detach()).to(f64)] + [logs[k].detach().to(f64) for k in on_device]
+        host_values = torch.tensor([float(self.stop_requested)] + [float(logs[k]) for k in on_host], dtype=f64)
+        values = torch.cat([torch.stack([v.reshape(()) for v in device_values]).to(self.device),
+                            host_values.to(self.device)])  # fmt: skip
+        t = runtime.all_reduce_sum(values).tolist()  # [finite ranks, logs on the device..., stop requests, floats...]
+        finite_ranks, stops = t[0], t[len(on_device) + 1]
+        summed = dict(zip(on_device, t[1 : len(on_device) + 1])) | dict(zip(on_host, t[len(on_device) + 2 :]))
+        self._stop_agreed = self._stop_agreed or stops > 0
+        logs.update({k: summed[k] / self.world for k in keys})
+        return finite_ranks == self.world and all(math.isfinite(v) for v in summed.values())
 
     def _say_eval(self, step: int, results: dict[str, float]) -> None:
         if self.rank == 0 and results:

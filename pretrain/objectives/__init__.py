@@ -1,10 +1,13 @@
 """Pretraining objectives: one module each, one interface, one explicit registry, one combiner.
 
-An objective is built from its config dataclass and called as `objective(model, batch)`; it
-returns named losses (`{"mlm_loss": tensor}`; TACo returns three). The training loop only
-sees the `Combiner`, which runs the enabled objectives every step (`mode="sum"`, weighted) or
-one objective per step sampled by weight (`mode="sample"`, HERO; the choice is broadcast from
-rank 0 so every rank runs the same one).
+An objective is built from its config dataclass and called as `objective(model, batch, passes)`;
+it returns named losses (`{"mlm_loss": tensor}`; TACo returns three). `passes`
+(pretrain/objectives/passes.py) is the step's memo of forward passes: objectives that encode the
+same inputs share one pass (`share_passes`, on by default; without `passes` an objective runs its
+own). The training loop only sees the `Combiner`, which runs the enabled objectives every step
+(`mode="sum"`, weighted) or one objective per step sampled by weight (`mode="sample"`, HERO; the
+choice is broadcast from rank 0 so every rank runs the same one), and returns its logs as detached
+tensors: no host sync in the step (the loop converts them after its one all-reduce).
 
 Adding an objective: its module (config dataclass + class with `name` and `__call__`), one
 line in `OBJECTIVES`, and one field in `ObjectivesConfig` named like the registry key.
@@ -25,6 +28,7 @@ from pretrain.distributed import broadcast_choice
 from pretrain.objectives.gmr import GMR, GMRConfig
 from pretrain.objectives.mfm_nce import MFMNCE, MFMNCEConfig
 from pretrain.objectives.mlm import MLM, MLMConfig
+from pretrain.objectives.passes import Passes
 from pretrain.objectives.self_contrast import SelfContrast, SelfContrastConfig
 from pretrain.objectives.taco import Taco, TacoConfig
 from pretrain.pooling import masked_mean
@@ -63,7 +67,7 @@ class Objective(Protocol):
 
     name: str
 
-    def __call__(self, model: VideoTextModel, batch: Batch) -> dict[str, Tensor]: ...
+    def __call__(self, model: VideoTextModel, batch: Batch, passes: Passes | None = None) -> dict[str, Tensor]: ...
 
 
 # name -> (config dataclass, builder taking that config)
@@ -85,6 +89,7 @@ class ObjectivesConfig:
     weights: dict[str, float] = field(default_factory=dict)  # name -> weight (missing = 1.0); sample: ratio
     mode: str = "sum"  # "sum": weighted sum every step | "sample": one objective per step, P ~ weight
     seed: int = 0  # the sampled objective is a function of (seed, step): exact on resume
+    share_passes: bool = True  # one forward per distinct input a step (objectives/passes.py); False: one per objective
     mlm: MLMConfig = field(default_factory=MLMConfig)
     mfm_nce: MFMNCEConfig = field(default_factory=MFMNCEConfig)
     gmr: GMRConfig = field(default_factory=GMRConfig)
@@ -129,32 +134,36 @@ def build_objective(name: str, cfg: ObjectivesConfig) -> Objective:
     return OBJECTIVES[name][1](objective_config(name, cfg))
 
 
-def mean_pairwise_cosine(v: Tensor) -> float:
-    """The mean cosine over the distinct pairs of rows of v (B, d): near 1 when every row points the same way."""
+def mean_pairwise_cosine(v: Tensor) -> Tensor:
+    """The mean cosine () over the distinct pairs of rows of v (B, d): near 1 when every row points the same way."""
     n = v.shape[0]
     if n < 2:
-        return float("nan")
+        return v.new_full((), float("nan"), dtype=torch.float32)
     u = F.normalize(v.float(), dim=-1)  # (B, d)
-    return float(((u @ u.T).sum() - n) / (n * (n - 1)))
+    return ((u @ u.T).sum() - n) / (n * (n - 1))
 
 
 @torch.no_grad()
-def embedding_spread(model: VideoTextModel, batch: Batch) -> dict[str, float]:
+def embedding_spread(model: VideoTextModel, batch: Batch, passes: Passes | None = None) -> dict[str, Tensor]:
     """The collapse guard: mean pairwise cosine of the batch's sentence vectors and of its videos' mean
-    frames (the vectors TACo's L1 compares); near 1 means every text (or video) looks the same."""
+    frames (the vectors TACo's L1 compares); near 1 means every text (or video) looks the same. With the
+    step's `passes` it reuses the objectives' unmasked encodings (no extra forward when one ran)."""
+    passes = passes or Passes(model, batch)
     text_mask, frame_mask = batch["attention_mask"], batch["frame_mask"]  # (B, N), (B, M)
-    sentences = model.sentence(model.embed_text(batch["input_ids"], text_mask), text_mask)  # (B, d)
-    videos = masked_mean(model.embed_video(batch["frames"], frame_mask), frame_mask)  # (B, d)
+    sentences = model.sentence(passes.text().detach(), text_mask)  # (B, d)
+    videos = masked_mean(passes.video().detach(), frame_mask)  # (B, d)
     return {"sentence_cos": mean_pairwise_cosine(sentences), "video_cos": mean_pairwise_cosine(videos)}
 
 
 class Combiner:
-    """Runs the enabled objectives for a step and returns (total loss, named losses as floats).
+    """Runs the enabled objectives for a step and returns (total loss, named logs as detached tensors ()).
 
     sum: total = sum over objectives of weight * (sum of its named losses), every step.
     sample: one objective per step drawn with probability weight / sum(weights) from a
     generator seeded by (seed, step), the choice taken from rank 0; its losses count with
     weight 1 (the weights are the sampling ratio, as in HERO). Objectives with weight 0 never run.
+    Every step gets one `Passes` memo (shared by the objectives and the collapse guard when
+    `share_passes`); the logs stay on the device, so the step has no host sync.
     """
 
     def __init__(self, cfg: ObjectivesConfig):
@@ -172,21 +181,22 @@ class Combiner:
         index = rng.choices(range(len(self.names)), weights=self.weights)[0]
         return [self.names[broadcast_choice(index)]]
 
-    def __call__(self, model: VideoTextModel, batch: Batch, step: int) -> tuple[Tensor, dict[str, float]]:
-        """(total loss to backpropagate, {every *_loss, "loss": total, "ran_<name>": 1.0 or 0.0,
-        "sentence_cos", "video_cos": the collapse guard, `embedding_spread`})."""
+    def __call__(self, model: VideoTextModel, batch: Batch, step: int) -> tuple[Tensor, dict[str, Tensor | float]]:
+        """(total loss to backpropagate, {every *_loss, "loss": total, "sentence_cos", "video_cos": the
+        collapse guard (`embedding_spread`), each a detached tensor (); "ran_<name>": 1.0 or 0.0})."""
         chosen = self.choose(step)
+        passes = Passes(model, batch, share=self.cfg.share_passes)
         total: Tensor | None = None
-        logs: dict[str, float] = {}
+        logs: dict[str, Tensor | float] = {}
         for name in chosen:
             weight = 1.0 if self.cfg.mode == "sample" else self.weights[self.names.index(name)]
-            for key, loss in self.objectives[name](model, batch).items():
+            for key, loss in self.objectives[name](model, batch, passes).items():
                 if key in logs:
                     raise ValueError(f"objective {name!r} returned {key!r}, which another objective also returned")
-                logs[key] = float(loss.detach())
+                logs[key] = loss.detach()
                 total = weight * loss if total is None else total + weight * loss
         assert total is not None, "no objective returned a loss"
-        logs["loss"] = float(total.detach())
-        logs.update(embedding_spread(model, batch))
+        logs["loss"] = total.detach()
+        logs.update(embedding_spread(model, batch, passes))
         logs.update({f"ran_{name}": float(name in chosen) for name in self.names})
         return total, logs

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch.nn.functional as F
 from torch import Tensor
 
+from pretrain.objectives.passes import Passes
 from pretrain.pooling import masked_mean  # FEEL's m(.): mean over the valid positions (padding excluded)
 
 if TYPE_CHECKING:
@@ -39,15 +40,14 @@ class Converted:
     text_mask: Tensor  # (B, N) bool
 
 
-def convert(model: VideoTextModel, batch: Batch) -> Converted:
-    """FEEL eq. 1-3 on the unmasked batch: e_v, e_t -> T_cross -> MCB_V2T / MCB_T2V."""
+def convert(model: VideoTextModel, batch: Batch, passes: Passes | None = None) -> Converted:
+    """FEEL eq. 1-3 on the unmasked batch: e_v, e_t -> T_cross -> MCB_V2T / MCB_T2V (`Passes.converted`
+    shares it between objectives)."""
     frame_mask, text_mask = batch["frame_mask"], batch["attention_mask"]  # (B, M), (B, N)
-    e_v = model.embed_video(batch["frames"], frame_mask)  # (B, M, d)
-    e_t = model.embed_text(batch["input_ids"], text_mask)  # (B, N, d)
-    o_v, o_t = model.cross(e_v, frame_mask, e_t, text_mask)  # (B, M, d), (B, N, d)
-    e_t_prime = model.mcb_v2t(o_v, frame_mask)  # (B, M, d)
-    e_v_prime = model.mcb_t2v(o_t, text_mask)  # (B, N, d)
-    return Converted(e_v, e_t, e_v_prime, e_t_prime, frame_mask, text_mask)
+    f = (passes or Passes(model, batch)).cross()  # e_v (B, M, d), e_t (B, N, d), o_v (B, M, d), o_t (B, N, d)
+    e_t_prime = model.mcb_v2t(f.o_v, frame_mask)  # (B, M, d)
+    e_v_prime = model.mcb_t2v(f.o_t, text_mask)  # (B, N, d)
+    return Converted(f.e_v, f.e_t, e_v_prime, e_t_prime, frame_mask, text_mask)
 
 
 def gmr_loss(c: Converted, detach_targets: bool = False) -> tuple[Tensor, Tensor]:
@@ -71,6 +71,6 @@ class GMR:
     def __init__(self, cfg: GMRConfig):
         self.cfg = cfg
 
-    def __call__(self, model: VideoTextModel, batch: Batch) -> dict[str, Tensor]:
-        l_t2v, l_v2t = gmr_loss(convert(model, batch), self.cfg.detach_targets)
+    def __call__(self, model: VideoTextModel, batch: Batch, passes: Passes | None = None) -> dict[str, Tensor]:
+        l_t2v, l_v2t = gmr_loss((passes or Passes(model, batch)).converted(), self.cfg.detach_targets)
         return {"gmr_loss": l_t2v + l_v2t}

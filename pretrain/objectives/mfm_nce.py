@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pretrain.objectives.passes import Passes
+
 if TYPE_CHECKING:
     from pretrain.objectives import Batch, VideoTextModel
 
@@ -58,10 +60,10 @@ def mfm_nce_loss(
     frame the loss is 0 (the loader guarantees one per sample; this only avoids a NaN).
     """
     masked = mfm_mask & frame_mask  # (B, M)
-    if not masked.any():
+    q = pred[masked]  # (Q, d)
+    if q.shape[0] == 0:  # Q is known on the host once the rows are picked: no extra sync
         return pred.sum() * 0.0
     unmasked = frame_mask & ~mfm_mask  # (B, M)
-    q = pred[masked]  # (Q, d)
     pos_and_masked = q @ target[masked].T  # (Q, Q): diagonal = positives
     unmasked_neg = q @ pred[unmasked].T  # (Q, U)
     logits = torch.cat([pos_and_masked, unmasked_neg], dim=1) / temperature  # (Q, Q+U)
@@ -77,18 +79,15 @@ class MFMNCE:
     def __init__(self, cfg: MFMNCEConfig):
         self.cfg = cfg
 
-    def __call__(self, model: VideoTextModel, batch: Batch) -> dict[str, Tensor]:
+    def __call__(self, model: VideoTextModel, batch: Batch, passes: Passes | None = None) -> dict[str, Tensor]:
         frames, frame_mask, mfm_mask = batch["frames"], batch["frame_mask"], batch["mfm_mask"]  # (B, M, Dv), (B, M)
-        text_mask = batch["attention_mask"]  # (B, N)
-        masked_in = model.mask_frames(frames, mfm_mask, self.cfg.mask_embedding)  # (B, M, Dv)
-        e_v = model.embed_video(masked_in, frame_mask)  # (B, M, d)
-        e_t = model.embed_text(batch["input_ids"], text_mask)  # (B, N, d)
-        o_v, _ = model.cross(e_v, frame_mask, e_t, text_mask)  # (B, M, d)
+        passes = passes or Passes(model, batch)
+        o_v = passes.cross(masked_video=True, learned=self.cfg.mask_embedding).o_v  # (B, M, d): masked frames
         if self.cfg.target == "raw":
             pred = model.mfm_regress(o_v)  # (B, M, Dv)
             target = frames.detach().to(pred.dtype)  # (B, M, Dv): HERO's feat_targets, fixed
         else:
             pred = model.mfm_head(o_v)  # (B, M, d)
-            target = model.embed_video(frames, frame_mask)  # (B, M, d): the original frames' embeddings
+            target = passes.video()  # (B, M, d): the original frames' embeddings
             target = target.detach() if self.cfg.detach_targets else target  # (B, M, d)
         return {"mfm_nce_loss": mfm_nce_loss(pred, target, mfm_mask, frame_mask, self.cfg.temperature)}

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import torch.nn.functional as F
 from torch import Tensor
 
+from pretrain.objectives.passes import Passes
+
 if TYPE_CHECKING:
     from pretrain.objectives import Batch, VideoTextModel
 
@@ -47,11 +49,9 @@ class MLM:
     def __init__(self, cfg: MLMConfig):
         self.cfg = cfg
 
-    def __call__(self, model: VideoTextModel, batch: Batch) -> dict[str, Tensor]:
-        text_mask, frame_mask = batch["attention_mask"], batch["frame_mask"]  # (B, N), (B, M)
-        e_t = model.embed_text(batch["mlm_input_ids"], text_mask)  # (B, N, d)
-        e_v = model.embed_video(batch["frames"], frame_mask)  # (B, M, d)
-        _, o_t = model.cross(e_v, frame_mask, e_t, text_mask)  # (B, N, d)
+    def __call__(self, model: VideoTextModel, batch: Batch, passes: Passes | None = None) -> dict[str, Tensor]:
+        passes = passes or Passes(model, batch)
+        o_t = passes.cross(masked_text=True).o_t  # (B, N, d): T_cross over the video and the corrupted text
         labels = batch["mlm_labels"]  # (B, N)
         picked = labels != IGNORE  # (B, N)
         logits = model.mlm_logits(o_t[picked].unsqueeze(0)).squeeze(0)  # (P, V): only predicted positions

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor
 
-from pretrain.objectives.gmr import Converted, convert
+from pretrain.objectives.gmr import Converted
+from pretrain.objectives.passes import Passes
 from pretrain.pooling import masked_mean
 
 if TYPE_CHECKING:
@@ -106,8 +107,8 @@ class SelfContrast:
     def __init__(self, cfg: SelfContrastConfig):
         self.cfg = cfg
 
-    def __call__(self, model: VideoTextModel, batch: Batch) -> dict[str, Tensor]:
-        c = convert(model, batch)
+    def __call__(self, model: VideoTextModel, batch: Batch, passes: Passes | None = None) -> dict[str, Tensor]:
+        c = (passes or Passes(model, batch)).converted()  # shared with GMR
         e_t_twice, e_v_twice = convert_twice(model, c, self.cfg.detach_converted)  # (B, N, d), (B, M, d)
         cfg = self.cfg
         l_t, l_v = self_contrast_loss(c, e_t_twice, e_v_twice, cfg.margin, cfg.eq15_negative, cfg.detach_converted,

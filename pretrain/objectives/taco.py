@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pretrain.distributed import gather_no_grad, gather_with_grad, local_rows, rank_and_world
+from pretrain.objectives.passes import Passes
 from pretrain.pooling import masked_mean
 
 if TYPE_CHECKING:
@@ -311,11 +312,9 @@ class Taco:
             self.generator = torch.Generator(device=device).manual_seed(self.cfg.seed + rank_and_world()[0])
         return self.generator
 
-    def __call__(self, model: VideoTextModel, batch: Batch) -> dict[str, Tensor]:
-        frame_mask, text_mask = batch["frame_mask"], batch["attention_mask"]  # (B, M), (B, N)
-        x = model.embed_video(batch["frames"], frame_mask)  # (B, M, d)
-        y = model.embed_text(batch["input_ids"], text_mask)  # (B, N, d)
-        return self.from_embeddings(model, batch, x, y)
+    def __call__(self, model: VideoTextModel, batch: Batch, passes: Passes | None = None) -> dict[str, Tensor]:
+        passes = passes or Passes(model, batch)
+        return self.from_embeddings(model, batch, passes.video(), passes.text())  # x (B, M, d), y (B, N, d)
 
     def from_embeddings(self, model: VideoTextModel, batch: Batch, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """The losses from this rank's video tokens x (B, M, d) and text tokens y (B, N, d)."""

@@ -835,7 +835,7 @@ def test_combiner_sum_is_the_weighted_sum(model, batch):
     want = 0.0
     for name, w in weights.items():
         for key, loss in build_objective(name, ObjectivesConfig())(model, batch).items():
-            torch.testing.assert_close(logs[key], loss.item(), msg=key)
+            torch.testing.assert_close(logs[key], loss.detach(), msg=key)
             want += w * loss.item()
     torch.testing.assert_close(total.item(), want)
     assert logs["loss"] == pytest.approx(want) and all(logs[f"ran_{n}"] == 1.0 for n in weights)
