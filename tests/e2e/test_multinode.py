@@ -1,7 +1,8 @@
 """Pretraining across two Slurm nodes (tests/multinode.py: network, UTS and mount namespaces on this
 machine, a bridge between them, one slurmd per node): the ranks rendezvous over TCP between the
 nodes (gloo), MASTER_ADDR is the first node's hostname, and the per-step losses equal a 2-rank run
-on one node. Faults: a node's ranks killed mid-run, a rendezvous that never completes.
+on one node. The same for a finetune recipe (TVR), its corpus evaluation spread over the two nodes'
+ranks included. Faults: a node's ranks killed mid-run, a rendezvous that never completes.
 
 The cluster is the module's (started once, torn down at the end, also on failure). Jobs are
 submitted on node1 with the cluster's own SLURM_CONF; the filesystem is shared by the nodes.
@@ -18,6 +19,7 @@ from pathlib import Path
 import multinode
 import pytest
 from conftest import small_pretraining_shards
+from test_finetune import TINY as FINETUNE_TINY
 from test_pretrain import FAST
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +46,9 @@ def _losses(run_dir: Path) -> list[dict[str, float]]:
     return [{k: v for k, v in json.loads(line).items() if k == "step" or k.endswith("loss")} for line in lines]
 
 
-def _sbatch(cluster, submit: Path, *args: str, timeout: float = 240) -> tuple[int, str, int]:
+def _sbatch(
+    cluster, submit: Path, *args: str, timeout: float = 240, name: str = "vlp-pretrain"
+) -> tuple[int, str, int]:
     """sbatch --wait on node1; (job id, its log, sbatch's exit status). A job left at the timeout is cancelled."""
     (submit / "logs").mkdir(parents=True, exist_ok=True)
     proc = cluster.popen("node1", "sbatch", "--parsable", "--wait", f"--chdir={submit}", *args, cwd=submit,
@@ -58,7 +62,7 @@ def _sbatch(cluster, submit: Path, *args: str, timeout: float = 240) -> tuple[in
     match = re.match(r"(\d+)", out)
     assert match, f"sbatch printed no job id: {out}{err}"
     job = int(match.group(1))
-    log = submit / "logs" / f"vlp-pretrain-{job}.out"
+    log = submit / "logs" / f"{name}-{job}.out"
     return job, log.read_text() if log.exists() else f"(no log)\n{cluster.logs()}", proc.returncode
 
 
@@ -97,6 +101,54 @@ def test_two_nodes_train_with_the_losses_of_one_node(cluster, shards, tmp_path, 
     multi, local = _losses(tmp_path / "multi"), _losses(tmp_path / "local" / "run")
     assert [m["step"] for m in multi] == [1, 2, 3]
     assert multi == local
+
+
+@pytest.fixture(scope="module")
+def tvr(tmp_path_factory) -> Path:
+    """The synthetic TVR set (seed 0, 16 videos, 20 eval queries), converted, in shards of 4 (test_eval_ranks')."""
+    from data_prep import synthetic
+    from data_prep import tvr as convert
+    from data_prep.layout import tvr_inputs
+
+    root = tmp_path_factory.mktemp("multinode_tvr")
+    synthetic.generate(root / "raw", videos=16, seed=0, eval_queries=20)
+    convert.main([*tvr_inputs(root / "raw" / "tvr"), "--out", str(root / "tvr"), "--shard-size", "4", "--tagger",
+                  "heuristic"])  # fmt: skip
+    return root / "tvr"
+
+
+def _finetune_args(tvr: Path, run_dir: Path) -> list[str]:
+    """TVR for 2 steps, then the val split's corpus evaluation (VCMR, SVMR, VR) spread over the ranks."""
+    return [f"data.root={tvr}", f"run.output_dir={run_dir}", *FINETUNE_TINY, "run.max_steps=2", "data.test_split=null",
+            "task.search.top_videos=4", "tracking.enabled=false", "eval.codalab_zip=false"]  # fmt: skip
+
+
+EVAL_FILES = ("tvr_val_submission.json", "metrics.json")
+
+
+@pytest.mark.slow
+def test_two_nodes_finetune_and_evaluate_like_one_node(cluster, tvr, tmp_path) -> None:
+    """sbatch --nodes=2 launch/finetune.sh tvr: one rank per node; the per-step losses, the val split's
+    submission file and its metrics (corpus evaluation over both nodes' ranks, finetune/ranks.py) equal
+    a 2-rank torchrun run on one node, byte for byte. ~60 s."""
+    multi, local = tmp_path / "multi", tmp_path / "local"
+    job, log, rc = _sbatch(cluster, tmp_path, *TWO_NODES, str(REPO / "launch" / "finetune.sh"), "tvr",
+                           "configs/finetune/tvr.yaml", *_finetune_args(tvr, multi), name="vlp-finetune")  # fmt: skip
+    assert rc == 0, log[-6000:]
+    assert f"nodes node[1-2], 2 tasks, master node1:{20000 + job % 20000}" in log, log[-3000:]
+    cmd = [str(REPO / ".venv" / "bin" / "python"), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(REPO / "finetune" / "tvr.py"), "--config", str(REPO / "configs/finetune/tvr.yaml"),
+           *_finetune_args(tvr, local)]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240,
+                          env={**_host_env(), "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert [m["step"] for m in _losses(multi)] == [1, 2]
+    assert _losses(multi) == _losses(local)
+    folder = Path("eval") / "val" / "step_00000002"
+    for name in EVAL_FILES:
+        assert (multi / folder / name).read_bytes() == (local / folder / name).read_bytes(), name
+    metrics = json.loads((multi / folder / "metrics.json").read_text())
+    assert {"VCMR", "SVMR", "VR"} <= set(metrics), metrics
 
 
 def _start_job(cluster, submit: Path, run_dir: Path, shards: Path, *overrides: str) -> subprocess.Popen:
