@@ -130,7 +130,7 @@ EVAL_FILES = ("tvr_val_submission.json", "metrics.json")
 def test_two_nodes_finetune_and_evaluate_like_one_node(cluster, tvr, tmp_path) -> None:
     """sbatch --nodes=2 launch/finetune.sh tvr: one rank per node; the per-step losses, the val split's
     submission file and its metrics (corpus evaluation over both nodes' ranks, finetune/ranks.py) equal
-    a 2-rank torchrun run on one node, byte for byte. ~60 s."""
+    a 2-rank torchrun run on one node, byte for byte. ~70 s."""
     multi, local = tmp_path / "multi", tmp_path / "local"
     job, log, rc = _sbatch(cluster, tmp_path, *TWO_NODES, str(REPO / "launch" / "finetune.sh"), "tvr",
                            "configs/finetune/tvr.yaml", *_finetune_args(tvr, multi), name="vlp-finetune")  # fmt: skip
