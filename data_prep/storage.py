@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import uuid
 from dataclasses import dataclass
 
 import fsspec
@@ -47,8 +48,9 @@ class Location:
         return sorted(posixpath.basename(p.rstrip("/")) for p in self.fs.ls(self.root, detail=False))
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        """Write a small file atomically: to a temporary name, then renamed."""
-        tmp = self.path(name + ".tmp")
+        """Write a small file atomically: to a temporary name, then renamed. The temporary name is
+        unique, so writers of the same file (array tasks writing one manifest) never share it."""
+        tmp = self.path(f"{name}.{uuid.uuid4().hex[:12]}.tmp")
         with self.fs.open(tmp, "wb") as f:
             f.write(data)
         self.commit(tmp, self.path(name))

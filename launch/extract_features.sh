@@ -20,7 +20,8 @@ set -euo pipefail
 
 REPO=${VLP_REPO:-}
 if [[ -z $REPO ]]; then
-  script=$(scontrol show job "${SLURM_JOB_ID:?submit with sbatch}" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+  # The first Command= only: for an array's task, `scontrol show job` can list every task of the array.
+  script=$(scontrol show job "${SLURM_JOB_ID:?submit with sbatch}" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p;T;q')
   REPO=$(cd "$(dirname "$script")/.." && pwd)
 fi
 # shellcheck source=launch/slurm_env.sh

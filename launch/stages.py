@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from data_prep import howto100m, layout, synthetic
+from data_prep import extract, howto100m, layout, synthetic
 from data_prep.errors import DataPrepError
 from finetune.datasets import DATASETS
 from launch import pipeline, report
@@ -54,6 +54,22 @@ class FinetuneStage:
 
 
 @dataclass
+class ExtractStage:
+    """From raw video (docs/feature_extraction.md): the synthetic corpus also writes its HowTo100M part
+    as video files, data_prep.extract turns them into 2d/ + 3d/ features, and those are what gets
+    sharded and pretrained on (instead of the corpus's precomputed features). Off by default: the
+    3D model's CPU cost does not fit the main job's time budget."""
+
+    enabled: bool = False
+    backbone: str = "resnet152,r2plus1d_18"  # one 2d and one 3d (the howto100m layout)
+    weights: str | None = None  # name=PATH,name=PATH, local files only (data_prep.extract --weights)
+    random_weights: bool = False  # tests only: seeded random backbones, no weights file
+    tiny: bool = False  # tests only (with random_weights): small widths
+    batch_size: int = 32
+    device: str = "auto"  # auto (cuda when present), cpu or cuda
+
+
+@dataclass
 class MainJobConfig:
     workdir: str = "runs/main"
     videos: int = 48
@@ -70,6 +86,7 @@ class MainJobConfig:
     until: str = "report"  # the last stage to run: data | pretrain | zeroshot | finetune | report
     pretrain: PretrainStage = field(default_factory=PretrainStage)
     finetune: FinetuneStage = field(default_factory=FinetuneStage)
+    extract: ExtractStage = field(default_factory=ExtractStage)
 
 
 def load_config(path: Path, overrides: list[str]) -> MainJobConfig:
@@ -82,6 +99,8 @@ def load_config(path: Path, overrides: list[str]) -> MainJobConfig:
     unknown = sorted(set(cfg.finetune.recipes) - set(DATASETS))
     if unknown:
         raise ConfigError(f"{path}: finetune.recipes has unknown recipes {unknown} (datasets: {', '.join(DATASETS)})")
+    if cfg.extract.tiny and not cfg.extract.random_weights:
+        raise ConfigError(f"{path}: extract.tiny=true is for tests and needs extract.random_weights=true")
     return cfg
 
 
@@ -97,13 +116,18 @@ def stage_settings(cfg: MainJobConfig) -> dict[str, dict[str, Any]]:
         corpus = {"data": str(Path(cfg.data).resolve())}
     if cfg.world:  # left out for world 0, so the markers written before worlds existed still match
         corpus["world"] = cfg.world
+    if cfg.extract.enabled:  # left out when off, so the markers written before it existed still match
+        e = cfg.extract
+        corpus["with_video"] = True
+        corpus["extract"] = {"backbone": e.backbone, "weights": e.weights, "random_weights": e.random_weights,
+                             "tiny": e.tiny}  # fmt: skip
     clips = {**corpus, "clip_seconds": cfg.clip_seconds, "shard_size": cfg.shard_size, "tagger": cfg.tagger}
     sets = {**corpus, "finetune_shard_size": cfg.finetune_shard_size, "tagger": cfg.tagger}
     pre = {**clips, "pretrain": {k: v for k, v in asdict(cfg.pretrain).items() if k != "threads"}}
     zs = {**pre, "random_init_seeds": list(cfg.finetune.seeds)}
     ft = {**pre, **sets, "finetune": {k: v for k, v in asdict(cfg.finetune).items() if k != "parallel"}}
-    settings = {"corpus": corpus, "howto100m": clips, "sets": sets, "pretrain": pre, "zeroshot": zs, "finetune": ft,
-                "report": {**zs, **ft}}  # fmt: skip
+    settings = {"corpus": corpus, "extract": corpus, "howto100m": clips, "sets": sets, "pretrain": pre,
+                "zeroshot": zs, "finetune": ft, "report": {**zs, **ft}}  # fmt: skip
     return json.loads(json.dumps(settings))  # as a marker holds them
 
 
@@ -150,16 +174,42 @@ def how2r_youtube_ids(how2r_dir: Path) -> list[str]:
 def make_corpus(cfg: MainJobConfig, raw: Path) -> None:
     if raw.exists():  # interrupted before its marker
         shutil.rmtree(raw)
-    synthetic.generate(raw, videos=cfg.videos, seed=cfg.seed, eval_queries=cfg.eval_queries, world=cfg.world)
+    synthetic.generate(raw, videos=cfg.videos, seed=cfg.seed, eval_queries=cfg.eval_queries, world=cfg.world,
+                       with_video=cfg.extract.enabled)  # fmt: skip
 
 
-def shard_howto100m(cfg: MainJobConfig, raw: Path, out: Path) -> None:
+def extract_howto100m(cfg: MainJobConfig, videos: Path, out: Path) -> dict[str, Any]:
+    """HowTo100M video files -> out/2d + out/3d features (data_prep.extract, howto100m layout), the folder
+    shard_howto100m then reads. Resumable: complete feature files are kept. Weights come from
+    extract.weights; a missing file is the extractor's error naming the file it expects."""
+    e = cfg.extract
+    if not videos.is_dir():
+        raise DataPrepError(f"extract.enabled=true: no video folder {videos} (the synthetic corpus writes it)")
+    args = ["--videos", str(videos), "--out", str(out), "--layout", "howto100m", "--backbone", e.backbone,
+            "--batch-size", str(e.batch_size), "--device", e.device]  # fmt: skip
+    if e.random_weights:
+        args += ["--random-weights", *(["--tiny"] if e.tiny else [])]
+    elif e.weights:
+        args += ["--weights", e.weights]
+    result = extract.main(args)
+    print(f"extracted {len(result['done'])} videos, {len(result['skipped'])} complete already, "
+          f"{len(result['rejected'])} rejected ({out / extract.STATE_DIR})", flush=True)  # fmt: skip
+    if not result["done"] and not result["skipped"]:
+        raise DataPrepError(f"extract: no video of {videos} gave features (reject log under {out})")
+    return result
+
+
+def shard_howto100m(cfg: MainJobConfig, raw: Path, out: Path, features: Path | None = None) -> None:
+    """HowTo100M -> clip shards; `features`: a 2d/ + 3d/ folder (the extract stage's) instead of the folder's own."""
     exclude = out.parent / "howto100m_exclude.txt"
     exclude.parent.mkdir(parents=True, exist_ok=True)
     ids = sorted({i for name, d in DATASETS.items() if d.howto100m_clips for i in how2r_youtube_ids(raw / name)})
     exclude.write_text("".join(f"{v}\n" for v in ids))
+    inputs = layout.howto100m_inputs(raw / "howto100m")
+    if features is not None:
+        inputs = [*inputs[: inputs.index("--features")], "--features", str(features), "--feature-layout", "howto100m"]
     howto100m.main([
-        *layout.howto100m_inputs(raw / "howto100m"), "--out", str(out),
+        *inputs, "--out", str(out),
         "--clip-seconds", str(cfg.clip_seconds), "--exclude", str(exclude),
         "--shard-size", str(cfg.shard_size), "--workers", str(cfg.workers), "--tagger", cfg.tagger,
         *(["--resume"] if out.exists() else []),
@@ -203,9 +253,13 @@ def data_stages(cfg: MainJobConfig, work: Path) -> list[tuple[str, str, Path, Ca
     else:
         raw, found = work / "raw", dict.fromkeys(["howto100m", *DATASETS])
         stages = [("corpus", "synthetic corpus", raw, lambda: make_corpus(cfg, raw))]
+    features = work / "features" / "howto100m" if cfg.extract.enabled else None
+    if "howto100m" in found and features is not None:
+        stages.append(("extract", "HowTo100M videos -> features", features,
+                       lambda: extract_howto100m(cfg, raw / "howto100m" / "videos", features)))  # fmt: skip
     if "howto100m" in found:
         stages.append(("howto100m", "HowTo100M -> shards", shards / "howto100m",
-                       lambda: shard_howto100m(cfg, raw, shards / "howto100m")))  # fmt: skip
+                       lambda: shard_howto100m(cfg, raw, shards / "howto100m", features)))  # fmt: skip
     elif cfg.until != "data":
         raise DataPrepError(f"data={raw}: no howto100m folder to pretrain on (until=data converts the rest)")
     for name in (n for n in DATASETS if n in found):
