@@ -24,7 +24,7 @@ set -euo pipefail
 [[ $# -ge 2 ]] || { echo "usage: sbatch launch/finetune.sh TASK CONFIG [key=value ...]" >&2; exit 2; }
 REPO=${VLP_REPO:-}
 if [[ -z $REPO ]]; then
-  script=$(scontrol show job "${SLURM_JOB_ID:?submit with sbatch}" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+  script=$(scontrol show job "${SLURM_JOB_ID:?submit with sbatch}" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p;T;q')
   REPO=$(cd "$(dirname "$script")/.." && pwd)
 fi
 # shellcheck source=launch/slurm_env.sh

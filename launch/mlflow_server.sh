@@ -23,7 +23,7 @@
 set -euo pipefail
 
 if [[ -n ${SLURM_JOB_ID:-} ]]; then  # sbatch runs a copy of this script: find the submitted one
-  script=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+  script=$(scontrol show job "$SLURM_JOB_ID" | sed -n 's/^ *Command=\([^ ]*\).*/\1/p;T;q')
 else
   script=${BASH_SOURCE[0]}
 fi

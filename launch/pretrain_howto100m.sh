@@ -33,7 +33,7 @@ set -euo pipefail
 REPO=${VLP_REPO:-}
 if [[ -z $REPO ]]; then
   script=$(scontrol show job "${SLURM_JOB_ID:?submit with sbatch, or use launch/local.sh}" \
-    | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+    | sed -n 's/^ *Command=\([^ ]*\).*/\1/p;T;q')
   REPO=$(cd "$(dirname "$script")/.." && pwd)
 fi
 # shellcheck source=launch/slurm_env.sh
