@@ -134,21 +134,7 @@ SlurmctldPidFile={root}/slurmctld.pid
 SlurmdPidFile={root}/slurmd-%n.pid
 SlurmctldLogFile={root}/slurmctld.log
 SlurmdLogFile={root}/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=5,bf_interval=5
-MpiDefault=none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-ReturnToService=2
-JobRequeue=1
-KillWait=10
-MinJobAge=600
-InactiveLimit=0
-{nodes}PartitionName=multi Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+{slurm_cluster.POLICY}{nodes}PartitionName=multi Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
     def env(self, **extra: str) -> dict[str, str]:

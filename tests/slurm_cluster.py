@@ -114,6 +114,26 @@ def node_line(host: str) -> str:
     return " ".join(f"{k}={fields[k]}" for k in keys if k in fields) + " State=UNKNOWN"
 
 
+# The scheduling and process settings both test clusters use (tests/multinode.py too).
+POLICY = """\
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+# Look at pending jobs every few seconds (default 60 s), so a requeued job starts soon after its BeginTime.
+SchedulerParameters=sched_interval=5,bf_interval=5
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+ReturnToService=2
+JobRequeue=1
+KillWait=10
+MinJobAge=600
+InactiveLimit=0
+"""
+
+
 def slurm_conf(host: str) -> str:
     return f"""\
 {CONF_MARKER}: a single-node cluster for the Slurm tests (no accounting).
@@ -131,22 +151,7 @@ SlurmctldPidFile={PIDFILES["slurmctld"]}
 SlurmdPidFile={PIDFILES["slurmd"]}
 SlurmctldLogFile={LOG_DIR}/slurmctld.log
 SlurmdLogFile={LOG_DIR}/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-SchedulerType=sched/backfill
-# Look at pending jobs every few seconds (default 60 s), so a requeued job starts soon after its BeginTime.
-SchedulerParameters=sched_interval=5,bf_interval=5
-MpiDefault=none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-ReturnToService=2
-JobRequeue=1
-KillWait=10
-MinJobAge=600
-InactiveLimit=0
-{node_line(host)}
+{POLICY}{node_line(host)}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
