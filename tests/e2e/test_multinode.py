@@ -20,6 +20,7 @@ from pathlib import Path
 import multinode
 import pytest
 from conftest import small_pretraining_shards
+from test_eval_ranks import small_sets
 from test_finetune import TINY as FINETUNE_TINY
 from test_pretrain import FAST
 
@@ -107,15 +108,7 @@ def test_two_nodes_train_with_the_losses_of_one_node(cluster, shards, tmp_path, 
 @pytest.fixture(scope="module")
 def tvr(tmp_path_factory) -> Path:
     """The synthetic TVR set (seed 0, 16 videos, 20 eval queries), converted, in shards of 4 (test_eval_ranks')."""
-    from data_prep import synthetic
-    from data_prep import tvr as convert
-    from data_prep.layout import tvr_inputs
-
-    root = tmp_path_factory.mktemp("multinode_tvr")
-    synthetic.generate(root / "raw", videos=16, seed=0, eval_queries=20)
-    convert.main([*tvr_inputs(root / "raw" / "tvr"), "--out", str(root / "tvr"), "--shard-size", "4", "--tagger",
-                  "heuristic"])  # fmt: skip
-    return root / "tvr"
+    return small_sets(tmp_path_factory.mktemp("multinode_tvr"), ("tvr",)) / "tvr"
 
 
 def _finetune_args(tvr: Path, run_dir: Path) -> list[str]:

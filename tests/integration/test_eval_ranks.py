@@ -57,19 +57,25 @@ def worker(out: Path, sets: Path) -> None:
     runtime.shutdown()
 
 
-@pytest.fixture(scope="module")
-def sets(tmp_path_factory) -> Path:
-    """The synthetic TVR and MSR-VTT sets (seed 0), converted, in small shards."""
+def small_sets(root: Path, names: tuple[str, ...] = ("tvr", "msrvtt")) -> Path:
+    """`root` holding the synthetic sets `names` (seed 0, 16 videos, 20 eval queries), converted, in shards of 4."""
     from data_prep import msrvtt, synthetic, tvr
     from data_prep.layout import annotations_inputs, tvr_inputs
 
-    root = tmp_path_factory.mktemp("eval_ranks")
     synthetic.generate(root / "raw", videos=16, seed=0, eval_queries=20)
-    tvr.main([*tvr_inputs(root / "raw" / "tvr"), "--out", str(root / "tvr"), "--shard-size", "4", "--tagger",
-              "heuristic"])  # fmt: skip
-    msrvtt.main([*annotations_inputs(root / "raw" / "msrvtt"), "--out", str(root / "msrvtt"), "--shard-size", "4",
-                 "--tagger", "heuristic"])  # fmt: skip
+    if "tvr" in names:
+        tvr.main([*tvr_inputs(root / "raw" / "tvr"), "--out", str(root / "tvr"), "--shard-size", "4", "--tagger",
+                  "heuristic"])  # fmt: skip
+    if "msrvtt" in names:
+        msrvtt.main([*annotations_inputs(root / "raw" / "msrvtt"), "--out", str(root / "msrvtt"), "--shard-size", "4",
+                     "--tagger", "heuristic"])  # fmt: skip
     return root
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory) -> Path:
+    """The synthetic TVR and MSR-VTT sets (seed 0), converted, in small shards."""
+    return small_sets(tmp_path_factory.mktemp("eval_ranks"))
 
 
 def test_predictions_are_the_same_files_for_1_2_and_4_ranks(sets, tmp_path) -> None:
