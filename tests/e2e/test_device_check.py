@@ -72,7 +72,7 @@ def test_the_dry_run_passes_every_step_with_numbers(tmp_path: Path) -> None:
 def test_a_failing_and_a_hanging_step_are_recorded_and_the_next_runs(tmp_path: Path) -> None:
     """A step that exits non-zero is 'failed' with its output's end, one past its limit 'timeout' (its process
     group killed), one that left no results 'failed'; one past the budget is 'skipped'; the others run."""
-    args = argparse.Namespace(work=tmp_path, dry_run=True, device="cpu")
+    args = argparse.Namespace(work=tmp_path, dry_run=True, device="cpu", slack=1.0)
 
     def py(code: str) -> object:
         return lambda a: [sys.executable, "-c", code]
