@@ -15,6 +15,7 @@ the query, where the official script crashes or silently miscounts. Semantics: d
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import math
 import os
@@ -536,8 +537,8 @@ def _task_valid(entries: Any, task: str, video_ids: set[int], max_predictions: i
     types = set(map(type, numbers[0])) | set(map(type, numbers[1])) | set(map(type, numbers[2]))
     if set(map(type, vid)) != {int} or not video_ids.issuperset(vid) or not types <= {int, float}:
         return False
-    try:
-        st, ed, score = np.array(numbers, dtype=np.float64)  # (n,) each
+    try:  # through array.array: twice as fast as np.array from a list of Python numbers
+        st, ed, score = (np.frombuffer(array.array("d", x), dtype=np.float64) for x in numbers)  # (n,) each
     except OverflowError:  # an int too large for a float
         return False
     if int in types and not (np.abs([st, ed, score]) < 2**53).all():  # ints are exact in float64 below 2**53
