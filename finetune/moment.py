@@ -182,7 +182,7 @@ def encode_query_tokens(model: nn.Module, batch: dict) -> tuple[Tensor, Tensor, 
 def video_scores(q_vr: Tensor, ctx_n: Tensor, frame_mask: Tensor) -> Tensor:
     """max over valid frames of cos(q, ctx_t): (Q, V) from q_vr (Q, d) and ctx_n (V, M, d), both normalised."""
     cos = torch.einsum("qd,vmd->qvm", q_vr, ctx_n)  # (Q, V, M)
-    return cos.masked_fill(~frame_mask[None], -2.0).amax(dim=-1)  # (Q, V)
+    return cos.masked_fill_(~frame_mask[None], -2.0).amax(dim=-1)  # (Q, V); in place: no second (Q, V, M)
 
 
 def span_frames(frames: Tensor, span_query: str) -> Tensor:
@@ -307,12 +307,16 @@ def encode_corpus(engine: Any, loader: Any, device: torch.device, encode: Any = 
         sizes.append(len(batch["meta"]))
         if ranks.owner(b, world) == rank:
             last = engine(encode, _to(batch, device)).float()  # (B, M_b, d)
-            ctxs.extend(last.unbind(0))
+            ctxs.append(last)
         spare = batch
     for _ in range(ranks.most_units(world, len(sizes)) - len(ranks.units_of(rank, world, len(sizes)))):
         last = engine(encode, _to(spare, device)).float()  # dropped: padding of the forwards
     mask = _stack_padded(masks, 1, masks[0][None]).to(device)  # (V, M)
-    local = _stack_padded([F.pad(c, (0, 0, 0, mask.shape[1] - c.shape[0])) for c in ctxs], 1, last)
+    local = last.new_zeros(sum(len(c) for c in ctxs), mask.shape[1], last.shape[-1])  # (V_r, M, d) zero-padded
+    row = 0
+    for c in ctxs:  # this rank's batches, copied once into their rows
+        local[row : row + len(c), : c.shape[1]] = c
+        row += len(c)
     ctx = ranks.rows_in_unit_order(local, sizes)  # (V, M, d)
     return EncodedCorpus(ctx, mask, meta)
 
@@ -570,8 +574,7 @@ class MomentTask:
                                 submission=sub, vr_scores=vr_scores(0, min(len(queries), 64)))  # fmt: skip
         if with_gt:
             durations = {m["video_id"]: m["duration"] for m in encoded.meta}
-            out.metrics = moment_eval.evaluate(sub, ground_truth(queries), durations=durations)
-            out.per_query = moment_eval.query_hits(sub, ground_truth(queries), durations=durations)
+            out.metrics, out.per_query = moment_eval.evaluate_with_hits(sub, ground_truth(queries), durations=durations)
         timer.lap("metrics")
         timer.log(split)
         return out

@@ -15,12 +15,15 @@ the query, where the official script crashes or silently miscounts. Semantics: d
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import math
+import os
 import sys
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -381,7 +384,11 @@ def _check_thresholds(iou_thds: Sequence[float]) -> None:
 def _task_metrics(
     preds: Predictions, truth: GroundTruth, task: str, iou_thds: Sequence[float], topks: Sequence[int]
 ) -> dict[str, dict[str, float | str]]:
-    hits = _task_hits(preds, truth, task, iou_thds, topks)
+    return _hits_metrics(_task_hits(preds, truth, task, iou_thds, topks), truth, task)
+
+
+def _hits_metrics(hits: dict[str, np.ndarray], truth: GroundTruth, task: str) -> dict[str, dict[str, float | str]]:
+    """One task's metrics from its per-query hits (`_task_hits`)."""
     out: dict[str, dict[str, float | str]] = {task: {key: percentage(int(h.sum()), len(h)) for key, h in hits.items()}}
     if truth.types is not None:
         out[f"{task}_by_type"] = _by_type(hits, truth.types)
@@ -425,6 +432,17 @@ def evaluate(
     duration_tolerance: float = DURATION_TOLERANCE,
 ) -> dict[str, dict[str, float | str]]:
     """Every task the submission holds, laid out like the official `eval_retrieval` output."""
+    return evaluate_with_hits(submission, gt, iou_thds, durations, duration_tolerance)[0]
+
+
+def evaluate_with_hits(
+    submission: dict[str, Any],
+    gt: Sequence[dict[str, Any]],
+    iou_thds: Sequence[float] = IOU_THDS,
+    durations: Mapping[str, float | None] | None = None,
+    duration_tolerance: float = DURATION_TOLERANCE,
+) -> tuple[dict[str, dict[str, float | str]], dict[str, dict[str, list[float]]]]:
+    """(`evaluate`'s metrics, `query_hits`'s per-query hits) from one reading of the predictions."""
     if not isinstance(submission, dict):
         raise EvalInputError(f"a submission is a JSON object, got {type(submission).__name__}")
     video2idx = _video2idx(submission.get("video2idx"))
@@ -433,11 +451,14 @@ def evaluate(
         raise EvalInputError(f"the submission holds none of the tasks {list(TASKS)}")
     _check_thresholds(iou_thds)
     truth = ground_truth_table(gt, video2idx, durations, duration_tolerance)
-    results = {}
+    results, per_query = {}, {}
     for task in tasks:
         preds = prediction_table(submission[task], task, video2idx, truth.desc_ids, durations, duration_tolerance)
-        results.update(_task_metrics(preds, truth, task, iou_thds, TOPKS))
-    return {key: results[key] for key in [*tasks, *(f"{t}_by_type" for t in tasks)] if key in results}
+        hits = _task_hits(preds, truth, task, iou_thds, TOPKS)
+        results.update(_hits_metrics(hits, truth, task))
+        per_query[task] = {key: (100.0 * h).tolist() for key, h in hits.items()}
+    metrics = {key: results[key] for key in [*tasks, *(f"{t}_by_type" for t in tasks)] if key in results}
+    return metrics, per_query
 
 
 def query_hits(
@@ -495,6 +516,42 @@ def _check_entry(e: Any, where: str, task: str, video_ids: set[int], max_predict
         raise EvalInputError(f"{where}: VR predictions must name distinct videos")
 
 
+def _task_valid(entries: Any, task: str, video_ids: set[int], max_predictions: int) -> bool:
+    """True when one task's entries pass every check of `_check_entry` and their desc_ids are distinct, tested
+    on all predictions at once (numpy); False also for some valid input (an int subclass, a huge int), which
+    `validate_submission` then checks one prediction at a time, as it does to name the first problem."""
+    if type(entries) is not list:
+        return False
+    if not entries:
+        return True
+    keys, ids = {"desc_id", "desc", "predictions"}, set()
+    for e in entries:
+        if not (type(e) is dict and e.keys() == keys and type(e["desc_id"]) is int and type(e["desc"]) is str
+                and type(e["predictions"]) is list and 1 <= len(e["predictions"]) <= max_predictions):  # fmt: skip
+            return False
+        ids.add(e["desc_id"])
+    flat = [p for e in entries for p in e["predictions"]]
+    if len(ids) != len(entries) or not all(type(p) is list and len(p) == 4 for p in flat):
+        return False
+    vid, *numbers = (list(map(itemgetter(i), flat)) for i in range(4))  # (n,) video idx; st, ed, score
+    types = set(map(type, numbers[0])) | set(map(type, numbers[1])) | set(map(type, numbers[2]))
+    if set(map(type, vid)) != {int} or not video_ids.issuperset(vid) or not types <= {int, float}:
+        return False
+    try:  # through array.array: twice as fast as np.array from a list of Python numbers
+        st, ed, score = (np.frombuffer(array.array("d", x), dtype=np.float64) for x in numbers)  # (n,) each
+    except OverflowError:  # an int too large for a float
+        return False
+    if int in types and not (np.abs([st, ed, score]) < 2**53).all():  # ints are exact in float64 below 2**53
+        return False
+    if not (np.isfinite(score).all() and np.isfinite(ed).all() and (0 <= st).all() and (st <= ed).all()):
+        return False
+    rises = score[1:] > score[:-1]  # (n - 1,) prediction i + 1 scored above prediction i ...
+    rises[np.cumsum([len(e["predictions"]) for e in entries])[:-1] - 1] = False  # ... within an entry only
+    if rises.any():
+        return False
+    return task != "VR" or all(len({p[0] for p in e["predictions"]}) == len(e["predictions"]) for e in entries)
+
+
 def validate_submission(sub: Any, tasks: tuple[str, ...], max_predictions: int = MAX_PREDICTIONS) -> None:
     """Check the official schema before a submission leaves us, naming the first problem.
 
@@ -513,7 +570,9 @@ def validate_submission(sub: Any, tasks: tuple[str, ...], max_predictions: int =
     if len(set(video2idx.values())) != len(video2idx):
         raise EvalInputError("video2idx must map each video to its own idx (idx values repeat)")
     video_ids = set(video2idx.values())
-    for task in tasks:
+    if all(_task_valid(sub[task], task, video_ids, max_predictions) for task in tasks):
+        return
+    for task in tasks:  # something is wrong: the first problem, named
         if not isinstance(sub[task], list):
             raise EvalInputError(f"{task} must be a list, got {type(sub[task]).__name__}")
         seen: set[int] = set()
@@ -530,8 +589,27 @@ def write_submission(path: str | Path, video2idx: Mapping[str, int], tasks: Mapp
     validate_submission({"video2idx": dict(video2idx), **tasks}, tuple(tasks))
     sub = {"video2idx": dict(video2idx), **{t: tasks[t] for t in TASKS if t in tasks}}  # the official order
     path = Path(path)
-    path.write_text(json.dumps(sub), encoding="utf-8")
+    write_json(path, sub)
     return path
+
+
+def write_json(path: str | Path, obj: dict[str, Any], chunk: int = 1024) -> None:
+    """json.dumps(obj), byte for byte, written in pieces: each list value `chunk` items at a time (no string of
+    the whole file, 132 MB for TVR val, and no second copy of it in UTF-8), through a temporary file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("{")
+        for n, (key, value) in enumerate(obj.items()):
+            f.write(f"{', ' if n else ''}{json.dumps(key)}: ")
+            if not isinstance(value, list) or not value:
+                f.write(json.dumps(value))
+                continue
+            f.write("[")
+            for c in range(0, len(value), chunk):
+                f.write(f"{', ' if c else ''}{json.dumps(value[c : c + chunk])[1:-1]}")  # the items, no brackets
+            f.write("]")
+        f.write("}")
+    os.replace(tmp, path)
 
 
 def _validated_file(path: str | Path, tasks: tuple[str, ...]) -> dict[str, Any]:

@@ -46,7 +46,9 @@ POSITIVE_INTS = ("top_videos", "min_moment_frames", "max_moment_frames", "candid
 
 @dataclass
 class SearchConfig:
-    """Options of the corpus search; the chunk sizes bound memory and never change the result."""
+    """Options of the corpus search; the chunk sizes bound memory and never change the algorithm, but the model's
+    products per chunk (moment.py's VR scores and span input) may round differently with another chunk size (a
+    GEMM of other rows can block differently: seen on a CPU at TVR val's size), so keep them fixed to compare."""
 
     top_videos: int = 100  # K: videos per query (best VR scores) whose moments are scored; min(K, V)
     min_moment_frames: int = 1  # shortest moment, frames

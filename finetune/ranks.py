@@ -84,12 +84,13 @@ def rows_in_unit_order(local: Tensor, sizes: Sequence[int], pad_value: float | b
     if world == 1:
         return local
     parts = gather_rows(local, pad_value)
-    index, start = [], [sum(p.shape[0] for p in parts[:r]) for r in range(world)]
+    out = parts[0].new_empty((sum(sizes), *parts[0].shape[1:]))  # each unit's rows copied once into place
+    taken, row = [0] * world, 0
     for unit, size in enumerate(sizes):
         r = owner(unit, world)
-        index.extend(range(start[r], start[r] + size))
-        start[r] += size
-    return torch.cat(parts)[torch.tensor(index, dtype=torch.long, device=local.device)]
+        out[row : row + size] = parts[r][taken[r] : taken[r] + size]
+        taken[r], row = taken[r] + size, row + size
+    return out
 
 
 def spread(units: int, compute: Callable[[int], T], spare: Callable[[], T]) -> tuple[list[T], T | None]:

@@ -146,6 +146,13 @@ def test_query_hits_average_to_the_metrics(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", range(3))
+def test_evaluate_with_hits_is_evaluate_and_query_hits(seed: int) -> None:
+    """The evaluation's one pass over the predictions gives what the two separate calls give."""
+    sub, gt = rand_case(seed, didemo=seed == 2, typed=seed != 2)
+    assert me.evaluate_with_hits(sub, gt) == (me.evaluate(sub, gt), me.query_hits(sub, gt))
+
+
+@pytest.mark.parametrize("seed", range(3))
 def test_random_didemo_matches_brute_force(seed: int) -> None:
     sub, gt = rand_case(100 + seed, didemo=True, typed=False)
     got = me.evaluate(sub, gt)
@@ -649,3 +656,40 @@ def test_eval_task_checks_video2idx() -> None:
         me.eval_task(sub["VR"], {"a": "0", "b": 1, "c": 2, "d": 3}, gt, "VR")
     with pytest.raises(EvalInputError, match="JSON object"):
         me.evaluate([], gt)
+
+
+@pytest.mark.parametrize("how", list(VIOLATIONS))
+def test_fast_check_never_passes_a_violation(how: str) -> None:
+    """validate_submission's vectorised pass (_task_valid) accepts no broken submission (the per-prediction loop,
+    which names the problem, then runs), and accepts the valid one with float spans."""
+    sub = valid_submission()
+    for task in ("VCMR", "SVMR", "VR"):
+        assert me._task_valid(sub[task], task, {0, 1, 2}, me.MAX_PREDICTIONS)
+    _break(sub, how)
+    ids = set(sub["video2idx"].values()) if isinstance(sub.get("video2idx"), dict) else set()
+    tasks = [t for t in ("VCMR", "SVMR", "VR") if t in sub]
+    if how not in ("video2idx value", "video2idx bool", "video2idx key", "video2idx repeat", "no video2idx",
+                   "missing task", "extra key"):  # those are checked before the tasks  # fmt: skip
+        assert not all(me._task_valid(sub[t], t, ids, me.MAX_PREDICTIONS) for t in tasks)
+
+
+def test_fast_check_keeps_exact_int_comparisons() -> None:
+    """Int spans past 2**53 are not compared as floats (they would round to equal): left to the exact loop."""
+    sub = valid_submission()
+    sub["VCMR"][0]["predictions"][0][1:3] = [2**53 + 1, 2**53]  # st > ed, equal as float64
+    assert not me._task_valid(sub["VCMR"], "VCMR", {0, 1, 2}, me.MAX_PREDICTIONS)
+    with pytest.raises(EvalInputError, match="0 <= st <= ed"):
+        me.validate_submission(sub, ("VCMR", "SVMR", "VR"))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_write_json_is_json_dumps(tmp_path, seed: int) -> None:
+    """The chunked writer's file is json.dumps of the same object, byte for byte: random submissions (chunks
+    that do not divide the lists, one longer than them), empty lists, non-ASCII and escaped text."""
+    sub, _ = rand_case(seed)
+    sub["VCMR"][0]["desc"] = 'caf\u00e9 "quoted" \\ back\nslash'
+    sub["extra"], sub["nested"] = [], {"a": [1, 2.5, None]}
+    for chunk in (1, 3, 7, 10**6):
+        me.write_json(tmp_path / "s.json", sub, chunk=chunk)
+        assert (tmp_path / "s.json").read_bytes() == json.dumps(sub).encode("utf-8"), chunk
+    assert not list(tmp_path.glob("*.tmp"))
