@@ -67,6 +67,7 @@ class ExtractStage:
     tiny: bool = False  # tests only (with random_weights): small widths
     batch_size: int = 32
     device: str = "auto"  # auto (cuda when present), cpu or cuda
+    resize: str = "torch"  # torch: the trained resize; ffmpeg: swscale's, faster (data_prep.extract --resize)
 
 
 @dataclass
@@ -101,6 +102,8 @@ def load_config(path: Path, overrides: list[str]) -> MainJobConfig:
         raise ConfigError(f"{path}: finetune.recipes has unknown recipes {unknown} (datasets: {', '.join(DATASETS)})")
     if cfg.extract.tiny and not cfg.extract.random_weights:
         raise ConfigError(f"{path}: extract.tiny=true is for tests and needs extract.random_weights=true")
+    if cfg.extract.resize not in extract.RESIZES:
+        raise ConfigError(f"{path}: extract.resize={cfg.extract.resize!r} is not one of {extract.RESIZES}")
     return cfg
 
 
@@ -121,6 +124,8 @@ def stage_settings(cfg: MainJobConfig) -> dict[str, dict[str, Any]]:
         corpus["with_video"] = True
         corpus["extract"] = {"backbone": e.backbone, "weights": e.weights, "random_weights": e.random_weights,
                              "tiny": e.tiny}  # fmt: skip
+        if e.resize != "torch":  # left out for the default, so the markers written before it existed still match
+            corpus["extract"]["resize"] = e.resize
     clips = {**corpus, "clip_seconds": cfg.clip_seconds, "shard_size": cfg.shard_size, "tagger": cfg.tagger}
     sets = {**corpus, "finetune_shard_size": cfg.finetune_shard_size, "tagger": cfg.tagger}
     pre = {**clips, "pretrain": {k: v for k, v in asdict(cfg.pretrain).items() if k != "threads"}}
@@ -186,7 +191,7 @@ def extract_howto100m(cfg: MainJobConfig, videos: Path, out: Path) -> dict[str, 
     if not videos.is_dir():
         raise DataPrepError(f"extract.enabled=true: no video folder {videos} (the synthetic corpus writes it)")
     args = ["--videos", str(videos), "--out", str(out), "--layout", "howto100m", "--backbone", e.backbone,
-            "--batch-size", str(e.batch_size), "--device", e.device]  # fmt: skip
+            "--batch-size", str(e.batch_size), "--device", e.device, "--resize", e.resize]  # fmt: skip
     if e.random_weights:
         args += ["--random-weights", *(["--tiny"] if e.tiny else [])]
     elif e.weights:

@@ -79,3 +79,8 @@ def test_extract_is_off_by_default_and_leaves_the_old_markers_alone(tmp_path: Pa
     assert "with_video" not in S.stage_settings(cfg)["corpus"]
     on = S.stage_settings(_config(tmp_path, "extract.random_weights=true"))
     assert on["howto100m"]["extract"]["random_weights"] is True  # another extraction: the shards are redone
+    assert "resize" not in on["corpus"]["extract"]  # the default resize: the markers made before it still match
+    ffmpeg = S.stage_settings(_config(tmp_path, "extract.random_weights=true", "extract.resize=ffmpeg"))
+    assert ffmpeg["howto100m"]["extract"]["resize"] == "ffmpeg"
+    with pytest.raises(ConfigError, match="extract.resize='area' is not one of"):
+        _config(tmp_path, "extract.resize=area")
