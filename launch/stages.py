@@ -332,6 +332,30 @@ def pretrain_run(cfg: MainJobConfig, work: Path, parent: str | None) -> pipeline
 INITS = ("pretrained", "scratch")
 
 
+def check_frame_dims(cfg: MainJobConfig, work: Path) -> None:
+    """Before pretraining, when the job goes on to finetune: each recipe's shards must have the HowTo100M
+    shards' frame dim, which the pretrained export's model takes; a DataPrepError naming both otherwise
+    (the finetune run would fail only after pretraining, at loading the export)."""
+    if STAGES.index(cfg.until) < STAGES.index("finetune") or not cfg.finetune.recipes:
+        return
+    dim = feature_dim(work / "shards" / "howto100m")
+    differ = []
+    for recipe in cfg.finetune.recipes:
+        split = train_split(recipe, [*cfg.finetune.overrides, *cfg.finetune.recipe_overrides.get(recipe, [])])
+        if (d := feature_dim(work / "shards" / recipe / split)) != dim:
+            differ.append(f"{recipe}/{split} has {d}-d")
+    if differ:
+        why = ""
+        if cfg.extract.enabled:
+            why = (" extract.enabled=true makes the HowTo100M features from video; the finetune sets keep the "
+                   "corpus's precomputed features (extracting their videos is not done).")  # fmt: skip
+        raise DataPrepError(
+            f"the pretrained model takes {dim}-d frames (shards/howto100m) but {', '.join(differ)}: its export "
+            f"cannot be finetuned on them.{why} Stop before finetuning (until=zeroshot) or finetune sets with the "
+            "same features."
+        )
+
+
 def finetune_runs(cfg: MainJobConfig, work: Path, parent: str | None) -> list[pipeline.Run]:
     runs = []
     export = work / "runs" / "pretrain" / "export"
