@@ -69,6 +69,10 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 # ----------------------------------------------------------------------------- backbones
 
 
+RESIZES = ("torch", "ffmpeg")  # --resize: who resizes the frames (docs/feature_extraction.md "Resize")
+SWS_FILTER = {"bilinear": "BILINEAR", "bicubic": "BICUBIC"}  # the backbone's filter in FFmpeg's swscale
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How a backbone was trained to see a frame: resize, centre crop, normalise."""
@@ -79,27 +83,41 @@ class Preprocess:
     std: tuple[float, float, float]
     interpolation: str = "bilinear"  # torch interpolate mode, antialiased like torchvision's Resize
 
-    def __call__(self, frames: np.ndarray) -> torch.Tensor:
-        """[N, H, W, 3] uint8 RGB -> [N, 3, crop, crop] float32, normalised."""
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W)
-        h, w = x.shape[-2:]
+    def size(self, h: int, w: int) -> tuple[int, int]:
+        """The (h, w) a frame of h x w is resized to before the centre crop."""
         if isinstance(self.resize, int):
             scale = self.resize / min(h, w)
-            size = (max(self.resize, round(h * scale)), max(self.resize, round(w * scale)))
-        else:
-            size = self.resize
-        x = F.interpolate(x, size=size, mode=self.interpolation, antialias=True, align_corners=False)
+            return max(self.resize, round(h * scale)), max(self.resize, round(w * scale))
+        return self.resize
+
+    def __call__(self, frames: np.ndarray, device: torch.device | None = None, resized: bool = False) -> torch.Tensor:
+        """[N, H, W, 3] uint8 RGB -> [N, 3, crop, crop] float32 on `device` (default: the CPU), normalised.
+        The uint8 frames go to the device first, so on a GPU the resize runs there. `resized`: the frames
+        are at `size` already (FFmpeg resized them while converting to RGB, `--resize ffmpeg`): crop only."""
+        device = device or torch.device("cpu")
+        x = torch.from_numpy(frames)
+        if device.type == "cuda":
+            x = x.pin_memory().to(device, non_blocking=True)
+        x = x.to(device).permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W)
+        size = self.size(*x.shape[-2:])
+        if not resized:
+            x = F.interpolate(x, size=size, mode=self.interpolation, antialias=True, align_corners=False)
+        elif tuple(x.shape[-2:]) != size:
+            raise ValueError(f"frames of {tuple(x.shape[-2:])} given as resized, expected {size}")
         top, left = (size[0] - self.crop) // 2, (size[1] - self.crop) // 2
         x = x[..., top : top + self.crop, left : left + self.crop].clamp_(0.0, 1.0)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
         return (x - mean) / std
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, resize: str = "torch") -> dict[str, Any]:
+        by = f"torch F.interpolate {self.interpolation}, antialias, on float RGB"
+        if resize == "ffmpeg":
+            by = f"FFmpeg swscale {SWS_FILTER[self.interpolation]}, in the YUV -> RGB conversion (--resize ffmpeg)"
         return {
             "resize": self.resize if isinstance(self.resize, int) else list(self.resize),
             "resize_rule": "short side" if isinstance(self.resize, int) else "(h, w)",
-            "interpolation": f"{self.interpolation}, antialias",
+            "interpolation": by,
             "crop": f"centre {self.crop}x{self.crop}",
             "mean": list(self.mean),
             "std": list(self.std),
@@ -318,12 +336,31 @@ def probe(path: str) -> tuple[Any, Any, float]:
     return container, stream, duration
 
 
-def iter_samples(path: str, plans: list[Plan]) -> Iterator[Sample | int]:
+def frame_array(frame: Any, pre: Preprocess, resize: str, reformatter: Any = None) -> np.ndarray:
+    """A decoded frame as [H, W, 3] uint8 RGB. "torch": full size (the backbone's resize comes later,
+    in Preprocess); "ffmpeg": at `pre.size`, swscale resizing with the backbone's filter in the same
+    pass as the YUV -> RGB conversion (a fraction of the work of converting the full frame)."""
+    if resize == "torch":
+        return frame.to_ndarray(format="rgb24")
+    from av.video.reformatter import Interpolation, VideoReformatter
+
+    h, w = pre.size(frame.height, frame.width)
+    reformatter = reformatter or VideoReformatter()
+    out = reformatter.reformat(frame, width=w, height=h, format="rgb24",
+                               interpolation=Interpolation[SWS_FILTER[pre.interpolation]])  # fmt: skip
+    return out.to_ndarray()
+
+
+def iter_samples(path: str, plans: list[Plan], resize: str = "torch") -> Iterator[Sample | int]:
     """Decode `path` once, front to back, yielding each plan's samples as soon as their frames are
-    decoded (in time order per plan), then the number of decoded frames (an int, last).
+    decoded (in time order per plan), then the number of decoded frames (an int, last). Only the frames
+    a sample takes are converted to RGB (`frame_array`, per `resize`), each once per size it is needed at.
     Rejected: see probe; `decode_error` part-way; `truncated` (frames end well before the duration)."""
     import av
+    from av.video.reformatter import VideoReformatter
 
+    if resize not in RESIZES:
+        raise ValueError(f"resize={resize!r}, not one of {RESIZES}")
     container, stream, duration = probe(path)
     stream.thread_type = "AUTO"
     counts = [p.count(duration) for p in plans]
@@ -336,17 +373,19 @@ def iter_samples(path: str, plans: list[Plan]) -> Iterator[Sample | int]:
     )
     open_samples: dict[tuple[int, int], Sample] = {}
     nxt, decoded, prev, prev_t, last_t = 0, 0, None, None, -1.0
+    reformatters = [VideoReformatter() for _ in plans]  # one per plan: swscale's context is reused
 
     def take(frame: Any, t_frame: float) -> Iterator[Sample]:
         """Give `frame` (shown at t_frame) to every wanted time before the next frame."""
         nonlocal nxt
-        img = None
+        imgs: dict[int | None, np.ndarray] = {}  # "torch": one full-size array; "ffmpeg": one per plan
         while nxt < len(wanted) and (next_t is None or wanted[nxt][0] < next_t):
             _, p, k, j = wanted[nxt]
-            if img is None:
-                img = frame.to_ndarray(format="rgb24")  # (H, W, 3) uint8
+            key = None if resize == "torch" else p
+            if key not in imgs:
+                imgs[key] = frame_array(frame, plans[p].backbone.preprocess, resize, reformatters[p])  # (H, W, 3)
             s = open_samples.setdefault((p, k), Sample(p, k, [], []))
-            s.frames.append(img)
+            s.frames.append(imgs[key])
             s.pts.append(t_frame)
             if j == plans[p].backbone.frames - 1:
                 yield open_samples.pop((p, k))
@@ -391,17 +430,17 @@ class Extractor:
     models: list[nn.Module]
     device: torch.device
     batch_size: int = 32
+    resize: str = "torch"  # RESIZES: torch resizes on the model's device, ffmpeg while converting to RGB
     stats: dict[str, float] = field(default_factory=lambda: {"frames": 0, "videos": 0})
 
     def _run(self, p: int, samples: list[Sample]) -> np.ndarray:
         plan = self.plans[p]
-        frames = np.stack([f for s in samples for f in s.frames])  # (B*F, H, W, 3)
-        x = plan.backbone.preprocess(frames)  # (B*F, 3, S, S)
+        frames = np.stack([f for s in samples for f in s.frames])  # (B*F, H, W, 3) uint8
+        # uint8 to the device, resized (unless FFmpeg did), cropped and normalised there: (B*F, 3, S, S)
+        x = plan.backbone.preprocess(frames, self.device, resized=self.resize == "ffmpeg")
         if plan.backbone.frames > 1:
             b, f = len(samples), plan.backbone.frames
             x = x.view(b, f, *x.shape[1:]).transpose(1, 2)  # (B, 3, F, S, S)
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
         with torch.no_grad(), torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
             return self.models[p](x).float().cpu().numpy()  # (B, D)
 
@@ -410,7 +449,7 @@ class Extractor:
         batches: list[list[Sample]] = [[] for _ in self.plans]
         outs: list[list[np.ndarray]] = [[] for _ in self.plans]
         decoded = 0
-        for s in prefetched(iter_samples(path, self.plans), 2 * self.batch_size):
+        for s in prefetched(iter_samples(path, self.plans, self.resize), 2 * self.batch_size):
             if isinstance(s, int):
                 decoded = s
                 continue
@@ -560,7 +599,9 @@ def shard_of(videos: list[tuple[str, str]], num_shards: int, index: int) -> list
     return videos[index::num_shards]
 
 
-def provenance(plans: list[Plan], weights: dict[str, str | None], layout: str, tiny: bool) -> dict[str, Any]:
+def provenance(
+    plans: list[Plan], weights: dict[str, str | None], layout: str, tiny: bool, resize: str = "torch"
+) -> dict[str, Any]:
     import av
     import transformers
 
@@ -579,11 +620,17 @@ def provenance(plans: list[Plan], weights: dict[str, str | None], layout: str, t
                 "frames_per_sample": p.backbone.frames,
                 "clip_fps": p.backbone.clip_fps or None,
                 "output": (f"{p.backbone.kind}/<id>.npy" if layout == "howto100m" else "<id>.npz key features"),
-                "preprocessing": p.backbone.preprocess.describe(),
+                "preprocessing": p.backbone.preprocess.describe(resize),
             }
             for p in plans
         ],
-        "decoder": {"name": "PyAV", "av": av.__version__, "ffmpeg": _ffmpeg_version(), "threading": "AUTO"},
+        "decoder": {
+            "name": "PyAV",
+            "av": av.__version__,
+            "ffmpeg": _ffmpeg_version(),
+            "threading": "AUTO",
+            "resize": resize,
+        },
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -634,6 +681,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="tests only (with --random-weights): small widths")
     p.add_argument("--interval", type=float, default=1.5, help="hero layout: seconds per feature")
     p.add_argument("--batch-size", type=int, default=32, help="samples per forward pass")
+    p.add_argument("--resize", default="torch", choices=RESIZES, help="torch (default): the backbone's trained "
+                   "resize (antialiased torch interpolate, on the GPU when there is one); ffmpeg: swscale "
+                   "resizes while converting to RGB, faster on the CPU, features close but not equal "
+                   "(docs/feature_extraction.md: Resize)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--shard-index", type=int, default=None, help="default: SLURM_ARRAY_TASK_ID, else 0")
@@ -672,10 +723,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           ("cpu" if args.device == "auto" else args.device))  # fmt: skip
     torch.manual_seed(0)
     models = [p.backbone.build(weights[p.backbone.name], args.tiny).to(device) for p in plans]
-    ext = Extractor(plans, models, device, args.batch_size)
+    ext = Extractor(plans, models, device, args.batch_size, args.resize)
 
-    loc.write_bytes(MANIFEST_FILE, json.dumps(provenance(plans, weights, args.layout, args.tiny), indent=1,
-                                              sort_keys=True).encode())  # fmt: skip
+    prov = provenance(plans, weights, args.layout, args.tiny, args.resize)
+    loc.write_bytes(MANIFEST_FILE, json.dumps(prov, indent=1, sort_keys=True).encode())
     if loc.is_local:
         os.makedirs(loc.path(STATE_DIR), exist_ok=True)
     reject_name = f"{STATE_DIR}/rejects.{index:05d}-of-{args.num_shards:05d}.jsonl"

@@ -44,6 +44,7 @@ from launch.stages import (
     DEFAULT_CONFIG,
     STAGES,
     StageChanged,
+    check_frame_dims,
     data_stages,
     finetune_runs,
     load_config,
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         stages = data_stages(cfg, work)
         for i, (key, name, out, fn) in enumerate(stages, 1):
             run_stage(i, len(stages) + STAGES.index(cfg.until), name, out, fn, settings[key])
+        check_frame_dims(cfg, work)
     except (DataPrepError, StageChanged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

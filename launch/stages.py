@@ -67,6 +67,7 @@ class ExtractStage:
     tiny: bool = False  # tests only (with random_weights): small widths
     batch_size: int = 32
     device: str = "auto"  # auto (cuda when present), cpu or cuda
+    resize: str = "torch"  # torch: the trained resize; ffmpeg: swscale's, faster (data_prep.extract --resize)
 
 
 @dataclass
@@ -101,6 +102,8 @@ def load_config(path: Path, overrides: list[str]) -> MainJobConfig:
         raise ConfigError(f"{path}: finetune.recipes has unknown recipes {unknown} (datasets: {', '.join(DATASETS)})")
     if cfg.extract.tiny and not cfg.extract.random_weights:
         raise ConfigError(f"{path}: extract.tiny=true is for tests and needs extract.random_weights=true")
+    if cfg.extract.resize not in extract.RESIZES:
+        raise ConfigError(f"{path}: extract.resize={cfg.extract.resize!r} is not one of {extract.RESIZES}")
     return cfg
 
 
@@ -121,6 +124,8 @@ def stage_settings(cfg: MainJobConfig) -> dict[str, dict[str, Any]]:
         corpus["with_video"] = True
         corpus["extract"] = {"backbone": e.backbone, "weights": e.weights, "random_weights": e.random_weights,
                              "tiny": e.tiny}  # fmt: skip
+        if e.resize != "torch":  # left out for the default, so the markers written before it existed still match
+            corpus["extract"]["resize"] = e.resize
     clips = {**corpus, "clip_seconds": cfg.clip_seconds, "shard_size": cfg.shard_size, "tagger": cfg.tagger}
     sets = {**corpus, "finetune_shard_size": cfg.finetune_shard_size, "tagger": cfg.tagger}
     pre = {**clips, "pretrain": {k: v for k, v in asdict(cfg.pretrain).items() if k != "threads"}}
@@ -186,7 +191,7 @@ def extract_howto100m(cfg: MainJobConfig, videos: Path, out: Path) -> dict[str, 
     if not videos.is_dir():
         raise DataPrepError(f"extract.enabled=true: no video folder {videos} (the synthetic corpus writes it)")
     args = ["--videos", str(videos), "--out", str(out), "--layout", "howto100m", "--backbone", e.backbone,
-            "--batch-size", str(e.batch_size), "--device", e.device]  # fmt: skip
+            "--batch-size", str(e.batch_size), "--device", e.device, "--resize", e.resize]  # fmt: skip
     if e.random_weights:
         args += ["--random-weights", *(["--tiny"] if e.tiny else [])]
     elif e.weights:
@@ -325,6 +330,30 @@ def pretrain_run(cfg: MainJobConfig, work: Path, parent: str | None) -> pipeline
 
 
 INITS = ("pretrained", "scratch")
+
+
+def check_frame_dims(cfg: MainJobConfig, work: Path) -> None:
+    """Before pretraining, when the job goes on to finetune: each recipe's shards must have the HowTo100M
+    shards' frame dim, which the pretrained export's model takes; a DataPrepError naming both otherwise
+    (the finetune run would fail only after pretraining, at loading the export)."""
+    if STAGES.index(cfg.until) < STAGES.index("finetune") or not cfg.finetune.recipes:
+        return
+    dim = feature_dim(work / "shards" / "howto100m")
+    differ = []
+    for recipe in cfg.finetune.recipes:
+        split = train_split(recipe, [*cfg.finetune.overrides, *cfg.finetune.recipe_overrides.get(recipe, [])])
+        if (d := feature_dim(work / "shards" / recipe / split)) != dim:
+            differ.append(f"{recipe}/{split} has {d}-d")
+    if differ:
+        why = ""
+        if cfg.extract.enabled:
+            why = (" extract.enabled=true makes the HowTo100M features from video; the finetune sets keep the "
+                   "corpus's precomputed features (extracting their videos is not done).")  # fmt: skip
+        raise DataPrepError(
+            f"the pretrained model takes {dim}-d frames (shards/howto100m) but {', '.join(differ)}: its export "
+            f"cannot be finetuned on them.{why} Stop before finetuning (until=zeroshot) or finetune sets with the "
+            "same features."
+        )
 
 
 def finetune_runs(cfg: MainJobConfig, work: Path, parent: str | None) -> list[pipeline.Run]:

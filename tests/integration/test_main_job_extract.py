@@ -79,3 +79,31 @@ def test_extract_is_off_by_default_and_leaves_the_old_markers_alone(tmp_path: Pa
     assert "with_video" not in S.stage_settings(cfg)["corpus"]
     on = S.stage_settings(_config(tmp_path, "extract.random_weights=true"))
     assert on["howto100m"]["extract"]["random_weights"] is True  # another extraction: the shards are redone
+    assert "resize" not in on["corpus"]["extract"]  # the default resize: the markers made before it still match
+    ffmpeg = S.stage_settings(_config(tmp_path, "extract.random_weights=true", "extract.resize=ffmpeg"))
+    assert ffmpeg["howto100m"]["extract"]["resize"] == "ffmpeg"
+    with pytest.raises(ConfigError, match="extract.resize='area' is not one of"):
+        _config(tmp_path, "extract.resize=area")
+
+
+def test_finetune_sets_of_another_frame_dim_stop_the_job_before_pretraining(tmp_path: Path) -> None:
+    """extract.enabled=true: the HowTo100M shards hold the extracted features, the finetune sets the corpus's;
+    a job that goes on to finetune stops after the data stages with both dims named, not after pretraining."""
+    import json
+
+    def shards(recipe_dim: int) -> None:
+        for folder, dim in [
+            ("howto100m", 128),
+            *((f"{r}/{S.train_split(r, [])}", recipe_dim) for r in ("tvr", "msrvtt")),
+        ]:
+            (tmp_path / "shards" / folder).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "shards" / folder / "manifest.json").write_text(json.dumps({"feature_spec": {"dim": dim}}))
+
+    cfg = _config(tmp_path, "extract.random_weights=true", "until=report")
+    shards(recipe_dim=64)
+    with pytest.raises(DataPrepError, match=r"takes 128-d frames .* tvr/train has 64-d, msrvtt/\S+ has 64-d.*"
+                       r"extract.enabled=true makes the HowTo100M features from video"):  # fmt: skip
+        S.check_frame_dims(cfg, tmp_path)
+    S.check_frame_dims(_config(tmp_path, "extract.random_weights=true", "until=zeroshot"), tmp_path)  # not finetuned
+    shards(recipe_dim=128)
+    S.check_frame_dims(cfg, tmp_path)  # the same dims: on to pretraining
