@@ -148,7 +148,8 @@ vlp_lost_rank() {
     -e 'Exited with exit code 2$' -e '^config error: ' -e 'CollectiveError: (collective failed|rendezvous)')
   if grep -qE 'Exited with exit code 2$|^config error: ' <<<"$lines"; then return 1; fi
   [[ -n $lines ]] || return 1
-  head -n1 <<<"$lines" | cut -c1-300
+  # srun's word on the task or node first (the survivors' CollectiveError may come before it)
+  { grep '^srun: error' <<<"$lines" || true; cat <<<"$lines"; } | head -n1 | cut -c1-300
 }
 
 # After a failed srun: a lost rank or node requeues the job (it resumes from the latest complete

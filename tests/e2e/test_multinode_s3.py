@@ -57,6 +57,7 @@ def cluster(tmp_path_factory):
     """The two nodes, and moto_server on the bridge (in the hub namespace, an address of its own)."""
     with multinode.MultiNodeCluster(tmp_path_factory.mktemp("multinode_s3")) as c:
         subprocess.run([*_hub(c), "ip", "addr", "add", f"{S3_ADDR}/24", "dev", "br0"], check=True)
+        subprocess.run([*_hub(c), "ip", "link", "set", "lo", "up"], check=True)  # the hub's own address goes by lo
         log = (c.root / "moto.log").open("w")
         moto = subprocess.Popen([*_hub(c), str(REPO / ".venv" / "bin" / "moto_server"), "-H", S3_ADDR, "-p",
                                  str(S3_PORT)], stdout=log, stderr=subprocess.STDOUT,
@@ -65,10 +66,11 @@ def cluster(tmp_path_factory):
             _hub_python(
                 c,
                 f"""
-import time, boto3
+import time, boto3, botocore.config
+s3 = boto3.client("s3", config=botocore.config.Config(connect_timeout=1, retries={{"max_attempts": 1}}))
 for _ in range(300):
     try:
-        boto3.client("s3").create_bucket(Bucket="{BUCKET}")
+        s3.create_bucket(Bucket="{BUCKET}")
         break
     except Exception:
         time.sleep(0.1)
@@ -190,9 +192,9 @@ def test_node_local_run_dirs_resume_from_s3_with_the_nodes_swapped(cluster, shar
     assert {f"{tag}/zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= {
         k.removeprefix("checkpoints/") for k in uploaded
     }
-    for disk in disks.values():  # new nodes, empty disks
-        shutil.rmtree(disk)
-        disk.mkdir()
+    for disk in disks.values():  # new nodes, empty disks (the folders stay: they are the mounts' sources)
+        for path in disk.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
 
     hostfile = tmp_path / "hosts"
     hostfile.write_text("node2\nnode1\n")  # task 0 on node2
