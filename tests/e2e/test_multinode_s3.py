@@ -36,7 +36,7 @@ ENDPOINT = f"http://{S3_ADDR}:{S3_PORT}"
 AWS = {"AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKE1234", "AWS_SECRET_ACCESS_KEY": "SECRETFAKEsecretfake",
        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": ENDPOINT, "AWS_CONFIG_FILE": "/nonexistent",
        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "NO_PROXY": S3_ADDR}  # fmt: skip
-STEPS = ["runtime.zero_stage=2", "run.max_steps=12", "checkpoint.every=2"]  # the run every test compares with
+STEPS = ["run.max_steps=12", "checkpoint.every=2"]  # the run every test compares with (and a ZeRO stage)
 PYTHON = str(REPO / ".venv" / "bin" / "python")
 
 
@@ -91,11 +91,18 @@ def shards(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(shards, tmp_path_factory) -> list[dict[str, float]]:
-    """The uninterrupted run: the same config on 2 ranks of one node (launch/local.sh)."""
-    root = tmp_path_factory.mktemp("multinode_s3_reference")
-    _local_two_ranks(shards, root / "run", *STEPS)
-    return _losses(root / "run")
+def reference(shards, tmp_path_factory):
+    """reference(stage): the uninterrupted run's losses, the same config on 2 ranks of one node (launch/local.sh)."""
+    done: dict[int, list[dict[str, float]]] = {}
+
+    def losses(stage: int) -> list[dict[str, float]]:
+        if stage not in done:
+            root = tmp_path_factory.mktemp(f"multinode_s3_reference_zero{stage}")
+            _local_two_ranks(shards, root / "run", *STEPS, f"runtime.zero_stage={stage}")
+            done[stage] = _losses(root / "run")
+        return done[stage]
+
+    return losses
 
 
 def _node_local(cluster, tmp_path: Path) -> tuple[Path, dict[str, Path]]:
@@ -109,10 +116,10 @@ def _node_local(cluster, tmp_path: Path) -> tuple[Path, dict[str, Path]]:
     return run, disks
 
 
-def _submit(cluster, submit: Path, run: Path, shards: Path, prefix: str, *sbatch: str, **env: str) -> int:
+def _submit(cluster, submit: Path, run: Path, shards: Path, stage: int, prefix: str, *sbatch: str, **env: str) -> int:
     (submit / "logs").mkdir(exist_ok=True)
-    train = _train(shards, run, *STEPS, f"checkpoint.upload=s3://{BUCKET}/{prefix}", "checkpoint.node_local=true",
-                   "checkpoint.export=true")  # fmt: skip
+    train = _train(shards, run, *STEPS, f"runtime.zero_stage={stage}", f"checkpoint.upload=s3://{BUCKET}/{prefix}",
+                   "checkpoint.node_local=true", "checkpoint.export=true")  # fmt: skip
     proc = cluster.run("node1", "sbatch", "--parsable", f"--chdir={submit}", *TWO_NODES, *sbatch, str(PRETRAIN),
                        CONFIG, *train, cwd=submit, env=cluster.env(**AWS, **env))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -178,7 +185,7 @@ def test_node_local_run_dirs_resume_from_s3_with_the_nodes_swapped(cluster, shar
     checkpoint; with both disks wiped, a second job with rank 0 on node2 and rank 1 on node1 pulls, on
     each node, only what its rank reads, and goes on with the uninterrupted run's losses. ~90 s."""
     run, disks = _node_local(cluster, tmp_path)
-    first = _submit(cluster, tmp_path, run, shards, "swap", "--no-requeue")
+    first = _submit(cluster, tmp_path, run, shards, 2, "swap", "--no-requeue")
     _wait(cluster, tmp_path, first, lambda log: "uploaded checkpoint step_00000002" in log, "a checkpoint in S3")
     cluster.run("node1", "scancel", str(first))
     assert _ended(cluster, tmp_path, first)["JobState"] == "CANCELLED"
@@ -198,7 +205,7 @@ def test_node_local_run_dirs_resume_from_s3_with_the_nodes_swapped(cluster, shar
 
     hostfile = tmp_path / "hosts"
     hostfile.write_text("node2\nnode1\n")  # task 0 on node2
-    second = _submit(cluster, tmp_path, run, shards, "swap", "--no-requeue", "--distribution=arbitrary",
+    second = _submit(cluster, tmp_path, run, shards, 2, "swap", "--no-requeue", "--distribution=arbitrary",
                      SLURM_HOSTFILE=str(hostfile))  # fmt: skip
     job = _ended(cluster, tmp_path, second)
     log = _log(tmp_path, second)
@@ -213,8 +220,8 @@ def test_node_local_run_dirs_resume_from_s3_with_the_nodes_swapped(cluster, shar
     assert "zero_pp_rank_1_mp_rank_00_optim_states.pt" not in _names(disks["node2"] / "checkpoints" / tag)
 
     # metrics.jsonl is rank 0's, now on node2: the steps before the checkpoint came from the mirror.
-    assert _losses(disks["node2"]) == reference
-    assert [m["step"] for m in reference] == list(range(1, 13))
+    assert _losses(disks["node2"]) == reference(2)
+    assert [m["step"] for m in reference(2)] == list(range(1, 13))
     # The export on node2 (rank 0), with rank 1's partition fetched from S3 for it, and mirrored.
     assert (disks["node2"] / "export" / "model.safetensors").exists()
     assert "export/model.safetensors" in _remote(cluster, "swap")
@@ -222,11 +229,13 @@ def test_node_local_run_dirs_resume_from_s3_with_the_nodes_swapped(cluster, shar
 
 
 def test_a_lost_node_requeues_the_job_which_resumes_from_s3(cluster, shards, reference, tmp_path) -> None:
-    """Node-local run dirs; node2's rank SIGKILLed after a checkpoint: srun ends the step, the sbatch script
-    sees the lost task, requeues the job (SLURM_RESTART_COUNT=1), which resumes from the mirror's latest
-    checkpoint and finishes; each step once in metrics.jsonl, with the uninterrupted run's losses. ~90 s."""
+    """ZeRO-3 (every rank its own model states too), node-local run dirs; node2's rank SIGKILLed after a
+    checkpoint: srun ends the step, the sbatch script sees the lost task, requeues the job
+    (SLURM_RESTART_COUNT=1), which resumes from the mirror's latest checkpoint and finishes; each step
+    once in metrics.jsonl, with the uninterrupted run's losses; the export (rank 1's partitions fetched
+    for it). ~90 s."""
     run, disks = _node_local(cluster, tmp_path)
-    job = _submit(cluster, tmp_path, run, shards, "requeue", VLP_MAX_REQUEUES="1")
+    job = _submit(cluster, tmp_path, run, shards, 3, "requeue", VLP_MAX_REQUEUES="1")
     _wait(cluster, tmp_path, job, lambda log: "uploaded checkpoint step_00000002" in log, "a checkpoint in S3")
     assert cluster.kill_ranks("node2"), "no training process on node2"
     state = _ended(cluster, tmp_path, job)
@@ -242,4 +251,8 @@ def test_a_lost_node_requeues_the_job_which_resumes_from_s3(cluster, shards, ref
     assert "srun exited with 0" in second
     steps = [json.loads(line)["step"] for line in (disks["node1"] / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 13))  # each step once
-    assert _losses(disks["node1"]) == reference
+    assert _losses(disks["node1"]) == reference(3)
+    assert (disks["node1"] / "export" / "model.safetensors").exists()
+    assert {f"zero_pp_rank_{r}_mp_rank_00_model_states.pt" for r in (0, 1)} <= {
+        k.rsplit("/", 1)[-1] for k in _remote(cluster, "requeue") if "step_00000012/" in k
+    }
