@@ -183,7 +183,8 @@ def _names(folder: Path) -> set[str]:
 def test_node_local_run_dirs_resume_from_s3_with_the_nodes_swapped(cluster, shards, reference, tmp_path) -> None:
     """ZeRO-2, node-local run dirs: each node uploads its own partitions; the job is cancelled after a
     checkpoint; with both disks wiped, a second job with rank 0 on node2 and rank 1 on node1 pulls, on
-    each node, only what its rank reads, and goes on with the uninterrupted run's losses. ~90 s."""
+    each node, only what its rank reads, and goes on with the uninterrupted run's losses. 204 s on 2
+    loaded cores (load ~10)."""
     run, disks = _node_local(cluster, tmp_path)
     first = _submit(cluster, tmp_path, run, shards, 2, "swap", "--no-requeue")
     _wait(cluster, tmp_path, first, lambda log: "uploaded checkpoint step_00000002" in log, "a checkpoint in S3")
@@ -233,7 +234,7 @@ def test_a_lost_node_requeues_the_job_which_resumes_from_s3(cluster, shards, ref
     checkpoint: srun ends the step, the sbatch script sees the lost task, requeues the job
     (SLURM_RESTART_COUNT=1), which resumes from the mirror's latest checkpoint and finishes; each step
     once in metrics.jsonl, with the uninterrupted run's losses; the export (rank 1's partitions fetched
-    for it). ~90 s."""
+    for it). 316 s on 2 loaded cores (load ~10)."""
     run, disks = _node_local(cluster, tmp_path)
     job = _submit(cluster, tmp_path, run, shards, 3, "requeue", VLP_MAX_REQUEUES="1")
     _wait(cluster, tmp_path, job, lambda log: "uploaded checkpoint step_00000002" in log, "a checkpoint in S3")
