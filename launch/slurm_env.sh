@@ -6,6 +6,8 @@
 #   vlp_run_dir CONFIG .. run.output_dir after the overrides (for the log)
 #   vlp_header            job id, restart count, nodes, master, log file
 #   vlp_run ENTRY ARGS    srun ENTRY on every task; preemption-aware (see below)
+#   vlp_lost_rank         after a failed srun: the log line saying a rank or node was lost, if any
+#   vlp_requeue_lost      requeue after a lost rank/node, at most VLP_MAX_REQUEUES times (see below)
 #
 # Preemption: Slurm sends SIGUSR1 to this batch shell only (`--signal=B:USR1@300`). The trap
 # forwards it with `kill -USR1 <srun pid>`; srun relays it to every task of the step (checked
@@ -14,6 +16,11 @@
 # requeues the job (`scontrol requeue`, the same job id, SLURM_RESTART_COUNT + 1) and the next
 # run resumes from the run directory's latest complete checkpoint. SIGTERM (scancel, the time
 # limit) is forwarded the same way and never requeues.
+#
+# A lost rank or node (srun reports a task Killed or a node failure, or a rank's CollectiveError
+# names the rank it lost) also requeues, while SLURM_RESTART_COUNT < VLP_MAX_REQUEUES (default 3):
+# the next run resumes from the latest complete checkpoint. A config error (exit 2, also from a
+# rank) or any other failure (a bug, bad data) never requeues: it would fail the same way again.
 # shellcheck shell=bash
 
 PREEMPTED_EXIT=3  # keep equal to pretrain/loop.py
@@ -23,6 +30,10 @@ vlp_die() { echo "launch: $*" >&2; exit 2; }
 vlp_master_env() {
   [[ -n ${SLURM_JOB_ID:-} && -n ${SLURM_JOB_NODELIST:-} ]] || vlp_die "not inside a Slurm job (submit with sbatch)"
   MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+  # --distribution=arbitrary with SLURM_HOSTFILE: task 0 (rank 0, the rendezvous server) runs on its first host
+  if [[ ${SLURM_DISTRIBUTION:-} == arbitrary* && -r ${SLURM_HOSTFILE:-} ]]; then
+    MASTER_ADDR=$(grep -m1 -v '^[[:space:]]*$' "$SLURM_HOSTFILE" | tr -d '[:space:]')
+  fi
   MASTER_PORT=$((20000 + SLURM_JOB_ID % 20000))  # from the job, never inherited from the submit shell
   export MASTER_ADDR MASTER_PORT
 }
@@ -91,6 +102,7 @@ vlp_run() {
   # the ranks' exit 2 would reach the job as 143, after a minute of start-up).
   "$PYTHON" "$@" --check || { rc=$?; echo "launch: the config check failed (exit $rc); no srun" >&2; return "$rc"; }
   echo "launch: srun $*"
+  vlp_log_mark
   srun --kill-on-bad-exit=1 "$PYTHON" "$@" &
   SRUN_PID=$!
   trap '_vlp_forward USR1' USR1
@@ -112,6 +124,48 @@ vlp_run() {
     echo "launch: requeueing job $SLURM_JOB_ID (it resumes from the latest complete checkpoint)"
     scontrol requeue "$SLURM_JOB_ID" \
       || echo "launch: requeue refused (--no-requeue?): sbatch again with the same run.output_dir to resume" >&2
+  elif ((rc != 0 && !VLP_TERMINATED && !VLP_PREEMPTED)); then
+    vlp_requeue_lost
   fi
   return "$rc"
+}
+
+# Where this run's lines of the job log start (the batch shell's stderr is the log; a requeued run
+# appends to it): vlp_lost_rank reads only what srun and the ranks wrote since.
+vlp_log_mark() {
+  VLP_LOG=$(readlink -f "/proc/$$/fd/2" 2>/dev/null || true)
+  if [[ -f $VLP_LOG ]]; then VLP_LOG_START=$(stat -c %s "$VLP_LOG"); else VLP_LOG=; VLP_LOG_START=0; fi
+}
+
+# Prints the line of this run's log that says a rank or node was lost and returns 0; returns 1 when
+# there is none, or when a rank stopped on a config error (exit 2: a requeue would fail the same way).
+vlp_lost_rank() {
+  local - lines
+  set +o pipefail
+  [[ -n ${VLP_LOG:-} && -f $VLP_LOG ]] || return 1
+  lines=$(tail -c "+$((VLP_LOG_START + 1))" "$VLP_LOG" | grep -E -m20 \
+    -e 'srun: error: [^ ]+: tasks? [0-9,-]+: Killed' -e 'srun: error: Node failure' \
+    -e 'Exited with exit code 2$' -e '^config error: ' -e 'CollectiveError: (collective failed|rendezvous)')
+  if grep -qE 'Exited with exit code 2$|^config error: ' <<<"$lines"; then return 1; fi
+  [[ -n $lines ]] || return 1
+  # srun's word on the task or node first (the survivors' CollectiveError may come before it)
+  { grep '^srun: error' <<<"$lines" || true; cat <<<"$lines"; } | head -n1 | cut -c1-300
+}
+
+# After a failed srun: a lost rank or node requeues the job (it resumes from the latest complete
+# checkpoint), at most VLP_MAX_REQUEUES (default 3) times in all (SLURM_RESTART_COUNT, which
+# preemptions count too); any other failure ends the job with its exit status.
+vlp_requeue_lost() {
+  local what max=${VLP_MAX_REQUEUES:-3} restarts=${SLURM_RESTART_COUNT:-0}
+  what=$(vlp_lost_rank) || return 0
+  if ((restarts >= max)); then
+    echo "launch: a rank or node was lost ($what), but job $SLURM_JOB_ID has restarted $restarts times" \
+         "(VLP_MAX_REQUEUES=$max): not requeueing; sbatch again with the same run.output_dir to resume" >&2
+    return 0
+  fi
+  echo "launch: a rank or node was lost: $what"
+  echo "launch: requeueing job $SLURM_JOB_ID after the lost rank/node (restart $((restarts + 1)) of at most $max;" \
+       "it resumes from the latest complete checkpoint)"
+  scontrol requeue "$SLURM_JOB_ID" \
+    || echo "launch: requeue refused (--no-requeue?): sbatch again with the same run.output_dir to resume" >&2
 }

@@ -23,9 +23,21 @@ complete checkpoint goes to `<prefix>/checkpoints/<tag>/` (its COMPLETE marker l
 half-uploaded checkpoint is never taken as complete there either; the remote keeps the same
 `keep_last`), the export to `<prefix>/export/`. A run whose directory holds no complete
 checkpoint (a fresh node, a lost scratch disk) first pulls the latest complete one from there.
-Rank 0 uploads, synchronously after the save (so a preempted job's checkpoint is uploaded
-before it exits), each file with the loader's retries; the run directory is shared by the
-ranks (a cluster filesystem), as DeepSpeed's checkpoints already assume.
+Every rank uploads its own files (`upload_plan`: its ZeRO partitions and train_state_rank{r}.pt;
+the files every rank reads, such as the ZeRO-0/1/2 model states, the lowest rank that sees them),
+synchronously after the save (so a preempted job's checkpoint is uploaded before it exits), each
+file with the loader's retries; the ranks then agree that every upload succeeded before rank 0
+puts the COMPLETE marker, so a checkpoint some rank failed to upload is never complete remotely.
+Rank 0 also keeps `<prefix>/metrics.jsonl` (uploaded before the marker): a run resumed on a node
+whose run dir lacks the steps up to the checkpoint gets them from there, so each step stays once.
+
+`checkpoint.node_local: true` (needs `upload`): each node has its own run dir, so no node holds a
+whole checkpoint. The mirror is then the only place a checkpoint is complete: a run resumes from
+the mirror's latest complete checkpoint, whatever its local folders hold, every rank downloading
+what it reads (its own partitions, the shared files, COMPLETE), and rank 0 fetches the other ranks'
+partitions of the last step before the consolidated export. Every node keeps its own local
+COMPLETE markers, `latest` and `keep_last` pruning. Another world size is refused there (the
+universal conversion needs every partition on one node).
 """
 
 from __future__ import annotations
@@ -37,6 +49,8 @@ import os
 import random
 import re
 import shutil
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +63,9 @@ log = logging.getLogger(__name__)
 
 COMPLETE = "COMPLETE"
 TAG_RE = re.compile(r"^step_(\d{8})$")
+# A rank's own checkpoint files: DeepSpeed's ZeRO partitions ([bf16_]zero_pp_rank_<r>_mp_rank_00_*_states.pt,
+# r the data-parallel rank, which is the global rank here: no model parallelism) and our train state.
+OWN_FILE_RE = re.compile(r"(?:^|_)zero_pp_rank_(\d+)_|^train_state_rank(\d+)\.pt$")
 
 
 @dataclass
@@ -59,6 +76,8 @@ class CheckpointConfig:
     export: bool = True
     upload: str | None = None  # s3://bucket/prefix: mirror complete checkpoints and the export there
     s3_endpoint: str | None = None  # None: AWS_ENDPOINT_URL or AWS itself
+    # Each node its own run dir (node-local disks): resume from `upload`, every rank fetching its files.
+    node_local: bool = False
 
 
 def tag_for(step: int) -> str:
@@ -123,9 +142,11 @@ def _folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
 
-def save(engine, ckpt_dir: str, step: int, train_state: dict[str, Any], rank: int, world: int, keep_last: int) -> str:
-    """Every rank: DeepSpeed's save + its own train state; rank 0 marks it complete, points `latest`
-    at it and prunes. Out of disk: DiskFull, with the partial folder removed."""
+def save(engine, ckpt_dir: str, step: int, train_state: dict[str, Any], rank: int, world: int, keep_last: int,
+         node_local: bool = False) -> str:  # fmt: skip
+    """Every rank: DeepSpeed's save + its own train state; rank 0 (every rank when `node_local`: each node
+    its own folder) marks it complete, points `latest` at it and prunes. Out of disk: DiskFull, with the
+    partial folder removed."""
     tag = tag_for(step)
     path = os.path.join(ckpt_dir, tag)
     try:
@@ -150,13 +171,13 @@ def save(engine, ckpt_dir: str, step: int, train_state: dict[str, Any], rank: in
             "checkpoint.keep_last, or point run.output_dir elsewhere)",
         ) from None
     runtime.barrier()
-    if rank == 0:
-        with open(os.path.join(path, COMPLETE + ".tmp"), "w") as f:
+    if rank == 0 or node_local:  # ranks sharing a node's folder write the same bytes, each through its own name
+        with open(os.path.join(path, f"{COMPLETE}.tmp{rank}"), "w") as f:
             json.dump({"step": step, "world_size": world}, f)
-        os.replace(os.path.join(path, COMPLETE + ".tmp"), os.path.join(path, COMPLETE))
-        with open(os.path.join(ckpt_dir, "latest.tmp"), "w") as f:
+        os.replace(os.path.join(path, f"{COMPLETE}.tmp{rank}"), os.path.join(path, COMPLETE))
+        with open(os.path.join(ckpt_dir, f"latest.tmp{rank}"), "w") as f:
             f.write(tag)
-        os.replace(os.path.join(ckpt_dir, "latest.tmp"), os.path.join(ckpt_dir, "latest"))
+        os.replace(os.path.join(ckpt_dir, f"latest.tmp{rank}"), os.path.join(ckpt_dir, "latest"))
         _prune(ckpt_dir, keep_last, newest=tag)
     runtime.barrier()
     return path
@@ -245,16 +266,62 @@ def export(
     runtime.barrier()
 
 
+def file_owner(name: str) -> int | None:
+    """The rank whose own file `name` (a path inside a checkpoint folder) is; None for a file every rank
+    reads (the ZeRO-0/1/2 model states) or none needs (DeepSpeed's zero_to_fp32.py)."""
+    m = OWN_FILE_RE.search(os.path.basename(name))
+    return None if m is None else int(m.group(1) or m.group(2))
+
+
+def upload_plan(seen: list[list[str]]) -> dict[str, int]:
+    """Which rank uploads each file of a checkpoint, from the files each rank sees in its folder (`seen[r]`):
+    the file's owner when it sees it, else the lowest rank that sees it. On a shared run dir every rank
+    sees everything and uploads its own partitions (rank 0 the shared files); on node-local dirs each
+    node's ranks upload what that node holds."""
+    plan: dict[str, int] = {}
+    for rank, names in enumerate(seen):
+        for name in names:
+            owner = file_owner(name)
+            if owner == rank or (name not in plan and (owner is None or owner >= len(seen) or name not in seen[owner])):
+                plan[name] = rank
+    return plan
+
+
+def _files(folder: str) -> list[str]:
+    """The files under `folder` (relative paths), the COMPLETE marker and temporary files left out."""
+    out = []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), folder)
+            if rel != COMPLETE and ".tmp" not in name:
+                out.append(rel)
+    return sorted(out)
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    """`obj` of every rank, in rank order (one rank: [obj])."""
+    if not torch.distributed.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+class UploadError(RuntimeError):
+    """A checkpoint some rank could not upload: the mirror's latest complete checkpoint stays the previous one."""
+
+
 class Mirror:
     """The run's copy in object storage (checkpoint.upload)."""
 
-    def __init__(self, url: str, endpoint: str | None, keep_last: int):
+    def __init__(self, url: str, endpoint: str | None, keep_last: int, node_local: bool = False):
         import fsspec
 
         from data_prep.storage import s3_options
         from pretrain.s3retry import RetryPolicy
 
         self.url, self.keep_last, self.retry = url.rstrip("/"), keep_last, RetryPolicy()
+        self.node_local = node_local
         options = s3_options(endpoint) if url.startswith("s3://") else {}
         self.fs, self.root = fsspec.core.url_to_fs(self.url, **options)
 
@@ -262,6 +329,11 @@ class Mirror:
         from pretrain.s3retry import retry_call
 
         return retry_call(fn, self.url, self.retry, what)
+
+    def _put(self, src: str, dst: str) -> None:
+        if "://" not in self.url:  # a local folder as the mirror (tests): object stores need no folders
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+        self._call(lambda: self.fs.put_file(src, dst), "checkpoint upload")
 
     def _put_tree(self, local: str, remote: str, last: str | None = None) -> None:
         """Upload a folder file by file; `last` (a marker) after everything else."""
@@ -271,7 +343,7 @@ class Mirror:
             if os.path.isdir(src):
                 self._put_tree(src, dst)
             else:
-                self._call(lambda: self.fs.put_file(src, dst), "checkpoint upload")  # noqa: B023 - called at once
+                self._put(src, dst)
 
     def remote_tags(self) -> list[str]:
         """Complete checkpoints in the mirror, oldest first."""
@@ -279,33 +351,96 @@ class Mirror:
         found = self._call(lambda: self.fs.glob(pattern), "checkpoint listing")
         return sorted(t for t in (p.rstrip("/").split("/")[-2] for p in found) if TAG_RE.match(t))
 
-    def push_checkpoint(self, ckpt_dir: str, tag: str) -> None:
-        self._put_tree(os.path.join(ckpt_dir, tag), f"{self.root}/checkpoints/{tag}", last=COMPLETE)
+    def push_checkpoint(self, ckpt_dir: str, tag: str, rank: int = 0, metrics: str | None = None) -> None:
+        """Every rank: upload this rank's share of `tag` (`upload_plan` over what each rank sees); once every
+        rank's uploads succeeded, rank 0 uploads `metrics` (metrics.jsonl), then the COMPLETE marker, and prunes
+        the mirror to `keep_last`. A failed upload on any rank: UploadError on every rank, naming it."""
+        from pretrain.s3retry import describe
+
+        local, remote = os.path.join(ckpt_dir, tag), f"{self.root}/checkpoints/{tag}"
+        mine = _files(local)
+        plan = upload_plan(_all_gather(mine))
+        error = None
+        try:
+            for name in mine:
+                if plan[name] == rank:
+                    self._put(os.path.join(local, name), f"{remote}/{name}")
+        except Exception as e:  # noqa: BLE001 - every rank learns of it below, then raises
+            error = describe(e)
+        failed = [(r, host, e) for r, (host, e) in enumerate(_all_gather((socket.gethostname(), error))) if e]
+        if not failed and rank == 0:
+            try:
+                if metrics and os.path.exists(metrics):
+                    self._put(metrics, f"{self.root}/metrics.jsonl")
+                self._put(os.path.join(local, COMPLETE), f"{remote}/{COMPLETE}")
+                self._prune()
+            except Exception as e:  # noqa: BLE001
+                error = describe(e)
+        if not failed:
+            failed = [(0, host, e) for host, e in _all_gather((socket.gethostname(), error))[:1] if e]
+        if failed:
+            who = "; ".join(f"rank {r} on {host}: {e}" for r, host, e in failed)
+            raise UploadError(f"checkpoint {tag} was not uploaded to {self.url}/checkpoints/ ({who}); the mirror's "
+                              "latest complete checkpoint is still the previous one")  # fmt: skip
+        if rank == 0:
+            log.info("uploaded checkpoint %s to %s/checkpoints/", tag, self.url)
+
+    def _prune(self) -> None:
         for old in self.remote_tags()[: -self.keep_last]:  # the marker first: never a complete-looking partial
             self._call(lambda: self.fs.rm_file(f"{self.root}/checkpoints/{old}/{COMPLETE}"), "checkpoint prune")  # noqa: B023
             self._call(lambda: self.fs.rm(f"{self.root}/checkpoints/{old}", recursive=True), "checkpoint prune")  # noqa: B023
-        log.info("uploaded checkpoint %s to %s/checkpoints/", tag, self.url)
 
     def push_export(self, export_dir: str) -> None:
         self._put_tree(export_dir, f"{self.root}/export")
         log.info("uploaded the export to %s/export/", self.url)
+
+    def pull(self, ckpt_dir: str, tag: str, wanted: Callable[[str], bool] = lambda name: True) -> int:
+        """Download the files of the mirror's checkpoint `tag` that `wanted(relative path)` selects into
+        ckpt_dir/tag, COMPLETE last; each through a temporary name of this process (the ranks of one node
+        may fetch the same shared file at once). Returns the number of files fetched."""
+        remote = f"{self.root}/checkpoints/{tag}"
+        found = self._call(lambda: self.fs.find(remote), "checkpoint listing")
+        files = sorted((f for f in found if not f.endswith(f"/{COMPLETE}")), key=str)
+        count = 0
+        for f in [*files, f"{remote}/{COMPLETE}"]:
+            rel = os.path.relpath(f, remote)
+            if rel != COMPLETE and not wanted(rel):
+                continue
+            dst = os.path.join(ckpt_dir, tag, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            tmp = f"{dst}.tmp{os.getpid()}"
+            self._call(lambda: self.fs.get_file(f, tmp), "checkpoint download")  # noqa: B023 - called at once
+            os.replace(tmp, dst)
+            count += 1
+        return count
 
     def pull_latest(self, ckpt_dir: str) -> str | None:
         """Download the mirror's latest complete checkpoint into ckpt_dir (COMPLETE last); its tag."""
         tags = self.remote_tags()
         if not tags:
             return None
-        tag, local = tags[-1], os.path.join(ckpt_dir, tags[-1])
-        shutil.rmtree(local, ignore_errors=True)
-        remote = f"{self.root}/checkpoints/{tag}"
-        files = [f for f in self._call(lambda: self.fs.find(remote), "checkpoint listing") if not f.endswith(COMPLETE)]
-        for f in [*files, f"{remote}/{COMPLETE}"]:
-            dst = os.path.join(local, os.path.relpath(f, remote))
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            self._call(lambda: self.fs.get_file(f, dst), "checkpoint download")  # noqa: B023 - called at once
-        log.info("pulled checkpoint %s from %s", tag, self.url)
-        return tag
+        shutil.rmtree(os.path.join(ckpt_dir, tags[-1]), ignore_errors=True)
+        self.pull(ckpt_dir, tags[-1])
+        log.info("pulled checkpoint %s from %s", tags[-1], self.url)
+        return tags[-1]
+
+    def pull_metrics(self, run_dir: str, step: int) -> bool:
+        """Replace <run_dir>/metrics.jsonl with the mirror's when the local one does not reach `step` (a run
+        resumed on a node whose disk never saw those steps); True when it did."""
+        path = os.path.join(run_dir, "metrics.jsonl")
+        last = 0
+        if os.path.exists(path):
+            with open(path) as f:
+                lines = [line for line in f if line.strip()]
+            last = json.loads(lines[-1])["step"] if lines else 0
+        remote = f"{self.root}/metrics.jsonl"
+        if last >= step or not self._call(lambda: self.fs.exists(remote), "metrics listing"):
+            return False
+        self._call(lambda: self.fs.get_file(remote, f"{path}.tmp"), "metrics download")
+        os.replace(f"{path}.tmp", path)
+        log.info("metrics.jsonl reached step %d here; took the mirror's copy", last)
+        return True
 
 
 def mirror_for(cfg: CheckpointConfig) -> Mirror | None:
-    return Mirror(cfg.upload, cfg.s3_endpoint, cfg.keep_last) if cfg.upload else None
+    return Mirror(cfg.upload, cfg.s3_endpoint, cfg.keep_last, cfg.node_local) if cfg.upload else None

@@ -109,6 +109,9 @@ def validate_run(cfg, world: int) -> ModelConfig:
         raise ConfigError(str(e)) from None
     if cfg.run.max_steps < 1:
         raise ConfigError(f"run.max_steps must be >= 1, got {cfg.run.max_steps}")
+    if cfg.checkpoint.node_local and not cfg.checkpoint.upload:
+        raise ConfigError("checkpoint.node_local needs checkpoint.upload (s3://bucket/prefix): with a run dir on each "
+                          "node's own disk, the mirror is the only place a checkpoint is whole")  # fmt: skip
     check_writable(cfg.run.output_dir)
     return model
 

@@ -111,7 +111,7 @@ class Trainer:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
-    mirror: Any = None  # checkpoint.Mirror: rank 0 uploads each checkpoint there
+    mirror: Any = None  # checkpoint.Mirror: every rank uploads its files of each checkpoint there
     flops: Callable[[dict], float] | None = None  # training FLOPs of one batch on this rank (pretrain/flops.py)
     peak_flops: float | None = None  # the device's peak FLOP/s; with `flops`, the loop logs mfu
     stop_requested: bool = False  # set by a signal handler on any rank
@@ -300,10 +300,12 @@ class Trainer:
         """A checkpoint of the engine and the train state (all ranks)."""
         self.state.loader = self.loader.state_dict()
         state = asdict(self.state)
+        node_local = self.mirror is not None and self.mirror.node_local
         path = checkpoint.save(self.engine, self.ckpt_dir, self.state.step, state, self.rank, self.world,
-                               self.keep_last)  # fmt: skip
-        if self.mirror is not None and self.rank == 0:
-            self.mirror.push_checkpoint(self.ckpt_dir, os.path.basename(path))
+                               self.keep_last, node_local)  # fmt: skip
+        if self.mirror is not None:  # every rank uploads its own files; COMPLETE once all did
+            metrics = os.path.join(self.run_dir, "metrics.jsonl")
+            self.mirror.push_checkpoint(self.ckpt_dir, os.path.basename(path), self.rank, metrics)
         return path
 
 

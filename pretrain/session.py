@@ -107,14 +107,39 @@ class Resumable:
         self.run_dir = cfg.run.output_dir
         self.ckpt_dir = os.path.join(self.run_dir, "checkpoints")
         self.mirror = checkpoint.mirror_for(cfg.checkpoint)
-        if self.mirror and cfg.checkpoint.resume == "auto" and not checkpoint.complete_tags(self.ckpt_dir):
-            if rank == 0:  # a fresh run dir: continue from the mirror's latest checkpoint, if it has one
-                self.mirror.pull_latest(self.ckpt_dir)
-            runtime.barrier()
-        self.resume = checkpoint.find_resume(cfg.checkpoint, self.ckpt_dir)
+        if self.mirror and self.mirror.node_local and cfg.checkpoint.resume == "auto":
+            self.resume = self._pull_own_files(rank)
+        else:
+            if self.mirror and cfg.checkpoint.resume == "auto" and not checkpoint.complete_tags(self.ckpt_dir):
+                if rank == 0:  # a fresh run dir: continue from the mirror's latest checkpoint, if it has one
+                    self.mirror.pull_latest(self.ckpt_dir)
+                runtime.barrier()
+            self.resume = checkpoint.find_resume(cfg.checkpoint, self.ckpt_dir)
         self.same_world = self.resume is None or checkpoint.saved_world_size(*self.resume) == world
+        if self.mirror and self.mirror.node_local and not self.same_world:
+            raise ConfigError(
+                f"checkpoint.node_local: {self.mirror.url}'s checkpoint {self.resume[1]} was saved by "
+                f"{checkpoint.saved_world_size(*self.resume)} ranks, this run has {world}: another world size needs "
+                "every rank's partitions on one node (resume once with a shared run.output_dir and "
+                "checkpoint.node_local=false, or keep the world size)"
+            )
         self.engine = runtime.build_engine(model, cfg.runtime, cfg.optim, cfg.data.batch_size, cfg.run.max_steps,
                                            world, load_universal=not self.same_world)  # fmt: skip
+
+    def _pull_own_files(self, rank: int) -> tuple[str, str] | None:
+        """Node-local run dirs: the mirror's latest complete checkpoint (rank 0 lists it, every rank gets
+        the same tag), each rank downloading the files it reads: its own partitions, the shared files, COMPLETE."""
+        tags = self.mirror.remote_tags() if rank == 0 else None
+        holder = [tags[-1] if tags else None]
+        if torch.distributed.is_initialized():
+            torch.distributed.broadcast_object_list(holder, src=0)
+        tag = holder[0]
+        if tag is not None:
+            count = self.mirror.pull(self.ckpt_dir, tag, lambda name: checkpoint.file_owner(name) in (None, rank))
+            log.info("rank %d on %s pulled its %d files of checkpoint %s from %s", rank, socket.gethostname(), count,
+                     tag, self.mirror.url)  # fmt: skip
+        runtime.barrier()
+        return (self.ckpt_dir, tag) if tag is not None else None
 
     def restore(self, loader: Any, rank: int, world: int) -> TrainState:
         """Load the checkpoint (if any) into the engine and loader; the train state to continue from."""
@@ -128,6 +153,8 @@ class Resumable:
         state = TrainState(**{k: v for k, v in saved.items() if k in TrainState.__dataclass_fields__})
         loader.load_state_dict(state.loader, strict=self.same_world)  # another world size: same epoch fraction
         if rank == 0:
+            if self.mirror:  # a node that never saw the steps before the checkpoint (node-local, a fresh disk)
+                self.mirror.pull_metrics(self.run_dir, state.step)
             truncate_metrics(self.run_dir, state.step)
         log.info("resumed from %s/%s at step %d (world size %d)", src_dir, tag, state.step, world)
         return state
@@ -135,6 +162,11 @@ class Resumable:
     def export(self, cfg: Any, step: int, tokenizer: Any, rank: int) -> None:
         """The consolidated export of the final step (and its upload to the mirror)."""
         out_dir = os.path.join(self.run_dir, "export")
+        if self.mirror and self.mirror.node_local and cfg.runtime.zero_stage > 0 and rank == 0:
+            local = os.path.join(self.ckpt_dir, checkpoint.tag_for(step))  # the other nodes' partitions too
+            self.mirror.pull(
+                self.ckpt_dir, checkpoint.tag_for(step), lambda name: not os.path.exists(os.path.join(local, name))
+            )
         checkpoint.export(self.engine, self.ckpt_dir, checkpoint.tag_for(step), out_dir, config_yaml(cfg), tokenizer,
                           cfg.runtime.zero_stage, rank)  # fmt: skip
         if self.mirror and rank == 0:

@@ -263,7 +263,9 @@ def test_checkpoints_and_export_mirrored_to_s3_and_a_fresh_run_dir_resumes_from_
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "pulled checkpoint step_00000002" in proc.stderr and "at step 2" in proc.stderr
     rows = [json.loads(line) for line in (second / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [3]
+    # steps 1-2 from the mirror's metrics.jsonl (this run dir never saw them), 3 from this run: each once
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[:2] == [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
     assert [k.split("/")[0] for k in remote("checkpoints/") if k.endswith("COMPLETE")] == ["step_00000003"]
     for secret in (ACCESS_KEY, SECRET, SESSION):
         assert secret not in proc.stderr
