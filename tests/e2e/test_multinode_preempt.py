@@ -172,8 +172,10 @@ def _submit(cluster, submit: Path, run_dir: Path, shards: Path, *overrides: str,
 def _wait(cluster, job: int, log: Path, until, what: str, timeout: float = 240) -> None:
     """Poll `until()` while the job is alive; a job that ended (or a timeout) first fails with its log."""
     deadline = time.monotonic() + timeout
-    while not until():
-        state = _job(cluster, job).get("JobState")
+    while True:
+        state = _job(cluster, job).get("JobState")  # before `until()`: a job that ends in between is not a failure
+        if until():
+            return
         text = log.read_text() if log.exists() else "(no log yet)"
         assert state in ("PENDING", "RUNNING", "REQUEUED", "COMPLETING"), f"job {job} {state}\n{text[-6000:]}"
         assert time.monotonic() < deadline, f"{what}: not in {timeout} s (job {state})\n{text[-6000:]}"
