@@ -27,7 +27,7 @@ import slurm_cluster
 from conftest import small_pretraining_shards
 from test_multinode import CONFIG, PRETRAIN, REPO, TWO_NODES, _losses, _train
 
-STEPS = 6
+STEPS = 7  # USR1 after step 2 stops at step 3 or 4 (a step of ~1 s on an idle machine): 3 slowed steps or more
 PORT = 5000  # node2's own network namespace: nothing else listens there
 URI = f"http://node2:{PORT}"
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -189,13 +189,13 @@ def _completed(cluster, job: int, log: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_preempted_straggling_job_resumes_exactly_into_one_mlflow_run(cluster, shards, tmp_path) -> None:
-    """One 2-node job (6 steps) against an uninterrupted, unslowed one of the same config: USR1 after
+    """One 2-node job (7 steps) against an uninterrupted, unslowed one of the same config: USR1 after
     step 2 -> both ranks (node1, node2) got the signal and checkpoint after the same step -> leave
     together, exit 3, requeue, resume; node2's rank runs a quarter of the time from the resume on. Each
     step once in metrics.jsonl and in the MLflow run on node2's server, the same run id before and after
     the requeue, the losses exactly the reference's; in the slowed steps node1's rank waits in the loss
-    all-reduce far longer than in the reference and names rank 1 on node2 the slowest. ~140 s on 2 cores
-    at load 2-5, ~270 s at load 7-11: mostly the 3 start-ups and the requeue hold (cred_expire + 1 = 16 s)."""
+    all-reduce far longer than in the reference and names rank 1 on node2 the slowest. ~125 s on 2 cores
+    at load 1-3, ~270 s at load 7-11: mostly the 3 start-ups and the requeue hold (cred_expire + 1 = 16 s)."""
     server = MlflowServer(cluster, tmp_path)  # starts while the reference trains
     try:
         _reference_then_preempted_straggler(cluster, shards, tmp_path, server)
