@@ -21,6 +21,16 @@ of a batch, pretrain/flops.py) and the device's `peak_flops`, `mfu` (FLOPs of al
 the all-reduce of the step's log line, so they add no host sync to the step. `samples_per_s`
 stays the mean since the run (re)started.
 
+Where a step waits, for stragglers (docs/cluster.md): `step_s` (the window's length, mean over ranks)
+and the seconds each rank spent in the step's loss all-reduce (`_all_finite`), the one point after
+the forward where every rank meets: a rank that is there first waits for the slowest. They travel
+one slot per rank in the log line's all-reduce: `sync_wait_s` (mean over ranks), `sync_wait_max_s`
+(the longest any rank waited) and `slowest_rank` (the one that waited least: the others waited for
+it). On the CPU (gloo) the all-reduce blocks, so the figure is the wait plus the transfer; on a GPU
+its read back (the step's one host sync) also waits for the rank's own forward kernels, so every
+rank shows about the slowest forward there, and only a host-side straggler (a slow CPU, a slow
+loader) stands out.
+
 Preemption: SIGUSR1 on any rank (`request_stop`) makes every rank checkpoint after the current
 optimizer step and raise `Preempted`; pretrain/train.py then exits with PREEMPTED_EXIT and the
 sbatch script requeues the job, whose restart resumes from that checkpoint.
@@ -61,6 +71,8 @@ class NonFiniteLoss(RuntimeError):
 class Preempted(Exception):
     """Raised after the checkpoint that a stop request (SIGUSR1) asked for."""
 
+    on_every_rank = True  # every rank raises it after the same step (runtime.run_then_shutdown: they leave together)
+
 
 @dataclass
 class Meter:
@@ -71,6 +83,7 @@ class Meter:
     waiting: float = 0.0
     tokens: float = 0.0
     flops: float = 0.0
+    sync: float = 0.0  # seconds in the loss all-reduce (waiting for the other ranks' forward); per rank, not summed
 
     def count(self, batch: dict, flops: Callable[[dict], float] | None) -> None:
         """Add a batch, still on the CPU: its tokens, and its FLOPs when `flops` is given."""
@@ -79,6 +92,7 @@ class Meter:
         self.flops += flops(batch) if flops is not None else 0.0
 
     def values(self) -> list[float]:
+        """The figures summed over ranks (not `sync`, which is gathered per rank)."""
         return [self.seconds, self.waiting, self.tokens, self.flops]
 
 
@@ -157,7 +171,9 @@ class Trainer:
             due = self.eval_every and step % self.eval_every == 0 or step == self.max_steps
             self._log_step(step, rate, self.evaluate(step) if self.evaluate and due else {})
             if self._stop_agreed and step < self.max_steps:
-                log.warning("stop requested: checkpoint at step %d, then exit", step)
+                log.warning("stop requested (%s): rank %d on %s checkpoints at step %d, then exits",
+                            "SIGUSR1 received here" if self.stop_requested else "by another rank", self.rank,
+                            runtime.host(), step)  # fmt: skip
                 self.save()
                 raise Preempted(f"stopped at step {step} on request; resume from {self.ckpt_dir}")
             if self.checkpoint_every and step % self.checkpoint_every == 0 and step < self.max_steps:
@@ -222,7 +238,9 @@ class Trainer:
         host_values = torch.tensor([float(self.stop_requested)] + [float(logs[k]) for k in on_host], dtype=f64)
         values = torch.cat([torch.stack([v.reshape(()) for v in device_values]).to(self.device),
                             host_values.to(self.device)])  # fmt: skip
+        start = time.perf_counter()  # around the read back the step has anyway: no host sync added
         t = runtime.all_reduce_sum(values).tolist()  # [finite ranks, logs on the device..., stop requests, floats...]
+        self._meter.sync += time.perf_counter() - start
         finite_ranks, stops = t[0], t[len(on_device) + 1]
         summed = dict(zip(on_device, t[1 : len(on_device) + 1])) | dict(zip(on_host, t[len(on_device) + 2 :]))
         self._stop_agreed = self._stop_agreed or stops > 0
@@ -262,8 +280,11 @@ class Trainer:
             self.tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step)
             if self.rank == 0:
                 mfu = f" mfu {record['mfu']:.1%}" if "mfu" in record else ""
+                slowest = int(record["slowest_rank"])
+                waits = (f", all-reduce wait up to {record['sync_wait_max_s']:.2f} s (slowest: rank {slowest} on "
+                         f"{runtime.host(slowest)})") if self.world > 1 else ""  # fmt: skip
                 log.info(
-                    "step %d/%d loss %.4f lr %.2e %.1f samples/s data wait %.0f%%%s",
+                    "step %d/%d loss %.4f lr %.2e %.1f samples/s data wait %.0f%%%s step %.2f s%s",
                     step,
                     self.max_steps,
                     record.get("loss", float("nan")),
@@ -271,26 +292,36 @@ class Trainer:
                     rate,
                     100 * record["data_wait_frac"],
                     mfu,
+                    record["step_s"],
+                    waits,
                 )
 
     def _summed_over_ranks(self) -> tuple[dict[str, float], dict[str, float]]:
         """One all-reduce, on every rank: (what the loaders of all ranks skipped so far, `_data_skipped`; the
-        throughput of the window since the last logged step, `_throughput`). The window starts afresh."""
+        throughput of the window since the last logged step, `_throughput`). The window starts afresh. Each
+        rank's all-reduce wait has its own slot (zeros elsewhere), so the sum holds every rank's."""
         from pretrain.loader import SKIP_KINDS
 
         counts = getattr(self.loader, "skipped", {})
+        waits = [0.0] * self.world
+        waits[self.rank] = self._meter.sync
         local = [float(counts.get(k, 0)) for k in SKIP_KINDS] + [float(sum(counts.values()))] + self._meter.values()
-        total = runtime.all_reduce_sum(torch.tensor(local, dtype=torch.float64, device=self.device)).tolist()
+        total = runtime.all_reduce_sum(torch.tensor(local + waits, dtype=torch.float64, device=self.device)).tolist()
         self._meter = Meter()
-        kinds = len(SKIP_KINDS) + 1
-        return _data_skipped(total[:kinds]), self._throughput(Meter(*total[kinds:]))
+        kinds, summed = len(SKIP_KINDS) + 1, len(local)
+        return _data_skipped(total[:kinds]), self._throughput(Meter(*total[kinds:summed]), total[summed:])
 
-    def _throughput(self, summed: Meter) -> dict[str, float]:
-        """tokens_per_s of all ranks, data_wait_frac (mean over ranks) and, with flops and a known peak, mfu."""
+    def _throughput(self, summed: Meter, waits: list[float]) -> dict[str, float]:
+        """tokens_per_s of all ranks, data_wait_frac (mean over ranks), step_s (mean over ranks), the loss
+        all-reduce's waits (`waits`: seconds, by rank) and, with flops and a known peak, mfu."""
         rank_seconds = max(summed.seconds, 1e-9)  # the window's length summed over ranks: world x its mean
         out = {
             "tokens_per_s": summed.tokens * self.world / rank_seconds,
             "data_wait_frac": summed.waiting / rank_seconds,
+            "step_s": summed.seconds / self.world,
+            "sync_wait_s": sum(waits) / self.world,
+            "sync_wait_max_s": max(waits),
+            "slowest_rank": float(min(range(self.world), key=waits.__getitem__)),  # the others waited for it
         }
         if self.flops is not None and self.peak_flops:
             out["mfu"] = summed.flops / (rank_seconds * self.peak_flops)

@@ -163,6 +163,13 @@ def _gather_peers(master_addr: str, master_port: int) -> list[tuple[int, str, st
     return peers
 
 
+def host(rank: int | None = None) -> str:
+    """The hostname of `rank` (this process's without one; "?" for a rank unknown to the peer list)."""
+    if rank is None:
+        return socket.gethostname()
+    return next((h for r, h, _ in _PEERS if r == rank), socket.gethostname() if not _PEERS and rank == 0 else "?")
+
+
 def _first_line(e: BaseException) -> str:
     lines = [line for line in str(e).splitlines() if line.strip()]
     return f"{type(e).__name__}: {lines[0] if lines else ''}"
@@ -386,7 +393,8 @@ T = TypeVar("T")
 
 
 def run_then_shutdown(fn: Callable[[], T]) -> T:
-    """fn(), then `shutdown()`; on an error, shutdown without the barrier and re-raise at once."""
+    """fn(), then `shutdown()`; on an error, shutdown without the barrier (with it after a preemption, which
+    every rank raises) and re-raise at once."""
     try:
         out = fn()
     except RuntimeError as e:
@@ -397,8 +405,11 @@ def run_then_shutdown(fn: Callable[[], T]) -> T:
         log.error(message)
         shutdown(wait=False)
         raise CollectiveError(message) from e
-    except BaseException:
-        shutdown(wait=False)
+    except BaseException as e:
+        # A preemption (pretrain/loop.py's Preempted) stops every rank after the same step and checkpoint: they
+        # leave together, so that the first rank's exit does not make srun (--kill-on-bad-exit) kill a rank
+        # that still ends its MLflow run or uploads its checkpoint.
+        shutdown(wait=getattr(e, "on_every_rank", False))
         raise
     shutdown()
     return out

@@ -53,3 +53,16 @@ def test_run_then_shutdown_turns_a_gloo_error_into_a_collective_error(peers, mon
         runtime.run_then_shutdown(fail)
     with pytest.raises(ValueError, match="not distributed"):  # anything else passes through as it is
         runtime.run_then_shutdown(lambda: (_ for _ in ()).throw(ValueError("not distributed")))
+
+
+def test_a_preemption_leaves_through_the_barrier_an_error_does_not(monkeypatch) -> None:
+    """Every rank raises Preempted after the same checkpoint: they wait for each other on the way out (no rank's
+    exit 3 gets another killed by srun --kill-on-bad-exit while it ends its MLflow run); an error does not wait."""
+    from pretrain.loop import Preempted
+
+    waits = []
+    monkeypatch.setattr(runtime, "shutdown", lambda wait=True: waits.append(wait))
+    for error in (Preempted("stopped at step 3"), ValueError("bad batch")):
+        with pytest.raises(type(error)):
+            runtime.run_then_shutdown(lambda e=error: (_ for _ in ()).throw(e))
+    assert waits == [True, False]

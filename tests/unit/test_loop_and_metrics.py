@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pretrain import metrics
-from pretrain.loop import NonFiniteLoss, Trainer, TrainState
+from pretrain.loop import Meter, NonFiniteLoss, Trainer, TrainState
 
 
 class FakeEngine:
@@ -124,10 +124,29 @@ def test_throughput_data_wait_and_mfu_are_logged_every_step(tmp_path, peak) -> N
     for row in rows:
         assert 0.5 < row["data_wait_frac"] <= 1.0, row  # the compute takes next to nothing: the loader is slow
         assert 0 < row["tokens_per_s"] <= 10 / 0.1, row  # 2 batches of 5 tokens, each after a 0.05 s wait
+        assert row["step_s"] >= 0.1 and 0 <= row["sync_wait_s"] <= row["sync_wait_max_s"] < 0.1, row  # one rank
         if peak is None:
             assert "mfu" not in row
         else:  # the same window: FLOPs / peak per second against tokens per second
             assert row["mfu"] * peak / 2e6 == pytest.approx(row["tokens_per_s"] / 10), row
+
+
+def test_each_rank_has_its_own_slot_for_its_all_reduce_wait(tmp_path) -> None:
+    """The loss all-reduce's wait travels in rank's own slot of the log line's all-reduce (no process group here:
+    the sum is this rank's alone); step_s is the window's mean over ranks; the slowest rank waited least."""
+    trainer = Trainer(FakeEngine(), Batches(), None, _NoTracker(), TrainState(), str(tmp_path), 1, rank=1, world=2)
+    trainer._meter.seconds, trainer._meter.sync = 3.0, 0.25
+    _, out = trainer._summed_over_ranks()
+    assert out["sync_wait_max_s"] == 0.25 and out["sync_wait_s"] == 0.125 and out["slowest_rank"] == 0.0
+    assert out["step_s"] == 1.5  # 3 s of this rank's (the other's 0 here) over 2 ranks
+    summed = trainer._throughput(Meter(seconds=9.0), [0.6, 0.02, 0.4])  # rank 1 is the one the others wait for
+    assert summed["slowest_rank"] == 1.0 and summed["sync_wait_max_s"] == 0.6 and summed["step_s"] == 4.5
+
+
+def test_the_loss_all_reduce_is_timed(tmp_path) -> None:
+    trainer = _trainer([1.0], tmp_path, torch.device("cpu"))
+    trainer._micro_step(BATCH)
+    assert trainer._meter.sync > 0.0
 
 
 def _brute_ranks(sim: torch.Tensor, gt: torch.Tensor) -> list[int]:
