@@ -49,7 +49,8 @@ from finetune import moment_search as ms  # noqa: E402
 
 SECTION = "## finetune: VCMR corpus search"
 MiB = 2**20
-TIMED = ("frame_log_probs", "band_scores", "ranked_topk", "temporal_nms", "to_lists", "video_lists")
+# the prediction lists (Packed.lists) fall in "rest"
+TIMED = ("frame_log_probs", "band_scores", "ranked_topk", "temporal_nms", "pack_moments", "pack_videos")
 
 
 # ---------------------------------------------------------------- synthetic corpus and model

@@ -42,7 +42,7 @@ from finetune.alignment import (
     segment_alignment_loss,
 )
 from finetune.mesm import Mesm, MesmConfig, enc_loss, fw_loss, segment_features, sentence_features, ss_loss
-from finetune.moment_search import Corpus, SearchConfig, search_corpus, search_single
+from finetune.moment_search import Corpus, Packed, SearchConfig, search_corpus_packed, search_single_packed
 from finetune.task import Predictions, Terms, total
 from pretrain.distributed import gather_no_grad, gather_with_grad, local_rows, rank_and_world
 from pretrain.runtime import full_copies
@@ -478,6 +478,12 @@ class StageTimer:
         log.info("eval timing %s", json.dumps(line))
 
 
+def gathered(packed: Packed, sizes: list[int]) -> Packed:
+    """Every rank's packed predictions of its units (query chunks of `sizes` queries), in unit order."""
+    rows, counts = ranks.ragged_in_unit_order(packed.rows, packed.counts, sizes)
+    return Packed(rows, counts)
+
+
 @dataclass
 class MomentTask:
     """The moment-retrieval recipe's task: its loss and its evaluation on a split."""
@@ -549,11 +555,9 @@ class MomentTask:
         # the search spread over the ranks by query chunk, except with MESM, whose forwards every rank runs all of
         rank, world = rank_and_world() if not mesm_on else (0, 1)
         scfg, n_q = self.cfg.search, len(queries)
-        vcmr, vr = search_corpus(vr_scores, span_logits, n_q, corpus, scfg, part=(rank, world))
+        vcmr_p, vr_p = search_corpus_packed(vr_scores, span_logits, n_q, corpus, scfg, part=(rank, world))
         sizes = [min(scfg.query_chunk, n_q - q0) for q0 in range(0, n_q, scfg.query_chunk)]
-        if world > 1:
-            got = ranks.gather_objects((vcmr, vr))
-            vcmr, vr = (ranks.in_unit_order([g[i] for g in got], sizes) for i in (0, 1))
+        vcmr, vr = (gathered(p, sizes).lists() for p in (vcmr_p, vr_p))  # tensors between the ranks, lists after
         timer.lap("search")
         sub: dict[str, Any] = {"video2idx": video2idx}
         entry = [{"desc_id": q["query_id"], "desc": q["text"]} for q in queries]
@@ -562,10 +566,9 @@ class MomentTask:
         gt_rows = torch.tensor([index.get(q["video_id"], -1) for q in queries])  # (Q,) -1: not in the corpus
         if with_gt:
             have = (gt_rows >= 0).nonzero().flatten()  # queries whose video is searchable
-            svmr = search_single(span_logits, have, gt_rows[have], corpus, scfg, part=(rank, world))
-            if world > 1:
-                chunks = [min(scfg.moment_chunk, len(have) - c0) for c0 in range(0, len(have), scfg.moment_chunk)]
-                svmr = ranks.in_unit_order(ranks.gather_objects(svmr), chunks)
+            svmr_p = search_single_packed(span_logits, have, gt_rows[have], corpus, scfg, part=(rank, world))
+            chunks = [min(scfg.moment_chunk, len(have) - c0) for c0 in range(0, len(have), scfg.moment_chunk)]
+            svmr = gathered(svmr_p, chunks).lists()
             per_query = svmr_predictions(queries, dict(zip(have.tolist(), svmr)), video2idx)
             sub["SVMR"] = [{**e, "predictions": p} for e, p in zip(entry, per_query)]
             timer.lap("svmr")

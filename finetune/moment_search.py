@@ -284,6 +284,12 @@ class Moments:
 
 def best_moments(st: Tensor, ed: Tensor, v_rows: Tensor, prior: Tensor, corpus: Corpus,
                  cfg: SearchConfig) -> list[list[Prediction]]:  # fmt: skip
+    """`best_moments_packed` as lists."""
+    return best_moments_packed(st, ed, v_rows, prior, corpus, cfg).lists()
+
+
+def best_moments_packed(st: Tensor, ed: Tensor, v_rows: Tensor, prior: Tensor, corpus: Corpus,
+                        cfg: SearchConfig) -> Packed:  # fmt: skip
     """Score the band of every (query, video) pair; per query, the first `predictions` moments NMS keeps.
 
     st, ed: (Qc, K, M) logits from the model; v_rows: (Qc, K) corpus rows; prior: (Qc, K) log p(v|q)
@@ -300,7 +306,7 @@ def best_moments(st: Tensor, ed: Tensor, v_rows: Tensor, prior: Tensor, corpus: 
     band = band_scores(frame_log_probs(st, counts), frame_log_probs(ed, counts), prior.float(),
                        cfg.min_moment_frames, cfg.max_moment_frames).flatten(1)  # (Qc, K * M * L)  # fmt: skip
     n, length = band.shape[1], band.shape[1] // (v_rows.shape[1] * m)
-    out: list[list[Prediction]] = [[] for _ in range(band.shape[0])]
+    done_parts: list[tuple[Tensor, Packed]] = []  # (rows finished, their predictions) per round
     rows = torch.arange(band.shape[0], device=band.device)  # (R,) queries still to finish
     size = min(cfg.candidates if cfg.nms_enabled else cfg.predictions, n)
     nms: NmsState | None = None  # NMS over the pool so far, of the rows still to finish
@@ -320,13 +326,24 @@ def best_moments(st: Tensor, ed: Tensor, v_rows: Tensor, prior: Tensor, corpus: 
             keep = nms.keep  # (R, C)
             more = (keep.sum(dim=1) < cfg.predictions) & finite[:, -1] & (size < n)  # (R,)
         done = (~more).nonzero().squeeze(1)  # (D,)
-        lists = to_lists(Moments(*(t[done] for t in (score, video, start, end, keep))), corpus, cfg.predictions)
-        for r, preds in zip(rows[done].tolist(), lists):
-            out[r] = preds
+        packed = pack_moments(Moments(*(t[done] for t in (score, video, start, end, keep))), corpus, cfg.predictions)
+        done_parts.append((rows[done].cpu(), packed))
         if not bool(more.any()):
-            return out
+            return in_row_order(done_parts, band.shape[0])
         rows, size = rows[more], min(2 * size, n)
         nms = nms.rows(more.nonzero().squeeze(1)) if nms is not None else None
+
+
+def in_row_order(parts: list[tuple[Tensor, Packed]], num_rows: int) -> Packed:
+    """The predictions of rows 0..num_rows-1 in row order, from rounds that each finished some rows (in order)."""
+    if len(parts) == 1:
+        return parts[0][1]  # every row in the first round, in order
+    rows = torch.cat([r for r, _ in parts])  # (Qc,) each row once
+    packed = Packed.cat([p for _, p in parts])
+    owner = rows.repeat_interleave(packed.counts)  # (n,) each prediction's row
+    order = owner.argsort(stable=True)  # rows ascending, each row's predictions kept in order
+    counts = torch.zeros(num_rows, dtype=torch.long).index_put_((rows,), packed.counts)  # (Qc,)
+    return Packed(packed.rows[order], counts)
 
 
 def span_seconds(video: Tensor, start: Tensor, end: Tensor, corpus: Corpus) -> tuple[Tensor, Tensor]:
@@ -342,14 +359,47 @@ def span_seconds(video: Tensor, start: Tensor, end: Tensor, corpus: Corpus) -> t
 
 def to_lists(moments: Moments, corpus: Corpus, limit: int) -> list[list[Prediction]]:
     """The first `limit` kept moments of each query as [video_idx, st, ed, score] lists."""
+    return pack_moments(moments, corpus, limit).lists()
+
+
+def pack_moments(moments: Moments, corpus: Corpus, limit: int) -> Packed:
+    """The first `limit` kept moments of each query, packed (`to_lists` without the lists)."""
     take = moments.keep & (moments.keep.cumsum(dim=1) <= limit)  # (Qc, C) the first `limit` kept of each row
     rows, cols = take.nonzero(as_tuple=True)  # (n,) in row order, then column order
     video, score = moments.video[rows, cols], moments.score[rows, cols]  # (n,)
     st, ed = span_seconds(video, moments.start[rows, cols], moments.end[rows, cols], corpus)  # (n,)
     vid = corpus.video_idx.to(video.device)[video]  # (n,)
-    flat = [list(p) for p in zip(*(t.cpu().tolist() for t in (vid, st, ed, score)))]
-    ends = take.sum(dim=1).cumsum(dim=0).tolist()  # (Qc,) where each row's predictions end in `flat`
-    return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+    return Packed.of(vid, st, ed, score, take.sum(dim=1))
+
+
+@dataclass
+class Packed:
+    """The predictions of consecutive queries as two tensors: cheap to gather between ranks and to concatenate;
+    `lists()` makes the JSON-ready lists. float64 holds every column exactly (video_idx < 2**53, float32 scores),
+    so the lists are the ones the columns' own dtypes give (the video index back to int)."""
+
+    rows: Tensor  # (n, 4) float64 [video_idx, st, ed, score]: the first query's predictions, then the next's ...
+    counts: Tensor  # (Q,) long: predictions per query
+
+    @staticmethod
+    def of(vid: Tensor, st: Tensor, ed: Tensor, score: Tensor, counts: Tensor) -> Packed:
+        """From (n,) columns (any dtypes) and (Q,) counts."""
+        cols = [t.cpu().to(torch.float64) for t in (vid, st, ed, score)]
+        return Packed(torch.stack(cols, dim=1).reshape(-1, 4), counts.cpu().long())
+
+    @staticmethod
+    def cat(parts: Sequence[Packed]) -> Packed:
+        """The queries of `parts`, one part after the other."""
+        if not parts:
+            return Packed(torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, dtype=torch.long))
+        return Packed(torch.cat([p.rows for p in parts]), torch.cat([p.counts for p in parts]))
+
+    def lists(self) -> list[list[Prediction]]:
+        """Per query, its [video_idx, st, ed, score] lists."""
+        vid, st, ed, score = self.rows.unbind(1)  # (n,) each
+        flat = [list(p) for p in zip(vid.long().tolist(), st.tolist(), ed.tolist(), score.tolist())]
+        ends = self.counts.cumsum(dim=0).tolist()  # (Q,) where each query's predictions end in `flat`
+        return [flat[a:b] for a, b in zip([0, *ends[:-1]], ends)]
 
 
 # ---------------------------------------------------------------- searches
@@ -364,7 +414,22 @@ def search_corpus(
     cfg: SearchConfig,
     part: tuple[int, int] = (0, 1),
 ) -> tuple[list[list[Prediction]], list[list[Prediction]]]:
-    """(vcmr, vr): per query, the best moments in the whole corpus and the best videos.
+    """(vcmr, vr): per query, the best moments in the whole corpus and the best videos (`search_corpus_packed`
+    as lists)."""
+    vcmr, vr = search_corpus_packed(vr_scores, span_logits, num_queries, corpus, cfg, part)
+    return vcmr.lists(), vr.lists()
+
+
+@torch.no_grad()
+def search_corpus_packed(
+    vr_scores: VrScores,
+    span_logits: SpanLogits,
+    num_queries: int,
+    corpus: Corpus,
+    cfg: SearchConfig,
+    part: tuple[int, int] = (0, 1),
+) -> tuple[Packed, Packed]:
+    """(vcmr, vr) packed: per query, the best moments in the whole corpus and the best videos.
 
     part = (r, W): only the query chunks c (of `query_chunk` queries) with c % W == r, whose queries' lists
     come back in order (finetune/ranks.py spreads the chunks over the ranks and gathers them); a chunk's
@@ -375,26 +440,33 @@ def search_corpus(
     """
     cfg.validate()
     k = min(cfg.top_videos, corpus.num_videos)
-    vcmr: list[list[Prediction]] = []
-    vr: list[list[Prediction]] = []
+    vcmr: list[Packed] = []
+    vr: list[Packed] = []
     for q0 in range(part[0] * cfg.query_chunk, num_queries, part[1] * cfg.query_chunk):
         q1 = min(q0 + cfg.query_chunk, num_queries)
         log_pv = (vr_scores(q0, q1).float() / cfg.vr_temperature).log_softmax(dim=1)  # (Qv, V)
         top_lp, top_v = ranked_topk(log_pv, max(k, cfg.predictions))  # (Qv, max(K, P))
-        vr.extend(video_lists(top_lp[:, : cfg.predictions], top_v[:, : cfg.predictions], corpus))
+        vr.append(pack_videos(top_lp[:, : cfg.predictions], top_v[:, : cfg.predictions], corpus))
         for c0 in range(0, q1 - q0, cfg.moment_chunk):
             rows = slice(c0, min(c0 + cfg.moment_chunk, q1 - q0))
             v_rows, prior = top_v[rows, :k], top_lp[rows, :k]  # (Qc, K)
             q_rows = torch.arange(q0 + rows.start, q0 + rows.stop, device=v_rows.device)  # (Qc,)
             st, ed = span_logits(q_rows, v_rows)  # (Qc, K, M) each
-            vcmr.extend(best_moments(st, ed, v_rows, prior, corpus, cfg))
-    return vcmr, vr
+            vcmr.append(best_moments_packed(st, ed, v_rows, prior, corpus, cfg))
+    return Packed.cat(vcmr), Packed.cat(vr)
 
 
 def video_lists(log_pv: Tensor, v_rows: Tensor, corpus: Corpus) -> list[list[Prediction]]:
     """[video_idx, 0.0, 0.0, log p(v|q)] per ranked video, TVR's VR format."""
-    vid = corpus.video_idx.to(v_rows.device)[v_rows]  # (Qv, P)
-    return [[[v, 0.0, 0.0, s] for v, s in zip(vs, ss)] for vs, ss in zip(vid.cpu().tolist(), log_pv.cpu().tolist())]
+    return pack_videos(log_pv, v_rows, corpus).lists()
+
+
+def pack_videos(log_pv: Tensor, v_rows: Tensor, corpus: Corpus) -> Packed:
+    """`video_lists` packed: log_pv, v_rows (Qv, P)."""
+    vid = corpus.video_idx.to(v_rows.device)[v_rows].flatten()  # (Qv * P,)
+    zero = torch.zeros(vid.shape, dtype=torch.float64)  # (Qv * P,)
+    counts = torch.full((v_rows.shape[0],), v_rows.shape[1], dtype=torch.long)  # (Qv,)
+    return Packed.of(vid, zero, zero, log_pv.flatten(), counts)
 
 
 @torch.no_grad()
@@ -406,15 +478,28 @@ def search_single(
     cfg: SearchConfig,
     part: tuple[int, int] = (0, 1),
 ) -> list[list[Prediction]]:
-    """SVMR: per query q_rows[i], the best moments inside video row v_rows[i] (its ground truth).
+    """SVMR: per query q_rows[i], the best moments inside video row v_rows[i] (its ground truth): as lists."""
+    return search_single_packed(span_logits, q_rows, v_rows, corpus, cfg, part).lists()
+
+
+@torch.no_grad()
+def search_single_packed(
+    span_logits: SpanLogits,
+    q_rows: Tensor,
+    v_rows: Tensor,
+    corpus: Corpus,
+    cfg: SearchConfig,
+    part: tuple[int, int] = (0, 1),
+) -> Packed:
+    """SVMR packed: per query q_rows[i], the best moments inside video row v_rows[i] (its ground truth).
 
     part = (r, W): only the chunks c of `moment_chunk` queries with c % W == r, as in `search_corpus`."""
     cfg.validate()
-    out: list[list[Prediction]] = []
+    out: list[Packed] = []
     for c0 in range(part[0] * cfg.moment_chunk, q_rows.shape[0], part[1] * cfg.moment_chunk):
         q = q_rows[c0 : c0 + cfg.moment_chunk].long()  # (Qc,)
         v = v_rows[c0 : c0 + cfg.moment_chunk].long()[:, None]  # (Qc, 1)
         st, ed = span_logits(q, v)  # (Qc, 1, M) each
         prior = torch.zeros(v.shape, device=st.device)  # (Qc, 1): no video term
-        out.extend(best_moments(st, ed, v.to(st.device), prior, corpus, cfg))
-    return out
+        out.append(best_moments_packed(st, ed, v.to(st.device), prior, corpus, cfg))
+    return Packed.cat(out)

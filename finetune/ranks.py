@@ -93,6 +93,18 @@ def rows_in_unit_order(local: Tensor, sizes: Sequence[int], pad_value: float | b
     return out
 
 
+def ragged_in_unit_order(items: Tensor, counts: Tensor, sizes: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """(items, counts) of all units in unit order, from this rank's: `counts` (n,) says how many rows of `items`
+    (sum(counts), ...) each of this rank's entries has (a query's predictions), `sizes` every unit's entries.
+    Two all_gathers of tensors: nothing pickled."""
+    _, world = rank_and_world()
+    if world == 1:
+        return items, counts
+    counts = rows_in_unit_order(counts, sizes)  # (sum(sizes),)
+    rows_per_unit = [int(c.sum()) for c in counts.split(list(sizes))]
+    return rows_in_unit_order(items, rows_per_unit), counts
+
+
 def spread(units: int, compute: Callable[[int], T], spare: Callable[[], T]) -> tuple[list[T], T | None]:
     """(compute(u) for this rank's units in order, the last spare's result or None): `spare()` runs as often as
     this rank has fewer units than the rank with the most, so that every rank runs as many forwards."""

@@ -33,7 +33,7 @@ import torch
 from finetune import data, datasets
 from finetune.config import FinetuneConfig
 from finetune.model import TaskModel, load_backbone, resolve_checkpoint
-from finetune.task import Predictions, Task, dump
+from finetune.task import Predictions, Task, dump, gc_paused
 from pretrain import config, runtime, session
 from pretrain.config import ConfigError
 from pretrain.distributed import rank_info
@@ -157,7 +157,8 @@ class Reporter:
         was_training = self.engine.training
         self.engine.eval()
         try:
-            return self.task.predict(self.engine, self.cfg.data, split, self.tokenizer, self.device, with_gt)
+            with gc_paused():  # millions of small lists at TVR's size: no collections over them meanwhile
+                return self.task.predict(self.engine, self.cfg.data, split, self.tokenizer, self.device, with_gt)
         finally:
             self.engine.train(was_training)
 
@@ -173,7 +174,8 @@ class Reporter:
 
     def write(self, out: Predictions, split: str, folder: str) -> dict[str, str]:
         """The predictions' files (metrics.json, eval_info.json, predictions, plots), logged to MLflow."""
-        files = out.write(folder, self.name, split, self.cfg.eval.heatmap_queries)
+        with gc_paused():  # validating and writing them: no collections over millions of lists either
+            files = out.write(folder, self.name, split, self.cfg.eval.heatmap_queries)
         for path in files.values():
             self.tracker.log_artifact(path, os.path.relpath(folder, self.cfg.run.output_dir))
         return files

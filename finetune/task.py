@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -32,6 +35,23 @@ def total(terms: Terms) -> tuple[Tensor, dict[str, float]]:
     logs = {name: float(term.detach()) for name, (_, term) in terms.items()}
     logs["loss"] = float(loss.detach())
     return loss, logs
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off meanwhile (an evaluation: its predictions, submission and metrics).
+
+    Building millions of small lists (TVR val: 3 x 1.1 M predictions, JSON-ready) triggers collections that each
+    walk every live object of the process, which made building them 3-4x slower than the building itself; these
+    lists hold no reference cycles (reference counting frees them), so nothing is kept that a collection would
+    free, and the collector runs again as before afterwards. The files and numbers are the same either way."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def dump(path: str, obj: Any) -> None:

@@ -11,7 +11,9 @@ import torch
 from finetune.moment_search import (
     POSITIVE_INTS,
     Corpus,
+    Packed,
     SearchConfig,
+    in_row_order,
     ranked_topk,
     search_corpus,
     search_single,
@@ -356,3 +358,18 @@ def test_config_validation_relations():
         corpus(counts=[3, 0])
     with pytest.raises(ValueError, match="durations"):
         Corpus(torch.tensor([3, 2]), 1.5, torch.tensor([1.0]), torch.arange(2))
+
+
+def test_packed_predictions_give_the_same_lists_in_row_order() -> None:
+    """Packed -> lists: video index back to int, float32 scores and float64 seconds exact; rounds that finish
+    rows out of order (a pool doubled) put back in row order, each row's predictions in their order."""
+    score = torch.tensor([0.1, -2.5, 1 / 3], dtype=torch.float32)
+    round1 = Packed.of(torch.tensor([7, 3]), torch.tensor([0.0, 1.5], dtype=torch.float64),
+                       torch.tensor([1.5, 3.0], dtype=torch.float64), score[:2], torch.tensor([2, 0]))  # fmt: skip
+    round2 = Packed.of(torch.tensor([9]), torch.tensor([4.5], dtype=torch.float64),
+                       torch.tensor([6.0], dtype=torch.float64), score[2:], torch.tensor([1]))  # fmt: skip
+    out = in_row_order([(torch.tensor([2, 0]), round1), (torch.tensor([1]), round2)], 3).lists()
+    s = score.tolist()
+    assert out == [[], [[9, 4.5, 6.0, s[2]]], [[7, 0.0, 1.5, s[0]], [3, 1.5, 3.0, s[1]]]]
+    assert all(type(p[0]) is int for preds in out for p in preds)
+    assert Packed.cat([]).lists() == []

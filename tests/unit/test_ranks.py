@@ -26,3 +26,9 @@ def test_one_rank_computes_everything_without_spares() -> None:
     x = torch.arange(6.0).view(3, 2)
     assert ranks.rows_in_unit_order(x, [2, 1]) is x and ranks.gather_rows(x)[0] is x
     assert ranks.gather_objects({"a": 1}) == [{"a": 1}]
+
+
+def test_ragged_results_of_one_rank_are_kept_as_they_are() -> None:
+    items, counts = torch.arange(12.0).view(6, 2), torch.tensor([2, 0, 3, 1])  # four queries' predictions
+    got_items, got_counts = ranks.ragged_in_unit_order(items, counts, [3, 1])
+    assert got_items is items and got_counts is counts
