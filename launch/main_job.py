@@ -6,9 +6,11 @@
 1. a synthetic corpus in the real public formats, of world `world` (0: the default world; n >= 1 a
    drawn one: other vocabulary, synonyms, rates, noise and feature dims)   -> <workdir>/raw
 2. its HowTo100M part -> clip shards (finetune videos excluded) -> <workdir>/shards/howto100m
-   (extract.enabled=true, off by default: the corpus also writes the HowTo100M part as video and
-   data_prep.extract makes the features sharded here    -> <workdir>/features/howto100m)
+   (extract.enabled=true, off by default: the corpus also writes its videos and data_prep.extract makes
+   the features sharded here                            -> <workdir>/features/howto100m)
 3. the six finetune sets -> per-split shards + gt/       -> <workdir>/shards/<dataset>
+   (extract.enabled=true: each finetune.recipes set's features extracted from its videos with the same
+   backbones                                            -> <workdir>/features/<dataset>)
 4. pretraining, all five objectives, DeepSpeed on `pretrain.ranks` CPU ranks, the last
    `pretrain.held_out_shards` HowTo100M shards held out   -> <workdir>/runs/pretrain
 5. zero-shot text-to-video retrieval on the held-out clips: pretrained vs random init

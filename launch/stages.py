@@ -126,8 +126,11 @@ def stage_settings(cfg: MainJobConfig) -> dict[str, dict[str, Any]]:
                              "tiny": e.tiny}  # fmt: skip
         if e.resize != "torch":  # left out for the default, so the markers written before it existed still match
             corpus["extract"]["resize"] = e.resize
+        corpus["extract"]["finetune_sets"] = True  # the corpus writes the finetune sets' videos too
     clips = {**corpus, "clip_seconds": cfg.clip_seconds, "shard_size": cfg.shard_size, "tagger": cfg.tagger}
     sets = {**corpus, "finetune_shard_size": cfg.finetune_shard_size, "tagger": cfg.tagger}
+    if cfg.extract.enabled:  # the finetuned sets' features are extracted from their videos
+        sets["extracted_sets"] = sorted(cfg.finetune.recipes)
     pre = {**clips, "pretrain": {k: v for k, v in asdict(cfg.pretrain).items() if k != "threads"}}
     zs = {**pre, "random_init_seeds": list(cfg.finetune.seeds)}
     ft = {**pre, **sets, "finetune": {k: v for k, v in asdict(cfg.finetune).items() if k != "parallel"}}
@@ -183,14 +186,16 @@ def make_corpus(cfg: MainJobConfig, raw: Path) -> None:
                        with_video=cfg.extract.enabled)  # fmt: skip
 
 
-def extract_howto100m(cfg: MainJobConfig, videos: Path, out: Path) -> dict[str, Any]:
-    """HowTo100M video files -> out/2d + out/3d features (data_prep.extract, howto100m layout), the folder
-    shard_howto100m then reads. Resumable: complete feature files are kept. Weights come from
-    extract.weights; a missing file is the extractor's error naming the file it expects."""
+def extract_videos(cfg: MainJobConfig, videos: Path, out: Path, layout: str = "howto100m") -> dict[str, Any]:
+    """Video files -> features (data_prep.extract): HowTo100M's in the howto100m layout (out/2d + out/3d, the
+    folder shard_howto100m reads), a finetune set's in the hero layout (out/<id>.npz, both backbones at 1.5 s,
+    concatenated: the same dim as the HowTo100M shards' 2d + 3d, which shard_finetune_set reads). Resumable:
+    complete feature files are kept. Weights come from extract.weights; a missing file is the extractor's
+    error naming the file it expects."""
     e = cfg.extract
     if not videos.is_dir():
         raise DataPrepError(f"extract.enabled=true: no video folder {videos} (the synthetic corpus writes it)")
-    args = ["--videos", str(videos), "--out", str(out), "--layout", "howto100m", "--backbone", e.backbone,
+    args = ["--videos", str(videos), "--out", str(out), "--layout", layout, "--backbone", e.backbone,
             "--batch-size", str(e.batch_size), "--device", e.device, "--resize", e.resize]  # fmt: skip
     if e.random_weights:
         args += ["--random-weights", *(["--tiny"] if e.tiny else [])]
@@ -221,12 +226,18 @@ def shard_howto100m(cfg: MainJobConfig, raw: Path, out: Path, features: Path | N
     ])  # fmt: skip
 
 
-def shard_finetune_set(cfg: MainJobConfig, name: str, src: Path, out: Path) -> None:
+def shard_finetune_set(cfg: MainJobConfig, name: str, src: Path, out: Path, features: Path | None = None) -> None:
+    """A finetune set -> per-split shards; `features`: a folder of hero .npz (the extract stage's) instead of the
+    folder's own features."""
     if out.exists():  # interrupted before its marker: small enough to redo
         shutil.rmtree(out)
     dataset = DATASETS[name]
+    inputs = dataset.inputs(src)
+    if features is not None:
+        at = inputs.index("--features")
+        inputs = [*inputs[:at], *inputs[at + 4 :], "--features", str(features), "--feature-layout", "hero"]
     dataset.converter.main([
-        *dataset.inputs(src), "--out", str(out), "--shard-size", str(cfg.finetune_shard_size),
+        *inputs, "--out", str(out), "--shard-size", str(cfg.finetune_shard_size),
         "--workers", "1", "--tagger", cfg.tagger,
     ])  # fmt: skip
 
@@ -261,7 +272,7 @@ def data_stages(cfg: MainJobConfig, work: Path) -> list[tuple[str, str, Path, Ca
     features = work / "features" / "howto100m" if cfg.extract.enabled else None
     if "howto100m" in found and features is not None:
         stages.append(("extract", "HowTo100M videos -> features", features,
-                       lambda: extract_howto100m(cfg, raw / "howto100m" / "videos", features)))  # fmt: skip
+                       lambda: extract_videos(cfg, raw / "howto100m" / "videos", features)))  # fmt: skip
     if "howto100m" in found:
         stages.append(("howto100m", "HowTo100M -> shards", shards / "howto100m",
                        lambda: shard_howto100m(cfg, raw, shards / "howto100m", features)))  # fmt: skip
@@ -269,7 +280,14 @@ def data_stages(cfg: MainJobConfig, work: Path) -> list[tuple[str, str, Path, Ca
         raise DataPrepError(f"data={raw}: no howto100m folder to pretrain on (until=data converts the rest)")
     for name in (n for n in DATASETS if n in found):
         out = shards / name
-        stages.append(("sets", f"{name} -> shards", out, lambda n=name, o=out: shard_finetune_set(cfg, n, raw / n, o)))
+        # extract.enabled: a finetuned set's features come from its videos too, with the same backbones, so the
+        # pretrained model and its finetuning see one feature space; the sets not finetuned keep their own.
+        own = work / "features" / name if cfg.extract.enabled and name in cfg.finetune.recipes else None
+        if own is not None:
+            stages.append(("extract", f"{name} videos -> features", own,
+                           lambda n=name, o=own: extract_videos(cfg, raw / n / "videos", o, "hero")))  # fmt: skip
+        stages.append(("sets", f"{name} -> shards", out,
+                       lambda n=name, o=out, f=own: shard_finetune_set(cfg, n, raw / n, o, f)))  # fmt: skip
     return stages
 
 
@@ -345,13 +363,9 @@ def check_frame_dims(cfg: MainJobConfig, work: Path) -> None:
         if (d := feature_dim(work / "shards" / recipe / split)) != dim:
             differ.append(f"{recipe}/{split} has {d}-d")
     if differ:
-        why = ""
-        if cfg.extract.enabled:
-            why = (" extract.enabled=true makes the HowTo100M features from video; the finetune sets keep the "
-                   "corpus's precomputed features (extracting their videos is not done).")  # fmt: skip
         raise DataPrepError(
             f"the pretrained model takes {dim}-d frames (shards/howto100m) but {', '.join(differ)}: its export "
-            f"cannot be finetuned on them.{why} Stop before finetuning (until=zeroshot) or finetune sets with the "
+            "cannot be finetuned on them. Stop before finetuning (until=zeroshot) or finetune sets with the "
             "same features."
         )
 

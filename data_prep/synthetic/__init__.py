@@ -125,8 +125,8 @@ def generate(
     eval_queries: at least this many queries in TVR's val split and MSR-VTT's 1k-A test (the
     splits the main job scores), added as extra videos of those splits (0: the scaling rule only).
     world: the world's seed (0: DEFAULT_WORLD; n >= 1: draw_world(n)), or a World.
-    with_video: also write howto100m/videos/<id>.mp4, the HERO features drawn as pictures
-    (synthetic/video.py), the input of data_prep.extract.
+    with_video: also write <dataset>/videos/<id>.mp4 for HowTo100M and every finetune set, the HERO
+    features drawn as pictures (synthetic/video.py), the input of data_prep.extract.
 
     Existing files of the same names are overwritten; stale extra files are not removed, so
     use a fresh directory when changing --videos.
@@ -166,9 +166,10 @@ def generate(
         "datasets": {name: part for name, (part, _) in results.items()},
     }
     if with_video:
-        from .video import write_howto100m_videos
+        from .video import write_videos
 
-        planted["datasets"]["howto100m"]["video_files"] = len(write_howto100m_videos(out / "howto100m", seed))
+        for name in results:
+            planted["datasets"][name]["video_files"] = len(write_videos(out / name, seed))
     write_json(out / "planted.json", planted, indent=1)
     return {name: summary for name, (_, summary) in results.items()}
 
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--world", type=int, default=0,
                         help="the world's seed: 0 the default world, n >= 1 a drawn one (draw_world)")  # fmt: skip
     parser.add_argument("--with-video", action="store_true",
-                        help="also write howto100m/videos/<id>.mp4 (the HERO features drawn as pictures)")  # fmt: skip
+                        help="also write <dataset>/videos/<id>.mp4 (the HERO features drawn as pictures)")  # fmt: skip
     args = parser.parse_args(argv)
     summary = generate(args.out, args.videos, args.seed, args.eval_queries, args.world, args.with_video)
     print(json.dumps(summary, indent=1))

@@ -1,6 +1,8 @@
-"""The synthetic HowTo100M videos as video files (`--with-video`), for data_prep.extract.
+"""The synthetic corpus's videos as video files (`--with-video`), for data_prep.extract: HowTo100M's and
+every finetune set's (`<dataset>/videos/<id>.mp4`).
 
-Each video is its HERO features drawn as pictures: row k of `features/hero/<id>.npz` (the 1.5 s
+Each video is its HERO features drawn as pictures: row k of `features/hero/<id>.npz` (the finetune
+sets': `features/<id>.npz`) (the 1.5 s
 window [1.5k, 1.5(k+1))) becomes one 64x48 image, shown for the whole window; the image is a
 fixed random projection of the row (seeded, the same for every video) to a 12x16 RGB grid,
 squashed to [16, 240] and enlarged 4x. Whatever a backbone makes of these pictures is a function
@@ -48,12 +50,15 @@ def write_video(path: Path, pictures: np.ndarray) -> None:
             c.mux(p)
 
 
-def write_howto100m_videos(howto_root: Path, seed: int) -> list[Path]:
-    """videos/<id>.mp4 beside features/hero/*.npz under the HowTo100M folder; returns the files."""
-    out = howto_root / "videos"
+def write_videos(root: Path, seed: int) -> list[Path]:
+    """videos/<id>.mp4 under a dataset folder, one per HERO feature file (features/hero/*.npz, else
+    features/*.npz); returns the files."""
+    hero = root / "features" / "hero"
+    npzs = sorted((hero if hero.is_dir() else root / "features").glob("*.npz"))
+    out = root / "videos"
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for npz in sorted((howto_root / "features" / "hero").glob("*.npz")):
+    for npz in npzs:
         with np.load(npz) as z:
             rows = z["features"]
         path = out / f"{npz.stem}.mp4"

@@ -487,8 +487,8 @@ def test_prefetch_keeps_order_raises_the_producers_error_and_stops_when_closed()
 
 def test_synthetic_corpus_with_video_extracts_and_shards(tmp_path):
     """`generate(with_video=True)`: howto100m/videos/<id>.mp4 show the HERO features drawn as pictures
-    (one per 1.5 s window); extracted (2D only: the tiny 3D model takes ~1 min on 400 s of video) and
-    converted, every video lands in the shards."""
+    (one per 1.5 s window), and each finetune set has one video per feature file; extracted (2D only: the
+    tiny 3D model takes ~1 min on 400 s of video) and converted, every video lands in the shards."""
     from data_prep import howto100m, synthetic
     from data_prep.synthetic.video import picture
 
@@ -496,6 +496,9 @@ def test_synthetic_corpus_with_video_extracts_and_shards(tmp_path):
     howto = tmp_path / "raw" / "howto100m"
     files = sorted((howto / "videos").glob("*.mp4"))
     assert [f.stem for f in files] == sorted(p.stem for p in (howto / "features" / "hero").glob("*.npz"))
+    for name in ("tvr", "didemo", "how2r", "how2qa", "msrvtt", "activitynet"):  # every finetune set's videos too
+        stems = sorted(p.stem for p in (tmp_path / "raw" / name / "videos").glob("*.mp4"))
+        assert stems and stems == sorted(p.stem for p in (tmp_path / "raw" / name / "features").glob("*.npz")), name
     with np.load(howto / "features" / "hero" / f"{files[0].stem}.npz") as z:
         want = picture(z["features"], seed=0)  # (T, 48, 64, 3)
     plan = X.Plan(X.BACKBONES["resnet152"], 1.5)
