@@ -144,6 +144,7 @@ STEPS = [
     Step("loader", 75, child("loader")),
     Step("vcmr", 60, child("vcmr")),
     Step("end_to_end", 150, child("end_to_end")),
+    Step("extract", 60, child("extract")),
 ]
 
 
@@ -477,11 +478,48 @@ def end_to_end_main(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+HOWTO100M_VIDEO_S = 134_472 * 3600  # all of HowTo100M (benchmarks/extract_throughput.py)
+
+
+def extract_main(args: argparse.Namespace) -> dict[str, Any]:
+    """Step 6: data_prep.extract's models on the device: full-size uint8 frames (640x360) in, resized, cropped and
+    normalised there (the default `--resize torch`), the backbone in bf16 autocast; per backbone its samples/s,
+    and from them the GPU time of all of HowTo100M on 32 nodes of one GPU (ResNet-152 at 1 image per second of
+    video, R(2+1)D-18 at 1.5 clips per second: the howto100m layout). Random weights: the cost does not depend
+    on them. The CPU side (decoding) is benchmarks/extract_throughput.py's."""
+    import numpy as np
+    import torch
+
+    from data_prep import extract as X
+
+    dev = torch.device(os.environ["DS_ACCELERATOR"])
+    batch, h, w, steps = (2, 36, 64, 1) if args.dry_run else (32, 360, 640, 5)
+    per_video_s = {"resnet152": 1.0, "r2plus1d_18": 1.5}  # samples per second of video
+    out: dict[str, Any] = {"device": dev.type, "batch": batch, "frame_hw": [h, w]}
+    gpu_s = 0.0
+    for name, rate in per_video_s.items():
+        b = X.BACKBONES[name]
+        ex = X.Extractor([X.Plan(b, 1.0)], [b.build(None, tiny=args.dry_run).to(dev)], dev, batch)
+        frames = np.random.default_rng(0).integers(0, 256, (b.frames, h, w, 3), dtype=np.uint8)
+        samples = [X.Sample(0, 0, list(frames), [0.0] * b.frames) for _ in range(batch)]
+        ex._run(0, samples)  # warm-up (cuDNN's algorithm search)
+        t = synced_clock()
+        for _ in range(steps):
+            ex._run(0, samples)
+        per_s = batch * steps / (synced_clock() - t)
+        out[f"{name}_per_s"] = per_s
+        gpu_s += HOWTO100M_VIDEO_S * rate / per_s
+    out["howto100m_gpu_hours_32_nodes"] = gpu_s / 32 / 3600
+    out["gpu_peak_mib"] = peak_memory_mib()
+    return out
+
+
 STEP_MAIN: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "train": train_main,
     "loader": loader_main,
     "vcmr": vcmr_main,
     "end_to_end": end_to_end_main,
+    "extract": extract_main,
 }
 
 
@@ -532,6 +570,15 @@ def section(report: dict[str, Any], command: str) -> str:
     if e2e:
         shown = {k: v for k, v in e2e.items() if k.startswith("pretrain") or k.endswith(("0.5-r1", "VR/r1"))}
         lines += ["", "End to end (tiny): " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) + "."]
+    ex = steps.get("extract", {}).get("results")
+    if ex:
+        lines += [
+            "",
+            f"Feature extraction's models on {ex['device']} (batch {ex['batch']}, {ex['frame_hw']} uint8 frames "
+            f"resized there, bf16 on a GPU): ResNet-152 {ex['resnet152_per_s']:.0f} images/s, R(2+1)D-18 "
+            f"{ex['r2plus1d_18_per_s']:.0f} clips/s; all of HowTo100M on 32 such GPUs: "
+            f"{ex['howto100m_gpu_hours_32_nodes']:.1f} h of GPU time (the CPU side: `## data_prep.extract`).",
+        ]
     failed = [(name, s) for name, s in steps.items() if s["status"] != "ok"]
     for name, s in failed:
         lines += ["", f"{name} {s['status'].upper()}:", "", "```", s.get("error", "").strip()[-1500:], "```"]

@@ -64,6 +64,8 @@ def test_the_dry_run_passes_every_step_with_numbers(tmp_path: Path) -> None:
     assert steps["vcmr"]["results"]["search_s"] > 0 and steps["end_to_end"]["results"]["pretrain_steps"] == 20
     assert any(k.startswith("tvr_pretrained/VCMR/") for k in steps["end_to_end"]["results"])
     assert any(k.startswith("tvr_scratch/VR/") for k in steps["end_to_end"]["results"])
+    ex = steps["extract"]["results"]
+    assert ex["resnet152_per_s"] > 0 and ex["r2plus1d_18_per_s"] > 0 and ex["howto100m_gpu_hours_32_nodes"] > 0
     text = (tmp_path / "device_check.md").read_text()
     assert text.startswith("## device check\n") and "| train_zero3 | ok |" in text and "| 3 | on |" in text
     print(f"dry run: {seconds:.0f} s; " + ", ".join(f"{n} {s['seconds']:.0f} s" for n, s in steps.items()))
